@@ -1,0 +1,60 @@
+"""Device choice and mixed precision."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from pathlib import Path
+
+import torch
+
+from .data import InputError
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then MPS, then the CPU; anything else is checked and used."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise InputError(
+            f"Unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps."
+        ) from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("CUDA was asked for but no CUDA GPU is available; use --device cpu.")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError("MPS was asked for but is not available; use --device cpu.")
+    return device
+
+
+@functools.cache
+def cpu_has_fast_bf16() -> bool:
+    """True on x86 CPUs with AVX512-BF16 or AMX, where bf16 matmuls beat fp32 several times."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(device: torch.device, enabled: bool | None) -> torch.dtype | None:
+    """The autocast dtype to use on ``device`` (None: full precision)."""
+    if enabled is False:
+        return None
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu" and (enabled or cpu_has_fast_bf16()):
+        return torch.bfloat16
+    return None
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,102 @@
+"""Configuration of the network, of training and of prediction.
+
+These pydantic models are the single source of truth for the Python API, the
+command line and the napari widgets: each field carries its default, its bounds
+and the sentence that documents it.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+LabelMode = Literal["semantic", "sparse", "instances"]
+Norm = Literal["batch", "instance", "group", "none"]
+Device = str  # "auto", "cpu", "cuda", "cuda:1", "mps"
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Config):
+    """Architecture of the U-Net."""
+
+    in_channels: int = Field(
+        1, ge=1, le=64, description="Number of image channels (1 grey, 3 RGB)."
+    )
+    num_classes: int = Field(2, ge=2, le=255, description="Output classes, background included.")
+    depth: int = Field(
+        4, ge=1, le=6, description="Number of 2x2 poolings; inputs must be multiples of 2**depth."
+    )
+    base_channels: int = Field(
+        32, ge=2, le=256, description="Feature channels of the first level; doubled at each level."
+    )
+    norm: Norm = Field("batch", description="Normalisation after each 3x3 convolution.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the bottleneck convs.")
+
+
+class TrainConfig(_Config):
+    """How to train. Either ``epochs`` or ``minutes`` bounds the run (``minutes`` wins)."""
+
+    mode: LabelMode = Field("semantic", description="How label values are read (see docs).")
+    epochs: int | None = Field(None, ge=1, description="Number of epochs (None: use minutes).")
+    minutes: float | None = Field(
+        None, gt=0, description="Time budget in minutes; the schedule fits into it."
+    )
+    steps_per_epoch: int | None = Field(
+        None, ge=1, description="Optimiser steps per epoch (None: about one pass of the pixels)."
+    )
+    patch_size: int = Field(
+        256, ge=16, le=2048, description="Side of the square training patches."
+    )
+    batch_size: int = Field(8, ge=1, le=256, description="Patches per optimiser step.")
+    learning_rate: float = Field(2e-3, gt=0, lt=1, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(1e-4, ge=0, lt=1, description="AdamW weight decay.")
+    augment: bool = Field(True, description="Random flips, 90 degree rotations, intensity jitter.")
+    elastic: bool = Field(False, description="Also apply elastic deformations (slower).")
+    foreground_sampling: float = Field(
+        0.5, ge=0, le=1, description="Share of patches centred on a non-background labelled pixel."
+    )
+    validation_fraction: float = Field(
+        0.1, ge=0, lt=0.9, description="Held-out share: whole images or slices, else a strip."
+    )
+    dice_weight: float = Field(1.0, ge=0, description="Weight of the Dice term of the loss.")
+    ce_weight: float = Field(1.0, ge=0, description="Weight of the cross-entropy term.")
+    border_weight: float = Field(
+        0.0, ge=0, description="Instances: extra cross-entropy weight between touching objects."
+    )
+    seed: int = Field(0, description="Seed of every random choice; equal seeds, equal runs.")
+    device: Device = Field("auto", description="'auto' picks CUDA, then MPS, then the CPU.")
+    mixed_precision: bool | None = Field(
+        None, description="bf16/fp16 autocast (None: on where the device runs it fast)."
+    )
+    low_percentile: float = Field(1.0, ge=0, lt=50, description="Normalisation low percentile.")
+    high_percentile: float = Field(
+        99.8, gt=50, le=100, description="Normalisation high percentile."
+    )
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> TrainConfig:
+        if self.epochs is None and self.minutes is None:
+            self.__dict__["epochs"] = 50
+        return self
+
+
+class PredictConfig(_Config):
+    """How to run a model on an image."""
+
+    tile_size: int = Field(512, ge=16, le=8192, description="Side of the square inference tiles.")
+    overlap: float = Field(
+        0.125,
+        ge=0,
+        lt=0.5,
+        description="Overlap between neighbouring tiles, as a share of a tile.",
+    )
+    batch_size: int = Field(4, ge=1, le=256, description="Tiles per forward pass.")
+    device: Device = Field("auto", description="'auto' picks CUDA, then MPS, then the CPU.")
+    mixed_precision: bool | None = Field(
+        None, description="bf16/fp16 autocast (None: on where the device runs it fast)."
+    )
+    output: Literal["labels", "probabilities"] = Field("labels", description="What to return.")

@@ -1,0 +1,511 @@
+"""Images and labels: layouts, normalisation, label modes, patches, augmentation.
+
+Axes used throughout: a 2-D image is ``(Y, X)`` or, with channels, ``(Y, X, C)``
+as napari and tifffile give RGB data. Internally every image is ``(C, Y, X)``
+float32; targets are ``(Y, X)`` int64 with :data:`~napari_unet.losses.IGNORE`
+for pixels without annotation.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage as ndi
+
+from .losses import IGNORE
+
+MAX_SEMANTIC_CLASSES = 32
+_STAT_PIXELS = 2**22  # pixels read to estimate percentiles of a large image
+
+
+class InputError(ValueError):
+    """Input the user can fix: the message says what was wrong and what to do."""
+
+
+# ---------------------------------------------------------------------------
+# layouts
+
+
+def channel_axis_of(shape: Sequence[int], channel_axis: int | None | str = "auto") -> int | None:
+    """Which axis of an image of ``shape`` holds channels (None: no channel axis).
+
+    ``"auto"`` reads a trailing axis of 3 or 4 as RGB(A); every other axis is
+    spatial (a leading axis is a Z or T stack).
+    """
+    if channel_axis != "auto":
+        if channel_axis is None:
+            return None
+        return int(channel_axis) % len(shape)
+    if len(shape) < 2:
+        raise InputError(f"An image needs at least 2 dimensions (Y, X); got shape {tuple(shape)}.")
+    if len(shape) >= 3 and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4:
+        return len(shape) - 1
+    return None
+
+
+def stack_shape(shape: Sequence[int], channel_axis: int | None) -> tuple[int, ...]:
+    """Leading (stack) axes of an image: () for a single 2-D image, (Z,) for a stack."""
+    spatial = [s for i, s in enumerate(shape) if i != channel_axis]
+    return tuple(spatial[:-2])
+
+
+def to_cyx(image: np.ndarray, channel_axis: int | None) -> np.ndarray:
+    """One 2-D image (Y, X) or (Y, X, C) (channel axis given) -> (C, Y, X), a view."""
+    image = np.asarray(image)
+    if channel_axis is None:
+        if image.ndim != 2:
+            raise InputError(f"Expected a 2-D image, got shape {image.shape}.")
+        return image[None]
+    return np.moveaxis(image, channel_axis, 0)
+
+
+def iter_planes(image, channel_axis: int | None):
+    """Yield ``(index, plane)`` for every 2-D plane of a possibly stacked image.
+
+    ``plane`` keeps the channel axis last (or has none); it is sliced lazily, so a
+    memory-mapped, zarr or dask stack is read one plane at a time.
+    """
+    if channel_axis is not None:
+        image = _moveaxis(image, channel_axis, -1)
+        lead = image.shape[:-3]
+    else:
+        lead = image.shape[:-2]
+    for index in np.ndindex(*lead):
+        yield index, image[index]
+
+
+def _moveaxis(image, source: int, dest: int):
+    if source % image.ndim == dest % image.ndim:
+        return image
+    if hasattr(image, "transpose") and not isinstance(image, np.ndarray):
+        axes = list(range(image.ndim))
+        axes.insert(dest % image.ndim, axes.pop(source % image.ndim))
+        return image.transpose(axes)
+    return np.moveaxis(image, source, dest)
+
+
+def convert_channels(cyx: np.ndarray, channels: int, *, what: str = "image") -> np.ndarray:
+    """Bring (C, Y, X) to ``channels`` channels: RGBA drops alpha, grey <-> RGB."""
+    have = cyx.shape[0]
+    if have == channels:
+        return cyx
+    if have == 4 and channels == 3:
+        return cyx[:3]
+    if have == 1:
+        return np.repeat(cyx, channels, axis=0)
+    if channels == 1 and have in (3, 4):
+        return cyx[:3].astype(np.float32).mean(axis=0, keepdims=True)
+    raise InputError(
+        f"The {what} has {have} channels but {channels} are expected; "
+        "convert it to the model's channel count first."
+    )
+
+
+# ---------------------------------------------------------------------------
+# normalisation
+
+
+@dataclass(frozen=True)
+class Normalization:
+    """Per-image percentile normalisation: ``(x - p_low) / (p_high - p_low)`` per channel.
+
+    The percentiles are taken on each image as it is predicted (on a subsample of
+    at most ~4 M pixels for large images), so images brighter or darker than the
+    training data are brought to the same range.
+    """
+
+    low: float = 1.0
+    high: float = 99.8
+
+    def stats(self, image) -> tuple[np.ndarray, np.ndarray]:
+        """Per-channel (low, high) values of a (C, Y, X) array-like (numpy, zarr, dask)."""
+        height, width = image.shape[-2:]
+        step = max(1, int(np.ceil(np.sqrt(height * width / _STAT_PIXELS))))
+        sample = np.asarray(image[:, ::step, ::step], dtype=np.float32)
+        sample = sample.reshape(sample.shape[0], -1)
+        finite = np.isfinite(sample)
+        if not finite.any():
+            raise InputError("The image holds no finite values (all NaN or inf); check the file.")
+        lows, highs = [], []
+        for channel, ok in zip(sample, finite, strict=True):
+            values = channel[ok] if not ok.all() else channel
+            if values.size == 0:
+                values = np.zeros(1, np.float32)
+            lo, hi = np.percentile(values, [self.low, self.high])
+            if hi <= lo:  # flat or nearly binary channel: fall back to its full range
+                lo, hi = float(values.min()), float(values.max())
+            lows.append(lo)
+            highs.append(hi)
+        return np.asarray(lows, np.float32), np.asarray(highs, np.float32)
+
+    @staticmethod
+    def apply(cyx: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
+        """(C, Y, X) -> float32 (C, Y, X) scaled to about [0, 1]; NaN becomes 0."""
+        out = np.asarray(cyx, dtype=np.float32)
+        out = (out - lows[:, None, None]) / np.maximum(highs - lows, 1e-6)[:, None, None]
+        return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0, copy=False)
+
+    def __call__(self, cyx: np.ndarray) -> np.ndarray:
+        return self.apply(cyx, *self.stats(cyx))
+
+
+# ---------------------------------------------------------------------------
+# labels
+
+
+@dataclass
+class LabelEncoding:
+    """How label values map to classes, and classes back to output values."""
+
+    mode: str
+    class_names: list[str]
+    class_values: list[int]  # output value written for each class index
+    source_values: list[int]  # label value read for each class index (semantic/sparse)
+    notes: list[str]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _check_integer_labels(label: np.ndarray, index: int) -> np.ndarray:
+    label = np.asarray(label)
+    if label.dtype == bool:
+        return label.astype(np.int64)
+    if not np.issubdtype(label.dtype, np.integer):
+        if not np.all(np.isfinite(label)) or np.any(label != np.round(label)):
+            raise InputError(
+                f"Labels #{index} hold non-integer values ({label.dtype}); labels must be "
+                "whole numbers: 0 for background, 1, 2, ... for classes or objects."
+            )
+    label = label.astype(np.int64)
+    if label.min() < 0:
+        raise InputError(f"Labels #{index} hold negative values; use 0, 1, 2, ...")
+    return label
+
+
+def encode_labels(
+    labels: Sequence[np.ndarray], mode: str, previous: LabelEncoding | None = None
+) -> tuple[list[np.ndarray], LabelEncoding]:
+    """Turn label images into class targets (Y, X) int64 with IGNORE for unannotated pixels.
+
+    Modes
+    -----
+    semantic
+        Pixel value = class, 0 = background. A two-valued mask (0/255, 0/1,
+        boolean) is read as background/foreground.
+    sparse
+        Scribbles: 0 = not annotated (ignored by the loss); the painted values are
+        the classes, the lowest painted value being background (written as 0).
+    instances
+        0 = background, one id per object; trained as background / interior /
+        boundary (the boundary separates touching objects).
+    """
+    labels = [_check_integer_labels(label, i) for i, label in enumerate(labels)]
+    values = np.unique(np.concatenate([np.unique(label) for label in labels]))
+    notes: list[str] = []
+    if mode == "instances":
+        if values.max(initial=0) == 0:
+            raise InputError("The labels hold no objects (all 0); paint or load instance labels.")
+        encoding = LabelEncoding(
+            mode, ["background", "interior", "boundary"], [0, 1, 2], [0, 1, 2], notes
+        )
+        return [instance_targets(label) for label in labels], _check_previous(encoding, previous)
+    if mode == "sparse":
+        painted = values[values > 0]
+        if painted.size == 0:
+            raise InputError(
+                "No annotated pixels: paint at least two classes (e.g. 1 = background, 2 = object)."
+            )
+        if previous is not None:
+            source = previous.source_values
+            unknown = sorted(set(painted.tolist()) - set(source))
+            if unknown:
+                raise InputError(
+                    f"Label values {unknown} are not classes of the model ({source}); "
+                    "paint with the model's values or train a new model."
+                )
+            encoding = previous
+        else:
+            if painted.size < 2:
+                raise InputError(
+                    f"Only one class is painted (value {painted[0]}); paint at least two: "
+                    "the lowest value is background, higher values are objects."
+                )
+            source = painted.tolist()
+            encoding = LabelEncoding(
+                mode,
+                ["background"] + [f"class {v}" for v in source[1:]],
+                [0] + source[1:],
+                source,
+                notes,
+            )
+        lut = np.full(int(max(max(source), values.max())) + 1, IGNORE, np.int64)
+        lut[np.asarray(source)] = np.arange(len(source))
+        return [lut[label] for label in labels], encoding
+    if mode != "semantic":
+        raise InputError(f"Unknown label mode {mode!r}; use semantic, sparse or instances.")
+    if previous is not None:
+        source = previous.source_values
+        if len(values) == 2 and values[0] == 0 and len(source) == 2:
+            targets = [(label > 0).astype(np.int64) for label in labels]
+            return targets, previous
+        beyond = values[values >= len(source)]
+        if beyond.size:
+            raise InputError(
+                f"Label values {beyond.tolist()} are beyond the model's {len(source)} classes "
+                f"(0..{len(source) - 1}); fix the labels or train a new model."
+            )
+        return list(labels), previous
+    if len(values) > MAX_SEMANTIC_CLASSES:
+        raise InputError(
+            f"The labels hold {len(values)} different values: these look like instance labels "
+            "(one id per object). Use mode 'instances', or give class values 0..K."
+        )
+    if len(values) == 1:
+        raise InputError(
+            f"The labels hold a single value ({values[0]}); they need background and at least "
+            "one foreground class."
+        )
+    if len(values) == 2 and values[0] == 0:
+        if values[1] != 1:
+            notes.append(
+                f"Two-valued masks (0/{values[1]}) are read as background (0) / foreground (1)."
+            )
+        targets = [(label > 0).astype(np.int64) for label in labels]
+        num_classes = 2
+    else:
+        targets = list(labels)
+        num_classes = int(values.max()) + 1
+    names = ["background"] + [f"class {v}" for v in range(1, num_classes)]
+    encoding = LabelEncoding(
+        mode, names, list(range(num_classes)), list(range(num_classes)), notes
+    )
+    return targets, encoding
+
+
+def _check_previous(encoding: LabelEncoding, previous: LabelEncoding | None) -> LabelEncoding:
+    if previous is not None and previous.mode != encoding.mode:
+        raise InputError(
+            f"The model was trained in mode {previous.mode!r}, not {encoding.mode!r}; "
+            "continue in its mode or train a new model."
+        )
+    return previous or encoding
+
+
+def instance_targets(label: np.ndarray) -> np.ndarray:
+    """Instance ids (Y, X) -> classes 0 background, 1 interior, 2 boundary (int64).
+
+    The boundary is the objects' own outer pixel ring, so two touching objects are
+    separated by two boundary pixels.
+    """
+    from skimage.segmentation import find_boundaries
+
+    label = np.asarray(label)
+    target = (label > 0).astype(np.int64)
+    boundary = find_boundaries(label, mode="inner") & (label > 0)
+    target[boundary] = 2
+    return target
+
+
+def border_weights(label: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
+    """The U-Net paper's weight map ``1 + w0 * exp(-(d1 + d2)^2 / (2 sigma^2))``.
+
+    ``d1`` and ``d2`` are the distances of each background pixel to the nearest
+    and second-nearest object: the narrow gaps between touching objects get the
+    highest weights. Computed per object in a window of 3 sigma around it.
+    """
+    label = np.asarray(label)
+    height, width = label.shape
+    d1 = np.full(label.shape, np.inf, np.float32)
+    d2 = np.full(label.shape, np.inf, np.float32)
+    margin = int(np.ceil(3 * sigma))
+    for index, region in enumerate(ndi.find_objects(label), start=1):
+        if region is None:
+            continue
+        ys = slice(max(0, region[0].start - margin), min(height, region[0].stop + margin))
+        xs = slice(max(0, region[1].start - margin), min(width, region[1].stop + margin))
+        distance = ndi.distance_transform_edt(label[ys, xs] != index).astype(np.float32)
+        a, b = d1[ys, xs], d2[ys, xs]
+        closer = distance < a
+        b[:] = np.where(closer, a, np.minimum(b, distance))
+        a[:] = np.where(closer, distance, a)
+    gap = np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
+    weight = 1.0 + w0 * np.where(label == 0, gap, 0.0)
+    return weight.astype(np.float32)
+
+
+# ---------------------------------------------------------------------------
+# patches and augmentation
+
+
+@dataclass
+class Sample:
+    """One training image: (C, Y, X) float32 image, (Y, X) int64 target, optional weight."""
+
+    image: np.ndarray
+    target: np.ndarray
+    weight: np.ndarray | None = None
+
+
+class PatchSampler:
+    """Random square patches, favouring rare classes.
+
+    With probability ``foreground_sampling`` a patch is centred on a pixel of a
+    randomly chosen non-background class present in the data (each class equally
+    likely); otherwise on a random annotated pixel. Images are reflect-padded by
+    half a patch; padded target pixels are ignored by the loss.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        patch_size: int,
+        num_classes: int,
+        foreground_sampling: float,
+        rng: np.random.Generator,
+    ):
+        self.patch = patch_size
+        self.rng = rng
+        self.foreground_sampling = foreground_sampling
+        half = patch_size // 2
+        self.padded: list[Sample] = []
+        self.annotated: list[np.ndarray] = []
+        self.by_class: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for i, sample in enumerate(samples):
+            pad = ((half, half), (half, half))
+            image = np.pad(sample.image, ((0, 0), *pad), mode="reflect")
+            target = np.pad(sample.target, pad, constant_values=IGNORE)
+            weight = None if sample.weight is None else np.pad(sample.weight, pad, mode="edge")
+            self.padded.append(Sample(image, target, weight))
+            flat = sample.target.ravel()
+            self.annotated.append(np.flatnonzero(flat != IGNORE).astype(np.int64))
+            for cls in range(1, num_classes):
+                where = np.flatnonzero(flat == cls)
+                if where.size:
+                    self.by_class.setdefault(cls, []).append((i, where))
+        sizes = np.array([a.size for a in self.annotated], np.float64)
+        if sizes.sum() == 0:
+            raise InputError("No annotated pixels in the training data; paint some labels.")
+        self.image_p = sizes / sizes.sum()
+        self.widths = [s.target.shape[1] for s in samples]
+
+    def _centre(self) -> tuple[int, int, int]:
+        rng = self.rng
+        if self.by_class and rng.random() < self.foreground_sampling:
+            classes = sorted(self.by_class)
+            per_image = self.by_class[classes[rng.integers(len(classes))]]
+            i, where = per_image[rng.integers(len(per_image))]
+        else:
+            i = int(rng.choice(len(self.padded), p=self.image_p))
+            where = self.annotated[i]
+            if where.size == 0:
+                where = self.annotated[int(np.argmax([a.size for a in self.annotated]))]
+        flat = int(where[rng.integers(where.size)])
+        y, x = divmod(flat, self.widths[i])
+        return i, y, x
+
+    def sample(self) -> Sample:
+        i, y, x = self._centre()
+        p, jitter = self.patch, self.patch // 4
+        # The centre pixel lands anywhere in the middle half of the patch.
+        y0 = int(np.clip(y + self.rng.integers(-jitter, jitter + 1), 0, None))
+        x0 = int(np.clip(x + self.rng.integers(-jitter, jitter + 1), 0, None))
+        padded = self.padded[i]
+        height, width = padded.target.shape
+        y0, x0 = min(y0, height - p), min(x0, width - p)
+        window = (slice(y0, y0 + p), slice(x0, x0 + p))
+        weight = None if padded.weight is None else padded.weight[window]
+        return Sample(padded.image[(slice(None), *window)], padded.target[window], weight)
+
+    def batch(self, size: int, augment: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        samples = [self.sample() for _ in range(size)]
+        if augment:
+            samples = [augment_sample(s, self.rng) for s in samples]
+        images = np.stack([s.image for s in samples]).astype(np.float32, copy=False)
+        targets = np.stack([s.target for s in samples])
+        weights = None
+        if samples[0].weight is not None:
+            weights = np.stack([s.weight for s in samples]).astype(np.float32, copy=False)
+        return images, targets, weights
+
+
+def augment_sample(sample: Sample, rng: np.random.Generator) -> Sample:
+    """Random rotation by k*90 degrees, flip, and per-channel contrast/brightness jitter."""
+    k = int(rng.integers(4))
+    flip = bool(rng.integers(2))
+
+    def geom(a: np.ndarray) -> np.ndarray:
+        a = np.rot90(a, k, axes=(-2, -1))
+        return a[..., ::-1] if flip else a
+
+    image = geom(sample.image)
+    channels = image.shape[0]
+    scale = np.exp(rng.uniform(-0.25, 0.25, size=(channels, 1, 1))).astype(np.float32)
+    shift = rng.uniform(-0.1, 0.1, size=(channels, 1, 1)).astype(np.float32)
+    image = image * scale + shift
+    weight = None if sample.weight is None else np.ascontiguousarray(geom(sample.weight))
+    return Sample(np.ascontiguousarray(image), np.ascontiguousarray(geom(sample.target)), weight)
+
+
+def elastic_deform(images, targets, weights, rng: np.random.Generator, strength: float = 10.0):
+    """The paper's elastic deformation: a random 3x3 grid of displacements (std ``strength``
+    pixels), smoothly interpolated, applied to a batch of torch tensors.
+
+    ``images`` (B, C, H, W) float, ``targets`` (B, H, W) int64, ``weights`` (B, H, W) or None.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    batch, _, height, width = images.shape
+    coarse = rng.normal(0, strength, size=(batch, 2, 3, 3)).astype(np.float32)
+    coarse = torch.from_numpy(coarse).to(images.device)
+    flow = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=True)
+    ys = torch.linspace(-1, 1, height, device=images.device)
+    xs = torch.linspace(-1, 1, width, device=images.device)
+    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+    grid = torch.stack(
+        [
+            grid_x + flow[:, 0] * 2 / max(width - 1, 1),
+            grid_y + flow[:, 1] * 2 / max(height - 1, 1),
+        ],
+        dim=-1,
+    )
+    images = F.grid_sample(
+        images, grid, mode="bilinear", padding_mode="reflection", align_corners=True
+    )
+    shifted = (targets + 1).unsqueeze(1).float()  # IGNORE (-1) -> 0, which padding also gives
+    targets = (
+        F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=True)[
+            :, 0
+        ].long()
+        - 1
+    )
+    if weights is not None:
+        weights = F.grid_sample(
+            weights.unsqueeze(1), grid, mode="bilinear", padding_mode="border", align_corners=True
+        )[:, 0]
+    return images, targets, weights
+
+
+def check_pairs(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> None:
+    """Raise InputError unless each image has labels of the same height and width."""
+    if len(images) != len(labels):
+        raise InputError(
+            f"Got {len(images)} images but {len(labels)} label images; give one labels per image."
+        )
+    if not images:
+        raise InputError("No training images were given.")
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        if image.shape[-2:] != label.shape[-2:]:
+            raise InputError(
+                f"Image #{i} is {image.shape[-2:]} (Y, X) but its labels are {label.shape[-2:]}; "
+                "labels must have the image's height and width."
+            )
+
+
+def warn(message: str) -> None:
+    warnings.warn(message, UserWarning, stacklevel=3)

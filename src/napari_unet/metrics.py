@@ -1,0 +1,136 @@
+"""Scores: Dice and IoU per class, instance matching (F1, DSB score), ISBI errors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+DSB_THRESHOLDS = np.arange(0.5, 1.0, 0.05)
+
+
+def class_scores(prediction: np.ndarray, truth: np.ndarray, classes) -> dict[str, dict]:
+    """Dice and IoU of each class value in ``classes`` (pixels of ``truth`` < 0 ignored)."""
+    valid = truth >= 0
+    scores = {}
+    for value in classes:
+        t = (truth == value) & valid
+        p = (prediction == value) & valid
+        inter, total, union = (t & p).sum(), t.sum() + p.sum(), (t | p).sum()
+        scores[str(value)] = {
+            "dice": float(2 * inter / total) if total else 1.0,
+            "iou": float(inter / union) if union else 1.0,
+        }
+    return scores
+
+
+def matching_ious(truth: np.ndarray, prediction: np.ndarray) -> np.ndarray:
+    """IoU matrix (n_true, n_pred) of the objects of two instance label images."""
+    truth = np.asarray(truth).ravel()
+    prediction = np.asarray(prediction).ravel()
+    _, t = np.unique(truth, return_inverse=True)
+    _, p = np.unique(prediction, return_inverse=True)
+    t_ids, p_ids = np.unique(truth), np.unique(prediction)
+    n_t, n_p = len(t_ids), len(p_ids)
+    overlap = np.bincount(t * n_p + p, minlength=n_t * n_p).reshape(n_t, n_p).astype(np.float64)
+    # drop background rows/columns (id 0)
+    if t_ids[0] == 0:
+        overlap_t = overlap[1:]
+    else:
+        overlap_t = overlap
+    area_t = overlap.sum(1)[(1 if t_ids[0] == 0 else 0) :]
+    area_p = overlap.sum(0)[(1 if p_ids[0] == 0 else 0) :]
+    inter = overlap_t[:, (1 if p_ids[0] == 0 else 0) :]
+    union = area_t[:, None] + area_p[None, :] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+
+
+def instance_scores(truth: np.ndarray, prediction: np.ndarray) -> dict[str, float]:
+    """F1 at IoU 0.5 and the DSB 2018 score (mean over IoU 0.5:0.05:0.95 of TP/(TP+FP+FN)).
+
+    For thresholds of 0.5 and above each object matches at most one other, so the
+    one-to-one matching is exact without an assignment solver.
+    """
+    ious = matching_ious(truth, prediction)
+    n_true, n_pred = ious.shape
+    per_threshold = []
+    f1 = 0.0
+    for threshold in DSB_THRESHOLDS:
+        tp = int((ious > threshold).sum())
+        fp, fn = n_pred - tp, n_true - tp
+        denominator = tp + fp + fn
+        per_threshold.append(tp / denominator if denominator else 1.0)
+        if threshold == DSB_THRESHOLDS[0]:
+            f1 = 2 * tp / (2 * tp + fp + fn) if (2 * tp + fp + fn) else 1.0
+    return {
+        "f1@0.5": float(f1),
+        "dsb_score": float(np.mean(per_threshold)),
+        "objects_true": n_true,
+        "objects_predicted": n_pred,
+    }
+
+
+def pixel_error(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Fraction of misclassified pixels."""
+    return float(np.mean(np.asarray(prediction) != np.asarray(truth)))
+
+
+def rand_error(membrane_prediction: np.ndarray, membrane_truth: np.ndarray) -> float:
+    """Foreground-restricted Rand error of the cells (ISBI 2012): cells are the connected
+    regions of non-membrane pixels; membrane pixels of the truth are not scored."""
+    from scipy import ndimage as ndi
+    from skimage.metrics import adapted_rand_error
+
+    cells_true, _ = ndi.label(np.asarray(membrane_truth) == 0)
+    cells_pred, _ = ndi.label(np.asarray(membrane_prediction) == 0)
+    error, _, _ = adapted_rand_error(cells_true, cells_pred, ignore_labels=(0,))
+    return float(error)
+
+
+def foreground_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
+    """Dice of foreground (anything > 0) against foreground."""
+    p, t = np.asarray(prediction) > 0, np.asarray(truth) > 0
+    total = p.sum() + t.sum()
+    return float(2 * (p & t).sum() / total) if total else 1.0
+
+
+def evaluate(model, images, labels, **predict_kwargs) -> dict:
+    """Predict each image and score it against its labels.
+
+    Returns per-image and mean scores: Dice/IoU per class (semantic, sparse), and
+    for instances foreground Dice, F1@0.5 and the DSB score.
+    """
+    from .data import InputError, encode_labels
+    from .prediction import predict
+
+    per_image = []
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
+        label = np.asarray(label)
+        prediction = predict(model, image, **predict_kwargs)
+        if prediction.shape != label.shape:
+            raise InputError(
+                f"Image #{i}: prediction {prediction.shape} and labels {label.shape} differ in "
+                "shape; labels must match the image's height and width."
+            )
+        if model.mode == "instances":
+            scores = {"foreground_dice": foreground_dice(prediction, label)}
+            scores.update(instance_scores(label, prediction))
+        else:
+            truth = label.astype(np.int64)
+            if model.mode == "semantic":
+                (truth,), _ = encode_labels([truth], "semantic", model.encoding)
+            else:
+                (encoded,), _ = encode_labels([truth], "sparse", model.encoding)
+                values = np.asarray(model.encoding.class_values)
+                truth = np.where(encoded >= 0, values[np.maximum(encoded, 0)], -1)
+            scores = class_scores(prediction, truth, model.encoding.class_values[1:])
+        per_image.append(scores)
+    return {"images": per_image, "mean": _mean_scores(per_image)}
+
+
+def _mean_scores(per_image: list[dict]) -> dict:
+    def merge(items):
+        first = items[0]
+        if isinstance(first, dict):
+            return {k: merge([item[k] for item in items]) for k in first}
+        return float(np.mean(items))
+
+    return merge(per_image) if per_image else {}

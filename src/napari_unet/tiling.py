@@ -1,0 +1,252 @@
+"""Overlapping tiles, smooth blending and stitching in bounded memory.
+
+The image is covered by a regular grid of square tiles that overlap by a fixed
+number of pixels. Each tile's output is multiplied by a separable weight that
+ramps up from the tile's inner edges (sides facing a neighbour) and is flat in
+the middle and on sides that touch the image border; the stitched result is the
+weighted sum divided by the sum of weights. Because the grid is a Cartesian
+product and the weights are separable, the sum of weights is an outer product
+of two 1-D profiles and never needs a full-size buffer.
+
+Tiles are read from the source on demand (numpy, memory-mapped TIFF, zarr or
+dask all support the slicing used) and finished rows of the output are handed
+out as horizontal bands as soon as no later tile touches them, so memory holds
+about two rows of tiles whatever the image size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+Forward = Callable[[np.ndarray], np.ndarray]
+"""Batch (B, C, h, w) float32 -> (B, K, h, w) float32."""
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class Axis:
+    """Tiling of one axis: tile length, starts, and reflection padding of short axes."""
+
+    length: int
+    tile: int
+    starts: tuple[int, ...]
+    pad_before: int
+    pad_after: int
+
+    @classmethod
+    def plan(cls, length: int, tile: int, overlap: int, divisor: int) -> Axis:
+        if length <= tile:
+            size = _round_up(length, divisor)
+            pad = size - length
+            return cls(length, size, (0,), pad // 2, pad - pad // 2)
+        stride = max(divisor, tile - overlap)
+        count = -(-(length - tile) // stride) + 1
+        # Spread the tiles evenly so that every overlap is at least ``overlap``.
+        starts = np.round(np.linspace(0, length - tile, count)).astype(int)
+        return cls(length, tile, tuple(int(s) for s in starts), 0, 0)
+
+    def weights(self, index: int, ramp: int) -> np.ndarray:
+        """1-D blending weight of tile ``index`` over its valid (unpadded) pixels."""
+        size = self.tile - self.pad_before - self.pad_after
+        w = np.ones(size, np.float32)
+        if len(self.starts) == 1 or ramp <= 0:
+            return w
+        # Raised-cosine ramp over the real overlap with each neighbour.
+        position = np.arange(size, dtype=np.float32) + 0.5
+        if index > 0:
+            width = min(ramp, self.starts[index - 1] + self.tile - self.starts[index])
+            w *= _ramp(position, width)
+        if index < len(self.starts) - 1:
+            width = min(ramp, self.starts[index] + self.tile - self.starts[index + 1])
+            w *= _ramp(size - position, width)
+        return w
+
+    def weight_sum(self, ramp: int) -> np.ndarray:
+        total = np.zeros(self.length, np.float32)
+        valid = self.tile - self.pad_before - self.pad_after
+        for i, start in enumerate(self.starts):
+            total[start : start + valid] += self.weights(i, ramp)
+        return total
+
+
+def _ramp(distance: np.ndarray, width: int) -> np.ndarray:
+    """0 at the tile edge, 1 after ``width`` pixels, smooth in between, never exactly 0."""
+    if width <= 0:
+        return np.ones_like(distance)
+    t = np.clip(distance / width, 0.0, 1.0)
+    return np.maximum(0.5 - 0.5 * np.cos(np.pi * t), 1e-3).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """Tiles covering an image of ``shape`` (Y, X)."""
+
+    y: Axis
+    x: Axis
+    ramp: int
+
+    @classmethod
+    def plan(
+        cls, shape: tuple[int, int], tile_size: int, overlap: float, divisor: int
+    ) -> TileGrid:
+        """Plan tiles of ``tile_size`` (rounded up to ``divisor``) overlapping by ``overlap``
+        (a share of the tile). Axes shorter than a tile get one tile, padded by reflection
+        to a multiple of ``divisor``."""
+        if not 0 <= overlap < 0.5:
+            raise ValueError(f"overlap must be in [0, 0.5), got {overlap}.")
+        tile = _round_up(max(tile_size, divisor), divisor)
+        overlap_px = _round_up(int(round(overlap * tile)), 2)
+        return cls(
+            Axis.plan(shape[0], tile, overlap_px, divisor),
+            Axis.plan(shape[1], tile, overlap_px, divisor),
+            overlap_px,
+        )
+
+    @property
+    def count(self) -> int:
+        return len(self.y.starts) * len(self.x.starts)
+
+    @property
+    def tile_shape(self) -> tuple[int, int]:
+        return self.y.tile, self.x.tile
+
+
+@dataclass
+class Band:
+    """Finished output rows ``[y0, y1)``: blended values (K, y1 - y0, X) float32."""
+
+    y0: int
+    y1: int
+    values: np.ndarray
+
+
+@dataclass
+class TilesDone:
+    """Progress: ``done`` of ``total`` tiles processed."""
+
+    done: int
+    total: int
+
+
+def read_tile(source, grid: TileGrid, row: int, col: int) -> np.ndarray:
+    """Read tile (row, col) of a (C, Y, X) array-like as float32, reflect-padding short axes."""
+    y0, x0 = grid.y.starts[row], grid.x.starts[col]
+    ylen = grid.y.tile - grid.y.pad_before - grid.y.pad_after
+    xlen = grid.x.tile - grid.x.pad_before - grid.x.pad_after
+    tile = np.asarray(source[:, y0 : y0 + ylen, x0 : x0 + xlen], dtype=np.float32)
+    pads = ((0, 0), (grid.y.pad_before, grid.y.pad_after), (grid.x.pad_before, grid.x.pad_after))
+    if any(p for pair in pads for p in pair):
+        tile = pad_reflect(tile, pads)
+    return tile
+
+
+def pad_reflect(array: np.ndarray, pads) -> np.ndarray:
+    """Reflection padding that also works when a pad is wider than the axis."""
+    mode = "reflect" if all(s > 1 for s in array.shape[1:]) else "edge"
+    return np.pad(array, pads, mode=mode)
+
+
+def iter_tiled(
+    source,
+    forward: Forward,
+    num_outputs: int,
+    grid: TileGrid,
+    *,
+    batch_size: int = 4,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+) -> Iterator[Band | TilesDone]:
+    """Run ``forward`` over the tiles of ``source`` (C, Y, X) and yield finished bands.
+
+    Parameters
+    ----------
+    source
+        Array-like (C, Y, X) supporting basic slicing; read one tile at a time.
+    forward
+        Batch (B, C, h, w) float32 -> (B, num_outputs, h, w) float32.
+    grid
+        The tile plan (:meth:`TileGrid.plan`).
+    transform
+        Applied to each tile after reading (normalisation), (C, h, w) -> (C, h, w).
+
+    Yields
+    ------
+    :class:`TilesDone` after each batch and :class:`Band` for each run of finished
+    rows, top to bottom; the bands together cover the whole image exactly once.
+    """
+    ys, xs = grid.y, grid.x
+    height, width = ys.length, xs.length
+    ylen = ys.tile - ys.pad_before - ys.pad_after
+    xlen = xs.tile - xs.pad_before - xs.pad_after
+    wy = [ys.weights(i, grid.ramp) for i in range(len(ys.starts))]
+    wx = [xs.weights(i, grid.ramp) for i in range(len(xs.starts))]
+    inv_x = 1.0 / xs.weight_sum(grid.ramp)
+    inv_y = 1.0 / ys.weight_sum(grid.ramp)
+    rows, cols = len(ys.starts), len(xs.starts)
+    total = rows * cols
+
+    acc_y0 = 0  # first row held in the accumulator (= first unfinished output row)
+    acc = np.zeros((num_outputs, 0, width), np.float32)
+    pending: list[tuple[int, int]] = []
+    tiles: list[np.ndarray] = []
+    done_in_row = [0] * rows
+    next_row_to_flush = 0
+    done = 0
+
+    def run_batch() -> Iterator[Band | TilesDone]:
+        nonlocal acc, acc_y0, next_row_to_flush, done
+        outputs = forward(np.stack(tiles))
+        for (row, col), out in zip(pending, outputs, strict=True):
+            out = out[
+                :, ys.pad_before : ys.pad_before + ylen, xs.pad_before : xs.pad_before + xlen
+            ]
+            y0, x0 = ys.starts[row], xs.starts[col]
+            need = y0 + ylen - acc_y0
+            if need > acc.shape[1]:
+                grow = np.zeros((num_outputs, need - acc.shape[1], width), np.float32)
+                acc = np.concatenate([acc, grow], axis=1)
+            weight = wy[row][:, None] * wx[col][None, :]
+            acc[:, y0 - acc_y0 : y0 - acc_y0 + ylen, x0 : x0 + xlen] += out * weight
+            done_in_row[row] += 1
+        done += len(pending)
+        pending.clear()
+        tiles.clear()
+        yield TilesDone(done, total)
+        while next_row_to_flush < rows and done_in_row[next_row_to_flush] == cols:
+            row = next_row_to_flush
+            end = ys.starts[row + 1] if row + 1 < rows else height
+            if end > acc_y0:
+                finished = acc[:, : end - acc_y0]
+                finished *= inv_y[acc_y0:end, None] * inv_x[None, :]
+                yield Band(acc_y0, end, finished)
+                acc = acc[:, end - acc_y0 :].copy()
+                acc_y0 = end
+            next_row_to_flush += 1
+
+    for row in range(rows):
+        for col in range(cols):
+            tile = read_tile(source, grid, row, col)
+            if transform is not None:
+                tile = transform(tile)
+            tiles.append(tile)
+            pending.append((row, col))
+            if len(tiles) == batch_size:
+                yield from run_batch()
+    if tiles:
+        yield from run_batch()
+
+
+def tiled_apply(
+    source, forward: Forward, num_outputs: int, grid: TileGrid, **kwargs
+) -> np.ndarray:
+    """Blocking form of :func:`iter_tiled`: the whole blended output (K, Y, X) float32."""
+    out = np.empty((num_outputs, grid.y.length, grid.x.length), np.float32)
+    for event in iter_tiled(source, forward, num_outputs, grid, **kwargs):
+        if isinstance(event, Band):
+            out[:, event.y0 : event.y1] = event.values
+    return out

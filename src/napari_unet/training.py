@@ -1,0 +1,475 @@
+"""Training: :func:`iter_train` yields typed events; :func:`train` drains it.
+
+A consumer (the napari widget, the command line) renders the events and may stop
+at any of them by closing the generator: the model handed out with
+:class:`TrainingStarted` then holds the best validation weights seen so far.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from ._device import autocast, autocast_dtype, resolve_device
+from .config import ModelConfig, TrainConfig
+from .data import (
+    InputError,
+    Normalization,
+    PatchSampler,
+    Sample,
+    border_weights,
+    channel_axis_of,
+    check_pairs,
+    convert_channels,
+    elastic_deform,
+    encode_labels,
+    iter_planes,
+    to_cyx,
+)
+from .losses import IGNORE, DiceCELoss
+from .model import SegmentationModel, UNet
+
+# ---------------------------------------------------------------------------
+# events
+
+
+@dataclass
+class TrainingStarted:
+    """Training is about to start. ``model`` is trained in place."""
+
+    model: SegmentationModel
+    train_planes: int
+    validation_planes: int
+    device: str
+    precision: str
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class StepEnded:
+    """One optimiser step; ``progress`` in [0, 1] and ``eta`` in seconds."""
+
+    step: int
+    epoch: int
+    loss: float
+    learning_rate: float
+    elapsed: float
+    progress: float
+    eta: float
+
+
+@dataclass
+class EpochEnded:
+    """An epoch ended; ``score`` is the validation mean Dice of the foreground classes."""
+
+    epoch: int
+    step: int
+    loss: float
+    score: float | None
+    best_score: float | None
+    improved: bool
+    elapsed: float
+
+
+@dataclass
+class TrainingFinished:
+    """Training ended (budget used up); ``model`` holds the best validation weights."""
+
+    model: SegmentationModel
+    epochs: int
+    steps: int
+    best_score: float | None
+    elapsed: float
+
+
+TrainEvent = TrainingStarted | StepEnded | EpochEnded | TrainingFinished
+
+
+# ---------------------------------------------------------------------------
+# data preparation
+
+
+@dataclass
+class PreparedData:
+    train: list[Sample]
+    validation: list[Sample]
+    encoding: object
+    in_channels: int
+    convert_channels: bool
+    notes: list[str]
+    description: str
+
+
+def _as_list(images) -> list:
+    if isinstance(images, np.ndarray) or hasattr(images, "shape"):
+        return [images]
+    return list(images)
+
+
+def _planes(images, channel_axis) -> tuple[list[np.ndarray], list[int]]:
+    """Split images and stacks into 2-D planes (C, Y, X); also return each plane's image index."""
+    planes, owners = [], []
+    for i, image in enumerate(images):
+        image = np.asarray(image)
+        axis = channel_axis_of(image.shape, channel_axis)
+        for _, plane in iter_planes(image, axis):
+            planes.append(to_cyx(plane, None if axis is None else plane.ndim - 1))
+            owners.append(i)
+    return planes, owners
+
+
+def _label_planes(labels) -> list[np.ndarray]:
+    planes = []
+    for label in labels:
+        label = np.asarray(label)
+        if label.ndim == 2:
+            planes.append(label)
+        elif label.ndim == 3 and label.shape[-1] in (3, 4) and min(label.shape[:2]) > 4:
+            raise InputError(
+                f"Labels of shape {label.shape} look like an RGB picture; labels must be one "
+                "integer value per pixel (save the mask as a single-channel image)."
+            )
+        else:
+            planes.extend(label.reshape(-1, *label.shape[-2:]))
+    return planes
+
+
+def prepare_data(
+    images,
+    labels,
+    config: TrainConfig,
+    *,
+    model: SegmentationModel | None = None,
+    channel_axis: int | None | str = "auto",
+) -> PreparedData:
+    """Check, convert, normalise and split the training data (see :func:`iter_train`)."""
+    images, labels = _as_list(images), _as_list(labels)
+    if len(images) != len(labels):
+        raise InputError(
+            f"Got {len(images)} images but {len(labels)} label images; give one labels per image."
+        )
+    planes, owners = _planes(images, channel_axis)
+    label_planes = _label_planes(labels)
+    check_pairs(planes, label_planes)
+    notes: list[str] = []
+    counts = sorted({p.shape[0] for p in planes})
+    convert = False
+    if model is not None:
+        in_channels, convert = model.in_channels, model.convert_channels
+        bad = [c for c in counts if c != in_channels and not (c == 4 and in_channels == 3)]
+        if bad and not convert:
+            raise InputError(
+                f"The model takes {in_channels} channel(s), the images have {bad}; "
+                "continue with images like the first training data, or train a new model."
+            )
+    else:
+        in_channels = counts[-1] if counts[-1] != 4 else 3
+        if len(counts) > 1:
+            convert = True
+            notes.append(
+                f"Images have different channel counts {counts}; all are converted to "
+                f"{in_channels} (grey is repeated into every channel)."
+            )
+    normalization = (
+        model.normalization
+        if model is not None
+        else Normalization(config.low_percentile, config.high_percentile)
+    )
+    normalized = []
+    for plane in planes:
+        if np.isnan(np.asarray(plane, dtype=np.float32)).all():
+            raise InputError("A training image holds only NaN values; check the file.")
+        plane = convert_channels(plane, in_channels)
+        normalized.append(normalization(plane))
+    targets, encoding = encode_labels(
+        label_planes, config.mode, None if model is None else model.encoding
+    )
+    notes += encoding.notes
+    if model is not None and encoding.num_classes != model.num_classes:
+        raise InputError(
+            f"The labels give {encoding.num_classes} classes, the model has {model.num_classes}; "
+            "use labels with the model's classes or train a new model."
+        )
+    weights = None
+    if config.mode == "instances" and config.border_weight > 0:
+        weights = [border_weights(label, w0=config.border_weight) for label in label_planes]
+    samples = [
+        Sample(image, target, None if weights is None else weights[i])
+        for i, (image, target) in enumerate(zip(normalized, targets, strict=True))
+    ]
+    train, validation = _split(samples, config.validation_fraction, config.patch_size)
+    if not any((s.target != IGNORE).any() for s in train):
+        raise InputError(
+            "No annotated pixels in the training part; paint labels or lower the validation share."
+        )
+    shapes = sorted({tuple(p.shape[1:]) for p in planes})
+    description = f"{len(planes)} plane(s) from {len(images)} image(s), sizes {shapes[:3]}" + (
+        "..." if len(shapes) > 3 else ""
+    )
+    return PreparedData(train, validation, encoding, in_channels, convert, notes, description)
+
+
+def _split(
+    samples: list[Sample], fraction: float, patch: int
+) -> tuple[list[Sample], list[Sample]]:
+    """Hold out the last whole planes (contiguous, as in a stack) or, with a single plane, a
+    strip along its longer side."""
+    if fraction <= 0:
+        return samples, []
+    if len(samples) >= 2:
+        count = min(len(samples) - 1, max(1, round(len(samples) * fraction)))
+        return samples[:-count], samples[-count:]
+    (sample,) = samples
+    height, width = sample.target.shape
+    along_y = height >= width
+    length = height if along_y else width
+    cut = length - max(16, int(round(length * fraction)))
+    if cut < 16:
+        return samples, []
+
+    def part(a: np.ndarray | None, keep: slice) -> np.ndarray | None:
+        if a is None:
+            return None
+        return a[..., keep, :] if along_y else a[..., keep]
+
+    head, tail = slice(0, cut), slice(cut, None)
+    train = Sample(part(sample.image, head), part(sample.target, head), part(sample.weight, head))
+    val = Sample(part(sample.image, tail), part(sample.target, tail), part(sample.weight, tail))
+    return [train], [val]
+
+
+# ---------------------------------------------------------------------------
+# training
+
+
+def _schedule(progress: float, warmup: float = 0.03) -> float:
+    """Learning-rate factor: linear warm-up, then cosine decay to 2% at the end."""
+    if progress < warmup:
+        return max(progress / warmup, 0.05)
+    t = min(1.0, (progress - warmup) / (1 - warmup))
+    return 0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def foreground_dice(prediction: np.ndarray, target: np.ndarray, num_classes: int) -> float | None:
+    """Mean Dice over classes 1..K-1 present in the annotated part of ``target``."""
+    annotated = target != IGNORE
+    scores = []
+    for cls in range(1, num_classes):
+        truth = (target == cls) & annotated
+        if not truth.any():
+            continue
+        guess = (prediction == cls) & annotated
+        scores.append(2 * (truth & guess).sum() / (truth.sum() + guess.sum()))
+    return float(np.mean(scores)) if scores else None
+
+
+def _validate(network: UNet, samples: list[Sample], device: str, tile: int) -> float | None:
+    from .prediction import predict
+
+    scores = []
+    for sample in samples:
+        probs = predict(
+            network,
+            sample.image,
+            output="probabilities",
+            device=device,
+            tile_size=tile,
+            channel_axis=0,
+        )
+        score = foreground_dice(
+            np.argmax(probs, axis=0), sample.target, network.config.num_classes
+        )
+        if score is not None:
+            scores.append(score)
+    return float(np.mean(scores)) if scores else None
+
+
+def _steps_per_epoch(samples: list[Sample], config: TrainConfig) -> int:
+    if config.steps_per_epoch:
+        return config.steps_per_epoch
+    pixels = sum(s.target.size for s in samples)
+    return int(np.clip(math.ceil(pixels / (config.batch_size * config.patch_size**2)), 16, 250))
+
+
+def iter_train(
+    images,
+    labels,
+    config: TrainConfig | None = None,
+    *,
+    model: SegmentationModel | None = None,
+    model_config: ModelConfig | None = None,
+    channel_axis: int | None | str = "auto",
+) -> Iterator[TrainEvent]:
+    """Train a U-Net, yielding events as it goes.
+
+    Parameters
+    ----------
+    images
+        An image or a list of images: (Y, X), (Y, X, C) RGB, or stacks (Z, Y, X) /
+        (Z, Y, X, C) whose planes are trained on independently. Any size and dtype.
+    labels
+        Label images of the same height and width, read as ``config.mode`` says
+        (see :func:`napari_unet.data.encode_labels`).
+    config
+        :class:`TrainConfig`; defaults if None.
+    model
+        Continue training this model (same label mode, classes and channels).
+    model_config
+        Architecture of a new model (depth, base channels, ...); channels and classes
+        are taken from the data.
+
+    Yields
+    ------
+    :class:`TrainingStarted`, then :class:`StepEnded` per step and :class:`EpochEnded`
+    per epoch, and :class:`TrainingFinished` at the end. Closing the generator stops
+    training; the model keeps the best validation weights either way.
+    """
+    config = config or TrainConfig()
+    data = prepare_data(images, labels, config, model=model, channel_axis=channel_axis)
+    rng = np.random.default_rng(config.seed)
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+
+    if model is None:
+        architecture = (model_config or ModelConfig()).model_copy(
+            update={"in_channels": data.in_channels, "num_classes": data.encoding.num_classes}
+        )
+        network = UNet.from_config(architecture)
+        model = SegmentationModel(
+            network,
+            data.encoding,
+            Normalization(config.low_percentile, config.high_percentile),
+            convert_channels=data.convert_channels,
+        )
+    network = model.network.to(device).to(memory_format=torch.channels_last)
+    dtype = autocast_dtype(device, config.mixed_precision)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    optimizer = torch.optim.AdamW(
+        network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+    )
+    loss_fn = DiceCELoss(config.dice_weight, config.ce_weight)
+    sampler = PatchSampler(
+        data.train, config.patch_size, data.encoding.num_classes, config.foreground_sampling, rng
+    )
+    steps_per_epoch = _steps_per_epoch(data.train, config)
+    budget = config.minutes * 60 if config.minutes else None
+    total_steps = None if budget else config.epochs * steps_per_epoch
+    validation_tile = max(256, config.patch_size * 2)
+
+    run = {
+        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "data": data.description,
+        "config": config.model_dump(),
+        "epochs": 0,
+        "steps": 0,
+        "best_score": None,
+        "curve": [],
+    }
+    model.history.setdefault("runs", []).append(run)
+    yield TrainingStarted(
+        model,
+        len(data.train),
+        len(data.validation),
+        str(device),
+        "fp32" if dtype is None else str(dtype).replace("torch.", ""),
+        data.notes,
+    )
+
+    best_state = copy.deepcopy(network.state_dict())
+    best_score: float | None = None
+    start = time.perf_counter()
+    step = epoch = 0
+    try:
+        while True:
+            network.train()
+            losses = []
+            for _ in range(steps_per_epoch):
+                elapsed = time.perf_counter() - start
+                progress = elapsed / budget if budget else step / total_steps
+                if progress >= 1:
+                    break
+                lr = config.learning_rate * _schedule(progress)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                x, y, w = sampler.batch(config.batch_size, config.augment)
+                x = torch.from_numpy(x).to(device)
+                y = torch.from_numpy(y).to(device)
+                w = None if w is None else torch.from_numpy(w).to(device)
+                if config.augment and config.elastic:
+                    x, y, w = elastic_deform(x, y, w, rng)
+                x = x.contiguous(memory_format=torch.channels_last)
+                with autocast(device, dtype):
+                    logits = network(x)
+                loss = loss_fn(logits, y, w)
+                optimizer.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    optimizer.step()
+                step += 1
+                losses.append(loss.item())
+                elapsed = time.perf_counter() - start
+                progress = min(1.0, elapsed / budget if budget else step / total_steps)
+                eta = elapsed / max(progress, 1e-9) * (1 - progress)
+                yield StepEnded(step, epoch, losses[-1], lr, elapsed, progress, eta)
+            else:
+                epoch += 1
+            if not losses:
+                break
+            network.eval()
+            score = _validate(network, data.validation, str(device), validation_tile)
+            improved = score is not None and (best_score is None or score > best_score)
+            if improved or (score is None and best_score is None):
+                best_state = copy.deepcopy(network.state_dict())
+                if improved:
+                    best_score = score
+            run.update(epochs=epoch, steps=step, best_score=best_score)
+            run["curve"].append(
+                {
+                    "epoch": epoch,
+                    "step": step,
+                    "loss": float(np.mean(losses)),
+                    "score": score,
+                    "elapsed": round(time.perf_counter() - start, 2),
+                }
+            )
+            yield EpochEnded(
+                epoch,
+                step,
+                float(np.mean(losses)),
+                score,
+                best_score,
+                improved,
+                time.perf_counter() - start,
+            )
+            if not budget and step >= total_steps:
+                break
+    finally:
+        network.load_state_dict(best_state)
+        network.eval()
+        run.update(
+            epochs=epoch,
+            steps=step,
+            best_score=best_score,
+            finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
+    yield TrainingFinished(model, epoch, step, best_score, time.perf_counter() - start)
+
+
+def train(images, labels, config: TrainConfig | None = None, **kwargs) -> SegmentationModel:
+    """Train a U-Net and return it (best validation weights). See :func:`iter_train`."""
+    model = None
+    for event in iter_train(images, labels, config, **kwargs):
+        if isinstance(event, TrainingStarted | TrainingFinished):
+            model = event.model
+    return model
