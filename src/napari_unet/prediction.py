@@ -7,17 +7,16 @@ result.
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
-from ._device import autocast, autocast_dtype, resolve_device
+from ._device import autocast_dtype, resolve_device
+from ._inference import make_forward
 from .config import PredictConfig
 from .data import InputError, Normalization, channel_axis_of, convert_channels, stack_shape
-from .model import SegmentationModel, UNet, fuse_batchnorm
+from .model import SegmentationModel, UNet
 from .tiling import Band, TileGrid, TilesDone, iter_tiled
 
 
@@ -88,23 +87,6 @@ def _check_channels(model_channels: int, image_channels: int, convert: bool) -> 
     )
 
 
-def _make_forward(network: UNet, device: torch.device, dtype, softmax: bool):
-    network = fuse_batchnorm(copy.deepcopy(network).eval()).to(device)
-    network = network.to(memory_format=torch.channels_last)
-
-    @torch.inference_mode()
-    def forward(batch: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
-        with autocast(device, dtype):
-            y = network(x)
-        y = y.float()
-        if softmax:
-            y = torch.softmax(y, dim=1)
-        return y.cpu().numpy()
-
-    return forward
-
-
 def iter_predict(
     model: SegmentationModel | UNet,
     image,
@@ -161,7 +143,7 @@ def iter_predict(
 
     torch_device = resolve_device(config.device)
     dtype = autocast_dtype(torch_device, config.mixed_precision)
-    forward = _make_forward(network, torch_device, dtype, softmax=True)
+    forward = make_forward(network, torch_device, dtype, softmax=True)
     grid = TileGrid.plan((height, width), config.tile_size, config.overlap, network.divisor)
 
     want_labels = config.output == "labels"
