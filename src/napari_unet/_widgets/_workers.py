@@ -1,0 +1,198 @@
+"""Thread workers that run training and prediction off the GUI thread.
+
+Each worker drains a core generator (:func:`~napari_unet.training.iter_train`,
+:func:`~napari_unet.prediction.iter_predict`) in a napari thread worker and yields
+its events, which the widgets render on the GUI thread. Stopping is cooperative:
+the widget sets a :class:`threading.Event`, the worker closes the core generator
+at the next event (so training restores its best weights) and returns.
+
+Errors never leave the worker as exceptions: they are yielded as
+:class:`JobFailed` with a message a person can act on, which the widget shows as
+a notification.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from napari.qt.threading import GeneratorWorker, create_worker
+
+from ..config import ModelConfig, TrainConfig
+from ..data import InputError
+from ..model import SegmentationModel
+from ..prediction import PredictionFinished, iter_predict, predict
+from ..training import EpochEnded, TrainingStarted, iter_train
+from ._layers import annotated_planes
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class JobFailed:
+    """The job ended with an error; ``message`` says what went wrong."""
+
+    message: str
+
+
+@dataclass
+class PlanesSelected:
+    """Training uses ``used`` of the ``total`` stack planes: those that hold labels."""
+
+    used: int
+    total: int
+
+
+@dataclass
+class PreviewReady:
+    """A prediction of the plane ``index`` with the weights after an epoch."""
+
+    index: tuple[int, ...]
+    labels: np.ndarray
+
+
+@dataclass
+class Preview:
+    """Which plane to predict after each epoch for the live preview."""
+
+    image: object
+    index: tuple[int, ...]
+    channel_axis: int | None
+    device: str
+
+
+def describe(error: Exception) -> str:
+    """A message for a notification: input errors as they are, others with their type."""
+    if isinstance(error, InputError):
+        return str(error)
+    if isinstance(error, MemoryError):
+        return "Out of memory: use smaller patches or tiles, a smaller batch or model."
+    return f"{type(error).__name__}: {error}"
+
+
+def _guarded(events: Iterator):
+    try:
+        return (yield from events)
+    except Exception as error:  # every failure becomes a notification, none a traceback
+        logger.debug("job failed", exc_info=error)
+        yield JobFailed(describe(error))
+        return None
+
+
+def _training_data(image, labels, channel_axis: int | None):
+    """The planes of a (stacked) image and its labels that hold labels, read into memory."""
+    labels = np.array(labels, copy=True)  # painting during training must not change the targets
+    planes = annotated_planes(labels)
+    if not planes:
+        raise InputError(
+            "The labels layer is empty: paint some labels (or, in sparse mode, scribbles of "
+            "at least two classes) before training."
+        )
+    if labels.ndim == 2:
+        return np.asarray(image), labels, PlanesSelected(1, 1)
+    total = int(np.prod(labels.shape[:-2]))
+    images = [np.asarray(image[index]) for index in planes]
+    targets = [labels[index] for index in planes]
+    return images, targets, PlanesSelected(len(planes), total)
+
+
+def _train(
+    image,
+    labels,
+    channel_axis: int | None,
+    config: TrainConfig,
+    model: SegmentationModel | None,
+    model_config: ModelConfig | None,
+    preview: Preview | None,
+    stop: threading.Event,
+):
+    images, targets, selected = _training_data(image, labels, channel_axis)
+    yield selected
+    events = iter_train(
+        images,
+        targets,
+        config,
+        model=model,
+        model_config=model_config,
+        channel_axis=channel_axis,
+    )
+    trained = None
+    try:
+        for event in events:
+            if isinstance(event, TrainingStarted):
+                trained = event.model
+            yield event
+            if stop.is_set():
+                break
+            if preview is not None and isinstance(event, EpochEnded):
+                plane = preview.image[preview.index] if preview.index else preview.image
+                labels = predict(
+                    trained, plane, channel_axis=preview.channel_axis, device=preview.device
+                )
+                yield PreviewReady(preview.index, labels)
+    finally:
+        events.close()  # restores the best weights when training was stopped early
+    return trained
+
+
+def train_worker(
+    image,
+    labels,
+    *,
+    channel_axis: int | None,
+    config: TrainConfig,
+    model: SegmentationModel | None = None,
+    model_config: ModelConfig | None = None,
+    preview: Preview | None = None,
+    stop: threading.Event,
+) -> GeneratorWorker:
+    """A worker (not started) that trains on ``image`` / ``labels`` (*stack, Y, X).
+
+    Yields :class:`PlanesSelected`, then the training events, a :class:`PreviewReady`
+    after each epoch when ``preview`` is given, or :class:`JobFailed`; returns the
+    model (best weights), or None when training failed before it started.
+    """
+    return create_worker(
+        _guarded,
+        _train(image, labels, channel_axis, config, model, model_config, preview, stop),
+        _start_thread=False,
+    )
+
+
+def _segment(
+    model: SegmentationModel, image, index: tuple[int, ...], stop: threading.Event, **options
+):
+    plane = image[index] if index else image
+    events = iter_predict(model, plane, **options)
+    try:
+        for event in events:
+            if isinstance(event, PredictionFinished):
+                return event.result
+            yield event
+            if stop.is_set():
+                return None
+    finally:
+        events.close()
+    return None
+
+
+def segment_worker(
+    model: SegmentationModel,
+    image,
+    *,
+    index: tuple[int, ...] = (),
+    stop: threading.Event,
+    **options,
+) -> GeneratorWorker:
+    """A worker (not started) that segments ``image`` (or its plane ``index``).
+
+    ``options`` go to :func:`~napari_unet.prediction.iter_predict`. Yields
+    :class:`~napari_unet.prediction.TileProgress` or :class:`JobFailed`; returns the
+    result, or None when cancelled or failed.
+    """
+    return create_worker(
+        _guarded, _segment(model, image, index, stop, **options), _start_thread=False
+    )

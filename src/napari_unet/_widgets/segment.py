@@ -1,0 +1,285 @@
+"""The "Segment with U-Net" widget: apply a model to an image layer."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container
+from napari.layers import Image
+from napari.utils.notifications import show_error
+from pydantic import ValidationError
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+
+from ..config import PredictConfig
+from ..data import InputError
+from ..prediction import TileProgress
+from ._form import config_field, device_choices
+from ._layers import (
+    channel_axis,
+    current_index,
+    full_resolution,
+    layers_of,
+    output_layer,
+    spatial_shape,
+    watch_layers,
+    write_layer,
+)
+from ._models import ModelEntry, registry_for
+from ._workers import JobFailed, segment_worker
+
+EVERY_PLANE = "every plane"
+CURRENT_PLANE = "current plane"
+
+
+def foreground_probabilities(probabilities: np.ndarray) -> np.ndarray:
+    """(K, ...) class probabilities -> those of the K-1 foreground classes, without the
+    class axis when there is a single foreground class."""
+    foreground = probabilities[1:]
+    return foreground[0] if foreground.shape[0] == 1 else foreground
+
+
+class SegmentWidget(QWidget):
+    """Segment an image layer with a trained or loaded model.
+
+    The result goes to the layer "<image> segmentation" (or "<image> probabilities"),
+    placed like the image; segmenting again replaces that layer's data. Stacks are
+    segmented plane by plane, all of them or only the one on screen. RGB, dask-backed
+    and multiscale layers (at full resolution) work too.
+    """
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.registry = registry_for(napari_viewer)
+        self._worker = None
+        self._stop = threading.Event()
+        self._job: dict = {}
+
+        self.model = ComboBox(
+            name="model",
+            label="model",
+            choices=lambda _: [(entry.name, entry) for entry in self.registry.entries],
+            tooltip="A model trained in 'Train U-Net' or loaded in 'Load U-Net model'.",
+        )
+        self.image = ComboBox(
+            name="image",
+            label="image",
+            choices=lambda _: layers_of(self.viewer, Image),
+            tooltip="The image to segment (2-D, a Z/T stack, RGB; multiscale at full resolution).",
+        )
+        self.planes = ComboBox(
+            name="planes",
+            label="stack",
+            choices=[EVERY_PLANE, CURRENT_PLANE],
+            value=EVERY_PLANE,
+            tooltip="For a Z/T stack: segment every plane, or only the plane on screen.",
+        )
+        self.tile_size = config_field(PredictConfig, "tile_size", step=64)
+        self.overlap = config_field(PredictConfig, "overlap", step=0.025)
+        self.batch_size = config_field(PredictConfig, "batch_size")
+        self.device = config_field(PredictConfig, "device", choices=device_choices())
+        self.output = config_field(PredictConfig, "output")
+        self.output.tooltip = (
+            "labels: a Labels layer with the classes (or objects, in instance mode). "
+            "probabilities: an Image layer with the probability of each foreground class."
+        )
+        self.form = Container(
+            widgets=[
+                self.model,
+                self.image,
+                self.planes,
+                self.output,
+                self.tile_size,
+                self.overlap,
+                self.batch_size,
+                self.device,
+            ]
+        )
+        self.form.margins = (0, 0, 0, 0)
+
+        self.segment_button = QPushButton("Segment")
+        self.segment_button.setToolTip("Segment the image with the model.")
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip("Stop segmenting; no layer is changed.")
+        self.segment_button.clicked.connect(self.start)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.segment_button)
+        buttons.addWidget(self.cancel_button)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setFormat("")
+        self.progress.setValue(0)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.form.native)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addStretch(1)
+
+        self.registry.changed.connect(self._select_active_model)
+        self.image.changed.connect(self._update_planes)
+        watch_layers(self.viewer, self.reset_choices)
+        self.reset_choices()
+        self._select_active_model()
+        self._set_running(False)
+
+    # ------------------------------------------------------------------ form
+
+    def reset_choices(self, *_) -> None:
+        """Refresh the layer and model choices (napari calls this when layers change)."""
+        self.form.reset_choices()
+        self._update_planes()
+
+    def _select_active_model(self, *_) -> None:
+        self.model.reset_choices()
+        if self.registry.active is not None:
+            self.model.value = self.registry.active
+        self._update_status()
+
+    def _update_planes(self, *_) -> None:
+        image = self.image.value
+        self.planes.visible = image is not None and len(spatial_shape(image)) > 2
+
+    def _update_status(self) -> None:
+        if self.running:
+            return
+        if not self.registry.entries:
+            self.status.setText(
+                "No model yet: train one with 'Train U-Net' or load one with 'Load U-Net model'."
+            )
+        elif self.status.text().startswith("No model yet"):
+            self.status.setText("")
+
+    # ------------------------------------------------------------------ jobs
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def _set_running(self, running: bool) -> None:
+        self.segment_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+        self.form.enabled = not running
+
+    def start(self) -> None:
+        """Segment with the form's settings; problems appear as notifications."""
+        if self.running:
+            return
+        entry: ModelEntry | None = self.model.value
+        image = self.image.value
+        try:
+            if entry is None:
+                raise InputError(
+                    "There is no model: train one with 'Train U-Net' or load a model file with "
+                    "'Load U-Net model'."
+                )
+            if image is None:
+                raise InputError("Add an image layer to segment.")
+            if entry.busy:
+                raise InputError(
+                    f"'{entry.name}' is being trained; stop training or wait until it ends."
+                )
+            config = PredictConfig(
+                tile_size=self.tile_size.value,
+                overlap=self.overlap.value,
+                batch_size=self.batch_size.value,
+                device=self.device.value,
+                output=self.output.value,
+            )
+        except (InputError, ValidationError) as error:
+            show_error(str(error))
+            return
+
+        stacked = len(spatial_shape(image)) > 2
+        index = current_index(self.viewer, image) if self.planes.value == CURRENT_PLANE else ()
+        if not stacked:
+            index = ()
+        self._job = {"image": image, "index": index, "output": config.output, "entry": entry}
+        self._stop.clear()
+        self._worker = segment_worker(
+            entry.model,
+            full_resolution(image),
+            index=index,
+            stop=self._stop,
+            tile_size=config.tile_size,
+            overlap=config.overlap,
+            batch_size=config.batch_size,
+            device=config.device,
+            output=config.output,
+            channel_axis=channel_axis(image),
+        )
+        self._worker.yielded.connect(self._on_event)
+        self._worker.returned.connect(self._on_returned)
+        self._worker.finished.connect(self._on_finished)
+        self.registry.set_busy(entry.model, True)
+        self.progress.setValue(0)
+        self.progress.setFormat("starting…")
+        where = f" (plane {', '.join(map(str, index))})" if index else ""
+        self.status.setText(f"Segmenting '{image.name}'{where} with '{entry.name}'…")
+        self._set_running(True)
+        self._worker.start()
+
+    def cancel(self) -> None:
+        """Stop segmenting after the current batch of tiles; no layer changes."""
+        if self.running:
+            self._stop.set()
+            self.cancel_button.setEnabled(False)
+            self.status.setText("Cancelling…")
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, TileProgress):
+            self.progress.setValue(int(round(event.fraction * 1000)))
+            plane = f"plane {event.plane + 1}/{event.planes}  ·  " if event.planes > 1 else ""
+            self.progress.setFormat(f"{plane}tile {event.tiles_done}/{event.tiles_total}  ·  %p%")
+        elif isinstance(event, JobFailed):
+            show_error(event.message)
+            self.status.setText(f"Segmentation failed: {event.message}")
+
+    def _on_returned(self, result: np.ndarray | None) -> None:
+        job = self._job
+        if result is None:
+            if self._stop.is_set():
+                self.status.setText("Cancelled; no layer was changed.")
+                self.progress.setFormat("cancelled")
+            return
+        image = job["image"]
+        if image not in self.viewer.layers:
+            self.status.setText(f"The image layer '{image.name}' was removed meanwhile.")
+            return
+        if job["output"] == "labels":
+            layer = self._write(image, result, job["index"], "labels", "segmentation")
+        else:
+            data = foreground_probabilities(result)
+            layer = self._write(image, data, job["index"], "image", "probabilities")
+        self.progress.setValue(1000)
+        self.progress.setFormat("done")
+        self.status.setText(f"Wrote the layer '{layer.name}'.")
+
+    def _write(self, image: Image, result: np.ndarray, index: tuple, kind: str, suffix: str):
+        if not index:
+            return write_layer(self.viewer, image, result, kind, suffix)
+        shape = spatial_shape(image)
+        extra = result.shape[:-2]  # the class axis of probabilities, if any
+        full_shape = (*extra, *shape)
+        existing = output_layer(self.viewer, image, suffix)
+        data = None
+        if existing is not None and existing.data.shape == full_shape:
+            data = np.asarray(existing.data)
+            if np.result_type(data.dtype, result.dtype) != data.dtype:
+                data = data.astype(np.result_type(data.dtype, result.dtype))
+        if data is None:
+            data = np.zeros(full_shape, result.dtype)
+        data[(*(slice(None),) * len(extra), *index)] = result
+        return write_layer(self.viewer, image, data, kind, suffix)
+
+    def _on_finished(self) -> None:
+        entry = self._job.get("entry")
+        if entry is not None:
+            self.registry.set_busy(entry.model, False)
+        self._worker = None
+        self._set_running(False)

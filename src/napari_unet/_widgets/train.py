@@ -1,0 +1,433 @@
+"""The "Train U-Net" widget: train on an image layer and a labels layer."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info, show_warning
+from pydantic import ValidationError
+from qtpy.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+from superqt import QCollapsible
+
+from ..config import ModelConfig, TrainConfig
+from ..data import InputError
+from ..model import SegmentationModel
+from ..training import EpochEnded, StepEnded, TrainingFinished, TrainingStarted
+from ._form import config_field, device_choices
+from ._layers import (
+    channel_axis,
+    check_pair,
+    current_index,
+    full_resolution,
+    layers_of,
+    spatial_shape,
+    watch_layers,
+    write_layer,
+)
+from ._models import registry_for
+from ._plot import TrainingPlot
+from ._workers import JobFailed, PlanesSelected, Preview, PreviewReady, train_worker
+
+DEFAULT_MINUTES = 5.0
+
+
+def format_duration(seconds: float) -> str:
+    """1:05 for 65 s, 1:02:03 for 3723 s."""
+    seconds = int(round(max(0.0, seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+class TrainWidget(QWidget):
+    """Train a U-Net on an image layer and a labels layer of the viewer.
+
+    Labels may be dense (every pixel labelled) or sparse scribbles. In a stack only
+    the planes that hold labels are trained on. Training runs in a thread worker;
+    Stop ends it at the next step and keeps the best weights seen. The trained model
+    becomes the viewer's active model, used by "Segment with U-Net".
+    """
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        self.registry = registry_for(napari_viewer)
+        self.model: SegmentationModel | None = None
+        self._worker = None
+        self._stop = threading.Event()
+        self._preview_layer_source: Image | None = None
+        self._preview_data: np.ndarray | None = None
+        self._busy_model: SegmentationModel | None = None
+        self._image_name = ""
+
+        self.image = ComboBox(
+            name="image",
+            label="image",
+            choices=lambda _: layers_of(self.viewer, Image),
+            tooltip="The image to learn from (2-D, a Z/T stack, or RGB).",
+        )
+        self.labels = ComboBox(
+            name="labels",
+            label="labels",
+            choices=lambda _: layers_of(self.viewer, Labels),
+            tooltip="Labels of the same size: dense labels or sparse scribbles.",
+        )
+        self.mode = config_field(TrainConfig, "mode", label="label mode")
+        self.mode.tooltip = (
+            "semantic: pixel value = class, 0 = background. "
+            "sparse: scribbles; 0 = not annotated, the lowest painted value is background. "
+            "instances: one id per object; touching objects are kept apart."
+        )
+        self.continue_training = CheckBox(
+            name="continue_training",
+            text="continue training the active model",
+            value=False,
+            tooltip="Start from the active model (trained or loaded) instead of a new one.",
+        )
+        self.depth = config_field(ModelConfig, "depth", label="model depth")
+        self.base_channels = config_field(ModelConfig, "base_channels", step=8)
+        self.budget = ComboBox(
+            name="budget",
+            label="train for",
+            choices=["minutes", "epochs"],
+            value="minutes",
+            tooltip="Stop after a time budget (the learning-rate schedule fits into it) "
+            "or after a number of epochs.",
+        )
+        self.minutes = config_field(TrainConfig, "minutes", value=DEFAULT_MINUTES, step=0.25)
+        self.minutes.min = 0.05
+        self.epochs = config_field(TrainConfig, "epochs", value=TrainConfig().epochs)
+        self.patch_size = config_field(TrainConfig, "patch_size", step=16)
+        self.batch_size = config_field(TrainConfig, "batch_size")
+        self.preview = CheckBox(
+            name="preview",
+            text="live preview",
+            value=True,
+            tooltip="After each epoch, segment the plane on screen into a '<image> preview' "
+            "layer.",
+        )
+        self.form = Container(
+            widgets=[
+                self.image,
+                self.labels,
+                self.mode,
+                self.continue_training,
+                self.depth,
+                self.base_channels,
+                self.budget,
+                self.minutes,
+                self.epochs,
+                self.patch_size,
+                self.batch_size,
+                self.preview,
+            ]
+        )
+        self.learning_rate = config_field(TrainConfig, "learning_rate", step=1e-4)
+        self.augment = config_field(TrainConfig, "augment", label="augmentation")
+        self.validation_fraction = config_field(TrainConfig, "validation_fraction", step=0.05)
+        self.device = config_field(TrainConfig, "device", choices=device_choices())
+        self.advanced = Container(
+            widgets=[self.learning_rate, self.augment, self.validation_fraction, self.device]
+        )
+        for field in (self.form, self.advanced):
+            field.margins = (0, 0, 0, 0)
+        collapsible = QCollapsible("Advanced")
+        collapsible.addWidget(self.advanced.native)
+
+        self.train_button = QPushButton("Train")
+        self.train_button.setToolTip("Train with the settings above.")
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setToolTip("Stop training now and keep the best weights so far.")
+        self.save_button = QPushButton("Save model…")
+        self.save_button.setToolTip("Write the trained model to a .safetensors file.")
+        self.train_button.clicked.connect(self.start)
+        self.stop_button.clicked.connect(self.stop)
+        self.save_button.clicked.connect(lambda: self.save_model())
+        buttons = QHBoxLayout()
+        for button in (self.train_button, self.stop_button, self.save_button):
+            buttons.addWidget(button)
+
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self.progress.setFormat("")
+        self.status = QLabel("Pick an image and its labels, then press Train.")
+        self.status.setWordWrap(True)
+        self.plot = TrainingPlot()
+
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.form.native)
+        layout.addWidget(collapsible)
+        layout.addLayout(buttons)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot)
+        layout.addStretch(1)
+
+        self.budget.changed.connect(self._update_budget)
+        self.continue_training.changed.connect(self._update_model_fields)
+        self.image.changed.connect(self._match_labels)
+        self.registry.changed.connect(self._update_model_fields)
+        watch_layers(self.viewer, self.reset_choices)
+        self.reset_choices()
+        self._update_budget()
+        self._update_model_fields()
+        self._set_running(False)
+
+    # ------------------------------------------------------------------ form
+
+    def reset_choices(self, *_) -> None:
+        """Refresh the layer choices (napari calls this when layers change)."""
+        self.form.reset_choices()
+        self._match_labels()
+
+    def _match_labels(self, *_) -> None:
+        image, labels = self.image.value, self.labels.value
+        if image is None or (labels is not None and spatial_shape(labels) == spatial_shape(image)):
+            return
+        for _, layer in layers_of(self.viewer, Labels):
+            if spatial_shape(layer) == spatial_shape(image):
+                self.labels.value = layer
+                return
+
+    def _update_budget(self, *_) -> None:
+        by_time = self.budget.value == "minutes"
+        self.minutes.visible = by_time
+        self.epochs.visible = not by_time
+
+    def _update_model_fields(self, *_) -> None:
+        active = self.registry.active
+        self.continue_training.enabled = active is not None and self._worker is None
+        if active is None:
+            self.continue_training.value = False
+        self.continue_training.text = (
+            "continue training the active model"
+            if active is None
+            else f"continue training '{active.name}'"
+        )
+        resume = self.continue_training.value and active is not None
+        for field in (self.mode, self.depth, self.base_channels):
+            field.enabled = not resume
+        if resume:
+            self.mode.value = active.model.mode
+            self.depth.value = active.model.network.config.depth
+            self.base_channels.value = active.model.network.config.base_channels
+
+    def train_config(self) -> TrainConfig:
+        """The :class:`TrainConfig` the form describes."""
+        by_time = self.budget.value == "minutes"
+        return TrainConfig(
+            mode=self.mode.value,
+            minutes=self.minutes.value if by_time else None,
+            epochs=None if by_time else self.epochs.value,
+            patch_size=self.patch_size.value,
+            batch_size=self.batch_size.value,
+            learning_rate=self.learning_rate.value,
+            augment=self.augment.value,
+            validation_fraction=self.validation_fraction.value,
+            device=self.device.value,
+        )
+
+    def model_config(self) -> ModelConfig:
+        """The architecture of a new model as the form describes it."""
+        return ModelConfig(depth=self.depth.value, base_channels=self.base_channels.value)
+
+    # ------------------------------------------------------------------ jobs
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def _set_running(self, running: bool) -> None:
+        self.train_button.setEnabled(not running)
+        self.stop_button.setEnabled(running)
+        self.save_button.setEnabled(not running and self.model is not None)
+        self.form.enabled = not running
+        self.advanced.enabled = not running
+        if not running:
+            self._update_model_fields()
+
+    def start(self) -> None:
+        """Start training with the form's settings; problems appear as notifications."""
+        if self.running:
+            return
+        image, labels = self.image.value, self.labels.value
+        try:
+            if image is None:
+                raise InputError("Add an image layer to train on (File > Open, or a sample).")
+            if labels is None:
+                raise InputError(
+                    "Add a labels layer with the image's size and paint some labels "
+                    "(Layers > New labels layer)."
+                )
+            check_pair(image, labels)
+            config = self.train_config()
+            model = None
+            if self.continue_training.value:
+                entry = self.registry.active
+                if entry is None:
+                    raise InputError("There is no active model to continue; train or load one.")
+                if entry.busy:
+                    raise InputError(f"'{entry.name}' is busy; wait for its job to end.")
+                model = entry.model
+            model_config = None if model is not None else self.model_config()
+        except (InputError, ValidationError) as error:
+            show_error(str(error))
+            return
+
+        axis = channel_axis(image)
+        preview = None
+        if self.preview.value:
+            index = current_index(self.viewer, image)
+            preview = Preview(full_resolution(image), index, axis, config.device)
+            self._preview_layer_source = image
+            self._preview_data = None
+        self._stop.clear()
+        self._worker = train_worker(
+            full_resolution(image),
+            full_resolution(labels),
+            channel_axis=axis,
+            config=config,
+            model=model,
+            model_config=model_config,
+            preview=preview,
+            stop=self._stop,
+        )
+        self._image_name = image.name
+        self._worker.yielded.connect(self._on_event)
+        self._worker.returned.connect(self._on_returned)
+        self._worker.finished.connect(self._on_finished)
+        if model is not None:
+            self.registry.set_busy(model, True)
+        self._busy_model = model
+        self.plot.clear()
+        self.progress.setValue(0)
+        self.progress.setFormat("preparing…")
+        self.status.setText("Preparing the training data…")
+        self._set_running(True)
+        self._worker.start()
+
+    def stop(self) -> None:
+        """Stop training at the next step; the model keeps its best weights."""
+        if self.running:
+            self._stop.set()
+            self.stop_button.setEnabled(False)
+            self.status.setText("Stopping…")
+
+    def _on_event(self, event) -> None:
+        if isinstance(event, StepEnded):
+            self.progress.setValue(int(round(event.progress * 1000)))
+            self.progress.setFormat(f"%p%  ·  {format_duration(event.eta)} left")
+            self.plot.add_loss(event.step, event.loss)
+        elif isinstance(event, EpochEnded):
+            self.plot.add_score(event.step, event.score)
+            score = "-" if event.score is None else f"{event.score:.3f}"
+            best = "-" if event.best_score is None else f"{event.best_score:.3f}"
+            if not self._stop.is_set():
+                self.status.setText(
+                    f"Epoch {event.epoch}: loss {event.loss:.3f}, validation score {score} "
+                    f"(best {best}), {format_duration(event.elapsed)} elapsed."
+                )
+        elif isinstance(event, PreviewReady):
+            self._show_preview(event)
+        elif isinstance(event, PlanesSelected):
+            if event.total > 1:
+                self.status.setText(
+                    f"Training on the {event.used} of {event.total} planes that hold labels."
+                )
+        elif isinstance(event, TrainingStarted):
+            self.model = event.model
+            self._busy_model = event.model
+            self.registry.set_busy(event.model, True)
+            split = (
+                f"{event.train_planes} training and {event.validation_planes} validation part(s)"
+            )
+            self.status.setText(f"Training on {event.device} ({event.precision}), {split}.")
+            for note in event.notes:
+                show_info(note)
+        elif isinstance(event, TrainingFinished):
+            self.progress.setValue(1000)
+            self.progress.setFormat("done")
+        elif isinstance(event, JobFailed):
+            show_error(event.message)
+            self.status.setText(f"Training failed: {event.message}")
+
+    def _show_preview(self, event: PreviewReady) -> None:
+        source = self._preview_layer_source
+        if source is None or source not in self.viewer.layers:
+            return
+        shape = spatial_shape(source)
+        if event.index:
+            if self._preview_data is None or self._preview_data.dtype != event.labels.dtype:
+                self._preview_data = np.zeros(shape, event.labels.dtype)
+            self._preview_data[event.index] = event.labels
+            data = self._preview_data
+        else:
+            data = event.labels
+        write_layer(self.viewer, source, data, "labels", "preview")
+
+    def _on_returned(self, model: SegmentationModel | None) -> None:
+        if model is None:
+            return
+        self.model = model
+        stopped = self._stop.is_set()
+        known = self.registry.entry_of(model)
+        name = (
+            known.name
+            if known is not None
+            else f"{self._image_name} {model.mode} {time.strftime('%H:%M')}"
+        )
+        entry = self.registry.add(model, name, "trained")
+        score = "-" if model.best_score is None else f"{model.best_score:.3f}"
+        verb = "stopped" if stopped else "finished"
+        self.status.setText(
+            f"Training {verb}. Best validation score {score}. "
+            f"'{entry.name}' is now the active model for segmenting."
+        )
+        if stopped:
+            self.progress.setFormat("stopped")
+        show_info(f"Training {verb}: '{entry.name}' (validation score {score}) is ready.")
+
+    def _on_finished(self) -> None:
+        if self._busy_model is not None:
+            self.registry.set_busy(self._busy_model, False)
+        self._busy_model = None
+        self._worker = None
+        self._set_running(False)
+
+    # ------------------------------------------------------------------ saving
+
+    def save_model(self, path: str | Path | None = None) -> Path | None:
+        """Write the trained model to ``path`` (asked for with a file dialog if None)."""
+        if self.model is None:
+            show_warning("There is no trained model to save yet.")
+            return None
+        if path is None:
+            path, _ = QFileDialog.getSaveFileName(
+                self, "Save U-Net model", "unet.safetensors", "U-Net model (*.safetensors)"
+            )
+            if not path:
+                return None
+        path = Path(path)
+        if path.suffix != ".safetensors":
+            path = path.with_name(path.name + ".safetensors")
+        try:
+            self.model.save(path)
+        except OSError as error:
+            show_error(f"Could not write {path}: {error.strerror or error}.")
+            return None
+        show_info(f"Saved the model to {path}.")
+        return path

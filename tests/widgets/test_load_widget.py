@@ -1,0 +1,65 @@
+"""The Load U-Net model widget: model card, active model, bad files."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from napari_unet._widgets._models import registry_for
+from napari_unet._widgets.load import LoadWidget
+from napari_unet._widgets.segment import SegmentWidget
+from napari_unet._widgets.train import TrainWidget
+
+
+def test_load_shows_the_card_and_activates_the_model(make_napari_viewer, model_file):
+    viewer = make_napari_viewer()
+    load = LoadWidget(viewer)
+    segment = SegmentWidget(viewer)
+    train = TrainWidget(viewer)
+    load.file.value = model_file
+
+    model = load.load()
+
+    card = load.card.text()
+    for text in ("instances", "background, interior, boundary", "input channels", "1 plane"):
+        assert text in card
+    assert "validation score" in card and "trained" in card
+    assert registry_for(viewer).active.source == str(model_file)
+    assert segment.model.value.model is model
+    assert train.continue_training.enabled
+    assert "nuclei" in train.continue_training.text
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (pickle.dumps({"weights": [1, 2, 3]}), "pickle"),
+        (b"this is not a model", "not a napari-unet model file"),
+        (None, "No model file"),
+    ],
+    ids=["pickle", "garbage", "missing"],
+)
+def test_bad_files_give_a_clear_message(
+    make_napari_viewer, tmp_path, notifications, content, expected
+):
+    viewer = make_napari_viewer()
+    load = LoadWidget(viewer)
+    path = tmp_path / "model.safetensors"
+    if content is not None:
+        path.write_bytes(content)
+
+    assert load.load(path) is None
+
+    assert len(notifications.errors) == 1
+    assert expected in notifications.errors[0]
+    assert registry_for(viewer).active is None
+    assert "No model loaded" in load.card.text()
+
+
+def test_load_without_a_file_asks_for_one(make_napari_viewer, notifications):
+    load = LoadWidget(make_napari_viewer())
+
+    assert load.load() is None
+
+    assert "Choose a model file" in notifications.errors[0]

@@ -1,0 +1,151 @@
+"""The Segment with U-Net widget: layer kinds, output placement, re-runs, cancel, errors."""
+
+from __future__ import annotations
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from napari_unet._widgets._models import registry_for
+from napari_unet._widgets.segment import CURRENT_PLANE, SegmentWidget
+
+from .widget_helpers import untrained_model, wait_for
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+def segment_with(viewer, qtbot, layer, model, **settings) -> SegmentWidget:
+    registry_for(viewer).add(model, "test model", "test")
+    widget = SegmentWidget(viewer)
+    widget.image.value = layer
+    widget.tile_size.value = 64
+    widget.device.value = "cpu"
+    for name, value in settings.items():
+        getattr(widget, name).value = value
+    widget.start()
+    wait_for(qtbot, widget)
+    return widget
+
+
+def test_rgb_layer(viewer, qtbot, notifications):
+    rng = np.random.default_rng(0)
+    layer = viewer.add_image(
+        rng.integers(0, 255, (80, 96, 3), dtype=np.uint8), name="he", scale=(0.25, 0.25)
+    )
+    assert layer.rgb
+
+    segment_with(viewer, qtbot, layer, untrained_model(in_channels=3))
+
+    result = viewer.layers["he segmentation"]
+    assert result.data.shape == (80, 96)
+    assert tuple(result.scale) == (0.25, 0.25)
+    assert not notifications.errors
+
+
+def test_dask_stack_every_plane(viewer, qtbot):
+    data = da.from_array(
+        np.random.default_rng(0).random((3, 70, 90), np.float32), chunks=(1, 35, 45)
+    )
+    layer = viewer.add_image(data, name="lazy", axis_labels=("t", "y", "x"))
+
+    segment_with(viewer, qtbot, layer, untrained_model())
+
+    result = viewer.layers["lazy segmentation"]
+    assert result.data.shape == (3, 70, 90)
+    assert tuple(result.axis_labels) == ("t", "y", "x")
+
+
+def test_multiscale_layer_is_segmented_at_full_resolution(viewer, qtbot):
+    full = np.random.default_rng(0).random((128, 160), np.float32)
+    layer = viewer.add_image(
+        [full, full[::2, ::2]], multiscale=True, name="pyramid", translate=(3.0, 4.0)
+    )
+
+    segment_with(viewer, qtbot, layer, untrained_model())
+
+    result = viewer.layers["pyramid segmentation"]
+    assert result.data.shape == (128, 160)
+    assert tuple(result.translate) == (3.0, 4.0)
+
+
+def test_probabilities_of_each_foreground_class(viewer, qtbot):
+    layer = viewer.add_image(np.random.default_rng(0).random((2, 64, 64)), name="img")
+
+    segment_with(viewer, qtbot, layer, untrained_model(num_classes=3), output="probabilities")
+
+    result = viewer.layers["img probabilities"]
+    assert result.data.shape == (2, 2, 64, 64)  # class, plane, y, x
+    assert result.axis_labels[0] == "class"
+    assert result.data.min() >= 0 and result.data.max() <= 1
+    assert result.data.sum(axis=0).max() <= 1 + 1e-5
+
+
+def test_rerun_replaces_the_layer_and_current_plane_keeps_the_others(viewer, qtbot):
+    rng = np.random.default_rng(0)
+    layer = viewer.add_image(rng.random((3, 64, 64), np.float32), name="stack")
+    widget = segment_with(viewer, qtbot, layer, untrained_model())
+    output = viewer.layers["stack segmentation"]
+    output.data = np.full_like(output.data, 7)
+    viewer.dims.set_current_step(0, 2)
+
+    widget.planes.value = CURRENT_PLANE
+    widget.start()
+    wait_for(qtbot, widget)
+
+    assert [lay.name for lay in viewer.layers] == ["stack", "stack segmentation"]
+    assert viewer.layers["stack segmentation"] is output
+    assert (output.data[:2] == 7).all()
+    assert not (output.data[2] == 7).any()
+
+
+def test_a_users_layer_with_the_output_name_is_never_overwritten(viewer, qtbot):
+    image = viewer.add_image(np.random.default_rng(0).random((64, 64)), name="cells")
+    mine = viewer.add_labels(np.ones((64, 64), np.uint8), name="cells segmentation")
+
+    segment_with(viewer, qtbot, image, untrained_model())
+
+    assert (mine.data == 1).all()
+    assert len(viewer.layers) == 3
+
+
+def test_cancel_leaves_the_layers_alone(viewer, qtbot):
+    layer = viewer.add_image(np.zeros((4, 512, 512), np.float32), name="big")
+    registry_for(viewer).add(untrained_model(), "test model", "test")
+    widget = SegmentWidget(viewer)
+    widget.image.value = layer
+    widget.tile_size.value = 32
+    widget.overlap.value = 0.25
+    widget.batch_size.value = 1
+    widget.device.value = "cpu"
+
+    widget.start()
+    assert not widget.segment_button.isEnabled() and widget.cancel_button.isEnabled()
+    widget._worker.yielded.connect(lambda _: widget.cancel())
+    wait_for(qtbot, widget)
+
+    assert [lay.name for lay in viewer.layers] == ["big"]
+    assert "Cancelled" in widget.status.text()
+    assert widget.segment_button.isEnabled() and not widget.cancel_button.isEnabled()
+    assert not registry_for(viewer).active.busy
+
+
+def test_bad_inputs_become_notifications(viewer, qtbot, notifications):
+    widget = SegmentWidget(viewer)
+    layer = viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="rgb")
+
+    widget.start()
+    registry_for(viewer).add(untrained_model(in_channels=2), "two channels", "test")
+    widget.image.value = layer
+    widget.start()
+    wait_for(qtbot, widget)
+    registry_for(viewer).active.busy = True
+    widget.start()
+
+    assert len(notifications.errors) == 3
+    assert "There is no model" in notifications.errors[0]
+    assert "2 channel(s)" in notifications.errors[1] and "3" in notifications.errors[1]
+    assert "being trained" in notifications.errors[2]
+    assert [lay.name for lay in viewer.layers] == ["rgb"]

@@ -1,0 +1,221 @@
+"""The Train U-Net widget in a real viewer: train, stop, save, continue, scribbles, errors."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from qtpy.QtCore import QTimer
+
+from napari_unet._widgets._models import registry_for
+from napari_unet._widgets.load import LoadWidget
+from napari_unet._widgets.segment import SegmentWidget
+from napari_unet._widgets.train import TrainWidget, format_duration
+from napari_unet.io import load_model
+
+from .widget_helpers import scribbles, set_tiny, wait_for
+
+
+@pytest.fixture
+def viewer(make_napari_viewer, sample):
+    viewer = make_napari_viewer()
+    (image, labels), _ = sample
+    viewer.add_image(image, name="nuclei")
+    viewer.add_labels(labels, name="nuclei labels")
+    return viewer
+
+
+def test_train_stop_save_load_and_segment_a_stack(viewer, qtbot, tmp_path, sample, notifications):
+    train = TrainWidget(viewer)
+    segment = SegmentWidget(viewer)
+    load = LoadWidget(viewer)
+    set_tiny(train)
+    train.mode.value = "instances"
+    train.budget.value = "minutes"
+    train.minutes.value = 1.0
+
+    train.start()
+    assert train.running
+    assert not train.train_button.isEnabled()
+    assert train.stop_button.isEnabled()
+    assert not train.save_button.isEnabled()
+    qtbot.waitUntil(lambda: len(train.plot.scores) >= 2, timeout=60_000)
+    train.stop()
+    wait_for(qtbot, train)
+    scores = [score for _, score in train.plot.scores]
+
+    model = train.model
+    assert model.best_score == pytest.approx(max(scores))
+    assert registry_for(viewer).active.model is model
+    assert segment.model.value.model is model
+    assert "Training stopped" in train.status.text()
+    assert train.train_button.isEnabled()
+    assert train.save_button.isEnabled()
+    assert viewer.layers["nuclei preview"].data.max() > 0
+    assert not notifications.errors
+
+    path = train.save_model(tmp_path / "nuclei")
+    assert path == tmp_path / "nuclei.safetensors"
+    assert load_model(path).best_score == pytest.approx(max(scores))
+
+    loaded = load.load(path)
+    assert registry_for(viewer).active.model is loaded
+    assert "instances" in load.card.text()
+    assert segment.model.value.model is loaded
+
+    (image, _), (other, _) = sample
+    stack = viewer.add_image(
+        np.stack([image, other, image[::-1]]),
+        name="stack",
+        scale=(2.0, 0.5, 0.5),
+        translate=(10.0, 5.0, -5.0),
+        axis_labels=("z", "y", "x"),
+    )
+    segment.image.value = stack
+    segment.start()
+    wait_for(qtbot, segment)
+
+    result = viewer.layers["stack segmentation"]
+    assert result.data.shape == (3, 256, 256)
+    assert tuple(result.scale) == (2.0, 0.5, 0.5)
+    assert tuple(result.translate) == (10.0, 5.0, -5.0)
+    assert tuple(result.axis_labels) == ("z", "y", "x")
+    assert all(result.data[plane].max() > 5 for plane in range(3))  # objects on every plane
+    assert not notifications.errors
+
+
+def test_event_loop_keeps_running_during_training(viewer, qtbot):
+    train = TrainWidget(viewer)
+    set_tiny(train)
+    train.mode.value = "instances"
+    train.preview.value = False
+    train.epochs.value = 2
+    ticks = []
+    timer = QTimer()
+    timer.setInterval(20)
+    timer.timeout.connect(lambda: ticks.append(time.perf_counter()))
+
+    timer.start()
+    started = time.perf_counter()
+    train.start()
+    wait_for(qtbot, train)
+    elapsed = time.perf_counter() - started
+    timer.stop()
+
+    assert len(train.plot.losses) >= 16  # it trained meanwhile
+    assert len(ticks) >= 0.25 * elapsed / 0.020
+    assert max(np.diff(ticks)) < 1.0  # never frozen for a second
+
+
+def test_sparse_scribbles_on_one_plane_of_a_stack(make_napari_viewer, qtbot, sample):
+    viewer = make_napari_viewer()
+    (image, labels), _ = sample
+    stack = viewer.add_image(np.stack([image[::-1], image, image[:, ::-1]]), name="cells")
+    painted = np.zeros(stack.data.shape, np.uint8)
+    painted[1] = scribbles(labels)
+    viewer.add_labels(painted, name="scribbles")
+    viewer.dims.set_current_step(0, 1)
+    train = TrainWidget(viewer)
+    set_tiny(train)
+    train.mode.value = "sparse"
+    train.epochs.value = 3
+
+    train.start()
+    qtbot.waitUntil(lambda: "1 of 3 planes" in train.status.text(), timeout=30_000)
+    wait_for(qtbot, train)
+
+    model = train.model
+    assert model.mode == "sparse"
+    assert model.encoding.class_values == [0, 2]
+    preview = viewer.layers["cells preview"].data
+    assert preview.shape == (3, 256, 256)
+    assert preview[1].any() and not preview[0].any()  # the plane on screen only
+    segment = SegmentWidget(viewer)
+    segment.image.value = stack
+    segment.planes.value = "current plane"
+    segment.start()
+    wait_for(qtbot, segment)
+    result = viewer.layers["cells segmentation"].data
+    assert set(np.unique(result[1])) <= {0, 2}
+    assert not result[0].any() and not result[2].any()
+
+
+def test_continue_training_a_loaded_model(viewer, qtbot, model_file):
+    load = LoadWidget(viewer)
+    train = TrainWidget(viewer)
+    set_tiny(train)
+    train.preview.value = False
+    loaded = load.load(model_file)
+    runs_before = len(loaded.history["runs"])
+
+    train.continue_training.value = True
+    assert train.mode.value == "instances" and not train.mode.enabled
+    assert train.depth.value == 2 and not train.depth.enabled
+    train.start()
+    wait_for(qtbot, train)
+
+    assert train.model is loaded
+    assert len(loaded.history["runs"]) == runs_before + 1
+    assert registry_for(viewer).active.model is loaded
+    assert len(registry_for(viewer).entries) == 1
+
+
+def test_bad_inputs_become_notifications(make_napari_viewer, qtbot, sample, notifications):
+    viewer = make_napari_viewer()
+    train = TrainWidget(viewer)
+    set_tiny(train)
+    (image, labels), _ = sample
+
+    train.start()
+    viewer.add_image(image, name="nuclei")
+    train.start()
+    viewer.add_labels(labels[:128], name="half labels")
+    train.start()
+    empty = viewer.add_labels(np.zeros_like(labels), name="empty")
+    train.labels.value = empty
+    train.start()
+    wait_for(qtbot, train)
+    viewer.layers.remove(empty)
+    viewer.add_labels(labels, name="instances")
+    train.mode.value = "semantic"
+    train.start()
+    wait_for(qtbot, train)
+
+    assert len(notifications.errors) == 5
+    assert "Add an image layer" in notifications.errors[0]
+    assert "Add a labels layer" in notifications.errors[1]
+    assert "(128, 256)" in notifications.errors[2] and "(256, 256)" in notifications.errors[2]
+    assert "labels layer is empty" in notifications.errors[3]
+    assert "instances" in notifications.errors[4]
+    assert train.model is None
+    assert registry_for(viewer).active is None
+    assert train.train_button.isEnabled()
+
+
+def test_save_without_a_model_warns(viewer, tmp_path):
+    train = TrainWidget(viewer)
+
+    assert train.save_model(tmp_path / "model.safetensors") is None
+    assert not (tmp_path / "model.safetensors").exists()
+
+
+def test_form_follows_the_config_defaults_and_bounds(viewer):
+    from napari_unet.config import ModelConfig, TrainConfig
+
+    train = TrainWidget(viewer)
+
+    assert train.depth.value == ModelConfig().depth
+    assert (train.depth.min, train.depth.max) == (1, 6)
+    assert train.patch_size.value == TrainConfig().patch_size
+    assert train.learning_rate.value == pytest.approx(TrainConfig().learning_rate)
+    assert train.validation_fraction.max < 0.9
+    assert train.patch_size.tooltip == TrainConfig.model_fields["patch_size"].description
+    assert train.image.value is viewer.layers["nuclei"]
+    assert train.labels.value is viewer.layers["nuclei labels"]
+    assert train.train_config().minutes == train.minutes.value
+
+
+def test_format_duration():
+    assert format_duration(65) == "1:05"
+    assert format_duration(3723) == "1:02:03"
