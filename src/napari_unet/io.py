@@ -1,4 +1,9 @@
-"""Reading and writing images (tifffile) and model files (safetensors).
+"""Reading and writing images (tifffile, zarr) and model files (safetensors).
+
+Large images are read lazily (:class:`TiffArray`, one region at a time) and results
+are written band by band (:func:`open_band_writer`) to a TIFF or zarr on disk, so
+memory stays bounded whatever the image size. Every output appears under its
+final name only when complete.
 
 A model file is a safetensors file: the network weights as tensors and a JSON
 document in the header metadata with the architecture, label mode, classes,
@@ -12,6 +17,7 @@ import contextlib
 import glob
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -48,20 +54,25 @@ def read_image(path, *, lazy: bool = False):
 
             if lazy:
                 try:
-                    return tifffile.memmap(path, mode="r")
+                    image = tifffile.memmap(path, mode="r")
                 except (ValueError, tifffile.TiffFileError):
                     import zarr
 
                     store = tifffile.imread(path, aszarr=True)
-                    return zarr.open(store, mode="r")
-            return tifffile.imread(path)
-        from skimage.io import imread
+                    image = zarr.open(store, mode="r")
+            else:
+                image = tifffile.imread(path)
+        else:
+            from skimage.io import imread
 
-        return imread(path)
+            image = imread(path)
     except InputError:
         raise
     except Exception as error:  # every reader has its own exception types
         raise InputError(f"Cannot read {path}: {error}. Is it a valid image file?") from error
+    if len(image.shape) < 2 or min(image.shape) == 0:
+        raise InputError(f"Cannot read {path}: it holds no 2-D image data (shape {image.shape}).")
+    return image
 
 
 def list_images(spec) -> list[Path]:
@@ -120,36 +131,396 @@ def match_labels(images: list[Path], labels_spec) -> list[Path]:
 
 
 @contextlib.contextmanager
-def atomic_path(path):
-    """Yield a temporary path beside ``path``; move it onto ``path`` only on success."""
+def atomic_path(path, *, directory: bool = False):
+    """Yield a temporary path beside ``path``; move it onto ``path`` only on success.
+
+    With ``directory=True`` the temporary path is an empty folder (for zarr stores);
+    an older folder at ``path`` is replaced as a whole.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
-    os.close(fd)
+    tmp = _temporary_beside(path, directory=directory)
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
+        yield tmp
+        _replace(tmp, path)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
+        _remove(tmp)
         raise
 
 
+def _temporary_beside(path: Path, *, directory: bool) -> Path:
+    """A new empty temporary file or folder in the folder of ``path`` (created if needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if directory:
+        return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _replace(source: Path, target: Path) -> None:
+    if source.is_dir() and (target.is_dir() or target.is_file()):
+        # os.replace cannot move a folder onto a non-empty one: move the old one aside.
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.replace(target, old / target.name)
+        os.replace(source, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(source, target)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+_TIFF_TILE = 256
+
+
 def write_tiff(path, array, *, metadata: dict | None = None) -> None:
-    """Write an array to a TIFF atomically (compressed, tiled when large)."""
+    """Write an array to a TIFF atomically (zlib-compressed, in 256 x 256 tiles when
+    both sides are at least 1024 pixels).
+
+    ``array`` may be any array-like with ``shape``, ``dtype`` and slicing (zarr,
+    dask, :class:`TiffArray`): it is then read and written one strip of tiles (or one
+    page) at a time, so the whole array is never in memory.
+    """
     import tifffile
 
-    array = np.asarray(array)
-    tile = (256, 256) if min(array.shape[-2:]) >= 1024 else None
+    if not hasattr(array, "shape") or not hasattr(array, "dtype"):
+        array = np.asarray(array)
+    shape, dtype = tuple(array.shape), np.dtype(array.dtype)
+    tiled = len(shape) >= 2 and min(shape[-2:]) >= 1024
+    if isinstance(array, np.ndarray):
+        data = array
+    elif tiled:
+        data = _iter_tiles(array, _TIFF_TILE)
+    else:
+        data = (np.asarray(array[index]) for index in np.ndindex(*shape[:-2]))
     with atomic_path(path) as tmp:
         tifffile.imwrite(
             tmp,
-            array,
+            data,
+            shape=shape,
+            dtype=dtype,
             compression="zlib",
-            tile=tile,
+            tile=(_TIFF_TILE, _TIFF_TILE) if tiled else None,
             metadata=metadata,
-            bigtiff=array.nbytes > 2**31,
+            bigtiff=int(np.prod(shape)) * dtype.itemsize > 2**31,
         )
+
+
+def _iter_tiles(array, tile: int):
+    """Tiles (tile, tile) of every page of ``array`` in TIFF order, zero-padded at the edges."""
+    height, width = array.shape[-2:]
+    for index in np.ndindex(*array.shape[:-2]):
+        for y in range(0, height, tile):
+            strip = np.asarray(array[(*index, slice(y, y + tile))])
+            for x in range(0, width, tile):
+                block = strip[:, x : x + tile]
+                if block.shape != (tile, tile):
+                    block = np.pad(block, ((0, tile - block.shape[0]), (0, tile - block.shape[1])))
+                yield block
+
+
+class TiffArray:
+    """A TIFF image (its first series, full resolution) read lazily, one region at a time.
+
+    Behaves like a read-only numpy array for basic slicing: ``shape``, ``dtype``,
+    ``ndim``, ``array[...]`` returns a numpy array of just that region. Uncompressed
+    files are memory-mapped for each read only (so pages read never accumulate in the
+    process's resident memory); compressed or tiled files are decoded through
+    tifffile's zarr interface. Pickles as its path, so a dask graph over it can run on
+    the workers of a cluster that see the same file system.
+    """
+
+    def __init__(self, path):
+        import tifffile
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise InputError(f"No such file: {self.path}")
+        try:
+            with tifffile.TiffFile(self.path) as tif:
+                series = tif.series[0]
+                self.shape = tuple(int(s) for s in series.shape)
+                self.dtype = np.dtype(series.dtype)
+                self._offset = series.dataoffset
+                self._byteorder = tif.byteorder
+        except Exception as error:  # tifffile raises many types for a damaged file
+            raise InputError(
+                f"Cannot read {self.path}: {error}. Is it a valid TIFF file?"
+            ) from error
+        self._zarr = None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key) -> np.ndarray:
+        if self._offset is not None:
+            mapped = np.memmap(
+                self.path,
+                dtype=self.dtype.newbyteorder(self._byteorder),
+                mode="r",
+                offset=self._offset,
+                shape=self.shape,
+            )
+            region = np.array(mapped[key], dtype=self.dtype)
+            del mapped  # unmaps the file
+            return region
+        if self._zarr is None:
+            import tifffile
+            import zarr
+
+            self._zarr = zarr.open(tifffile.imread(self.path, aszarr=True, level=0), mode="r")
+        return np.asarray(self._zarr[key])
+
+    def __array__(self, dtype=None, copy=None):
+        region = self[...]
+        return region if dtype is None else region.astype(dtype, copy=False)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_zarr"] = None
+        return state
+
+    def __repr__(self) -> str:
+        return f"TiffArray({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def open_image(path):
+    """An image file as an array read lazily where possible: a :class:`TiffArray` for
+    TIFF files, a zarr array for ``.zarr`` folders, numpy for other formats."""
+    path = Path(path)
+    if path.suffix.lower() == ".zarr" and path.is_dir():
+        import zarr
+
+        try:
+            return zarr.open_array(str(path), mode="r")
+        except Exception as error:  # zarr raises many types for a damaged store
+            raise InputError(f"Cannot read {path}: {error}. Is it a zarr array?") from error
+    if path.suffix.lower() in (".tif", ".tiff"):
+        return TiffArray(path)
+    return read_image(path)
+
+
+def output_is_complete(path) -> bool:
+    """Whether ``path`` holds a readable result (a TIFF or a zarr array).
+
+    Results are written under a temporary name and renamed when complete, so an
+    existing file that opens is a whole result.
+    """
+    path = Path(path)
+    if not path.exists():
+        return False
+    try:
+        if path.suffix.lower() == ".zarr":
+            import zarr
+
+            zarr.open_array(str(path), mode="r")
+        else:
+            TiffArray(path)
+    except Exception:  # anything unreadable is incomplete
+        return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# streamed results
+
+
+class BandWriter:
+    """Receives a result band by band and keeps it in memory or writes it to disk.
+
+    ``write(prefix, y0, values)`` stores ``values`` at ``result[(*prefix, y0:y0 + h)]``;
+    bands of one plane must come top to bottom. ``finish()`` returns the result (an
+    array, or the on-disk array opened read-only); ``abort()`` discards it.
+    """
+
+    def __init__(self, shape: tuple[int, ...], dtype):
+        self.shape = tuple(shape)
+        self.dtype = np.dtype(dtype)
+
+    def write(self, prefix: tuple, y0: int, values: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def finish(self):
+        raise NotImplementedError
+
+    def abort(self) -> None:
+        """Discard what was written."""
+
+
+class _ArrayBands(BandWriter):
+    """Bands written straight into an array (numpy, memmap, zarr, ...)."""
+
+    def __init__(self, array):
+        super().__init__(array.shape, array.dtype)
+        self.array = array
+
+    def write(self, prefix, y0, values):
+        self.array[(*prefix, slice(y0, y0 + values.shape[-2]))] = values
+
+    def finish(self):
+        return self.array
+
+
+class _AlignedBands(BandWriter):
+    """Collects bands into runs of whole chunk rows so each chunk is written once."""
+
+    def __init__(self, array, rows: int):
+        super().__init__(array.shape, array.dtype)
+        self.array = array
+        self.rows = rows
+        self._prefix: tuple | None = None
+        self._y0 = 0
+        self._parts: list[np.ndarray] = []
+
+    def write(self, prefix, y0, values):
+        end = self._y0 + sum(p.shape[-2] for p in self._parts)
+        if self._parts and (prefix != self._prefix or y0 != end):
+            self._flush(everything=True)
+        if not self._parts:
+            self._prefix, self._y0 = prefix, y0
+        self._parts.append(np.asarray(values, dtype=self.dtype))
+        self._flush(everything=False)
+
+    def _flush(self, everything: bool) -> None:
+        if not self._parts:
+            return
+        block = np.concatenate(self._parts, axis=-2) if len(self._parts) > 1 else self._parts[0]
+        end = self._y0 + block.shape[-2]
+        cut = end if everything or end == self.shape[-2] else end // self.rows * self.rows
+        if cut <= self._y0:
+            self._parts = [block]
+            return
+        count = cut - self._y0
+        self.array[(*self._prefix, slice(self._y0, cut))] = block[..., :count, :]
+        rest = block[..., count:, :]
+        self._parts = [rest] if rest.shape[-2] else []
+        self._y0 = cut
+
+    def finish(self):
+        self._flush(everything=True)
+        return self.array
+
+
+_ZARR_CHUNK = 512
+
+
+def _zarr_chunks(shape: tuple[int, ...], rows: int, cols: int) -> tuple[int, ...]:
+    return (*(1 for _ in shape[:-2]), min(rows, shape[-2]), min(cols, shape[-1]))
+
+
+class _ZarrBands(_AlignedBands):
+    """A zarr array on disk (chunks of 512 x 512), renamed into place when finished."""
+
+    def __init__(self, path, shape, dtype):
+        import zarr
+
+        self.path = Path(path)
+        self._tmp: Path | None = _temporary_beside(self.path, directory=True)
+        chunks = _zarr_chunks(shape, _ZARR_CHUNK, _ZARR_CHUNK)
+        array = zarr.open_array(
+            str(self._tmp), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0
+        )
+        super().__init__(array, chunks[-2])
+
+    def finish(self):
+        import zarr
+
+        super().finish()
+        _replace(self._tmp, self.path)
+        self._tmp = None
+        return zarr.open_array(str(self.path), mode="r")
+
+    def abort(self):
+        if self._tmp is not None:
+            _remove(self._tmp)
+            self._tmp = None
+
+
+_MEMORY_STAGING_BYTES = 2**28
+
+
+class _TiffBands(BandWriter):
+    """A TIFF written when finished from bands staged in memory (small results) or in
+    a temporary zarr beside it (large results, so memory stays bounded)."""
+
+    def __init__(self, path, shape, dtype, metadata: dict | None = None):
+        super().__init__(shape, dtype)
+        self.path = Path(path)
+        self.metadata = metadata
+        self._staging_dir: Path | None = None
+        if int(np.prod(shape)) * self.dtype.itemsize <= _MEMORY_STAGING_BYTES:
+            self._staged: BandWriter = _ArrayBands(np.zeros(shape, dtype))
+        else:
+            import zarr
+
+            self._staging_dir = _temporary_beside(self.path, directory=True)
+            chunks = _zarr_chunks(shape, _TIFF_TILE, shape[-1])
+            array = zarr.open_array(
+                str(self._staging_dir),
+                mode="w",
+                shape=shape,
+                chunks=chunks,
+                dtype=dtype,
+                fill_value=0,
+            )
+            self._staged = _AlignedBands(array, chunks[-2])
+
+    def write(self, prefix, y0, values):
+        self._staged.write(prefix, y0, values)
+
+    def finish(self):
+        try:
+            write_tiff(self.path, self._staged.finish(), metadata=self.metadata)
+        finally:
+            self.abort()
+        return TiffArray(self.path)
+
+    def abort(self):
+        if self._staging_dir is not None:
+            _remove(self._staging_dir)
+            self._staging_dir = None
+
+
+def open_band_writer(out, shape: tuple[int, ...], dtype) -> BandWriter:
+    """Where a streamed result goes: ``None`` (a numpy array in memory), a ``.tif``/
+    ``.tiff`` path, a ``.zarr`` path (a folder), or an existing array of ``shape`` to
+    fill (numpy, zarr, ...)."""
+    if out is None:
+        return _ArrayBands(np.zeros(shape, dtype))
+    if isinstance(out, (str, os.PathLike)):
+        path = Path(out)
+        suffix = path.suffix.lower()
+        if suffix in (".tif", ".tiff"):
+            return _TiffBands(path, shape, dtype)
+        if suffix == ".zarr":
+            return _ZarrBands(path, shape, dtype)
+        raise InputError(
+            f"Cannot write a result to {path}: give a path ending in .tif, .tiff or .zarr."
+        )
+    if not hasattr(out, "__setitem__") or tuple(out.shape) != tuple(shape):
+        raise InputError(
+            f"out must be a .tif/.zarr path or an array of shape {tuple(shape)}; "
+            f"got {type(out).__name__} of shape {getattr(out, 'shape', None)}."
+        )
+    return _ArrayBands(out)
 
 
 # ---------------------------------------------------------------------------
@@ -185,7 +556,7 @@ def load_model(path, *, device: str = "cpu"):
     Only safetensors files are read, so loading never executes code from the file;
     a pickle or PyTorch checkpoint is refused with :class:`ModelFileError`.
     """
-    from safetensors import SafetensorsError, safe_open
+    from safetensors import SafetensorError, safe_open
 
     from .data import LabelEncoding, Normalization
     from .model import SegmentationModel, UNet
@@ -207,7 +578,7 @@ def load_model(path, *, device: str = "cpu"):
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-    except (SafetensorsError, OSError, ValueError) as error:
+    except (SafetensorError, OSError, ValueError) as error:
         raise ModelFileError(
             f"{path} is not a napari-unet model file ({error}); choose a file written by "
             "napari-unet train or model.save()."

@@ -1,0 +1,234 @@
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+
+from napari_unet.cli import main
+
+from .conftest import DATA
+
+
+@pytest.fixture
+def folders(tmp_path, nuclei_paths):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for image, label in zip(nuclei_paths["images"], nuclei_paths["labels"], strict=True):
+        (images / image.name).write_bytes(image.read_bytes())
+        # label files named like the images, with the common _labels suffix
+        (labels / label.name).write_bytes(label.read_bytes())
+    return images, labels
+
+
+@pytest.mark.slow
+def test_train_predict_evaluate_end_to_end(folders, tmp_path):
+    images, labels = folders
+    model = tmp_path / "model.safetensors"
+    out = tmp_path / "out"
+
+    assert (
+        main(
+            [
+                "train",
+                "--images",
+                str(images),
+                "--labels",
+                str(labels),
+                "--mode",
+                "instances",
+                "--out",
+                str(model),
+                "--epochs",
+                "6",
+                "--depth",
+                "2",
+                "--base-channels",
+                "8",
+                "--patch-size",
+                "96",
+                "--batch-size",
+                "4",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(model),
+                "--input",
+                str(images),
+                "--output",
+                str(out),
+                "--tile-size",
+                "64",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "evaluate",
+                "--model",
+                str(model),
+                "--images",
+                str(images),
+                "--labels",
+                str(labels),
+                "--json",
+                str(tmp_path / "scores.json"),
+            ]
+        )
+        == 0
+    )
+
+    written = sorted(p.name for p in out.glob("*.tif"))
+    assert written == ["fluo_02.tif", "fluo_25.tif"]
+    result = tifffile.imread(out / "fluo_02.tif")
+    assert result.shape == (128, 128) and result.max() > 3  # several nuclei found
+    scores = json.loads((tmp_path / "scores.json").read_text())["mean"]
+    assert scores["foreground_dice"] > 0.6
+    assert 0 <= scores["dsb_score"] <= 1 and "f1@0.5" in scores
+
+
+def test_predict_writes_a_stack_for_a_stack(tmp_path):
+    from napari_unet import UNet
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.model import SegmentationModel
+
+    encoding = LabelEncoding("semantic", ["background", "class 1"], [0, 1], [0, 1], [])
+    model = SegmentationModel(UNet(1, 2, depth=2, base_channels=4), encoding, Normalization())
+    model.save(tmp_path / "m.safetensors")
+    tifffile.imwrite(tmp_path / "stack.tif", np.random.default_rng(0).random((3, 40, 50)))
+
+    code = main(
+        [
+            "predict",
+            "--model",
+            str(tmp_path / "m.safetensors"),
+            "--input",
+            str(tmp_path / "stack.tif"),
+            "--output",
+            str(tmp_path / "out"),
+        ]
+    )
+
+    assert code == 0
+    assert tifffile.imread(tmp_path / "out" / "stack.tif").shape == (3, 40, 50)
+
+
+def _run(args, capsys):
+    code = main(args)
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture
+def grey_model(tmp_path):
+    from napari_unet import UNet
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.model import SegmentationModel
+
+    encoding = LabelEncoding("semantic", ["background", "class 1"], [0, 1], [0, 1], [])
+    model = SegmentationModel(UNet(3, 2, depth=2, base_channels=4), encoding, Normalization())
+    path = tmp_path / "rgb-model.safetensors"
+    model.save(path)
+    return path
+
+
+def test_bad_inputs_give_one_line_errors_and_nonzero_exit(
+    tmp_path, capsys, nuclei_paths, grey_model
+):
+    image = nuclei_paths["images"][0]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    wrong = tmp_path / "wrong.tif"
+    tifffile.imwrite(wrong, np.zeros((10, 10), np.uint8))
+    beyond = tmp_path / "beyond.tif"
+    tifffile.imwrite(beyond, np.full((128, 128), 300, np.uint16))
+    nan = tmp_path / "nan.tif"
+    tifffile.imwrite(nan, np.full((64, 64), np.nan, np.float32))
+    broken = tmp_path / "broken.tif"
+    broken.write_bytes(b"II*\x00garbage")
+    blank = tmp_path / "blank.tif"
+    tifffile.imwrite(blank, np.zeros((128, 128), np.uint8))
+    out = str(tmp_path / "m.safetensors")
+    train = ["train", "--out", out, "--epochs", "1", "--depth", "2", "--base-channels", "4"]
+
+    cases = [
+        (train + ["--images", str(image), "--labels", str(wrong)], "height and width"),
+        (train + ["--images", str(empty), "--labels", str(empty)], "holds no images"),
+        (
+            train + ["--images", str(image), "--labels", str(blank), "--mode", "sparse"],
+            "No annotated pixels",
+        ),
+        (train + ["--images", str(broken), "--labels", str(image)], "Cannot read"),
+        (train + ["--images", str(nan), "--labels", str(nan)], "NaN"),
+        (
+            [
+                "predict",
+                "--model",
+                str(grey_model),
+                "--input",
+                str(image),
+                "--output",
+                str(tmp_path / "o"),
+            ],
+            "expects 3 channel",
+        ),
+        (
+            [
+                "predict",
+                "--model",
+                str(image),
+                "--input",
+                str(image),
+                "--output",
+                str(tmp_path / "o"),
+            ],
+            "not a napari-unet model",
+        ),
+        (
+            [
+                "evaluate",
+                "--model",
+                str(grey_model),
+                "--images",
+                str(image),
+                "--labels",
+                str(beyond),
+            ],
+            "beyond",
+        ),
+    ]
+    for args, message in cases:
+        code, err = _run(args, capsys)
+        assert code != 0, args
+        lines = [line for line in err.splitlines() if message in line]
+        assert len(lines) == 1 and "error" in lines[0], (args, err)
+    assert not (tmp_path / "m.safetensors").exists()  # nothing half-written
+
+
+def test_importing_and_predicting_leaves_napari_and_qt_out():
+    code = (
+        "import sys, numpy as np\n"
+        "import napari_unet\n"
+        "from napari_unet import UNet, predict\n"
+        "predict(UNet(1, 2, depth=2, base_channels=4), np.zeros((32, 32), np.float32))\n"
+        "bad = [m for m in ('napari', 'qtpy', 'PyQt6', 'magicgui') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_console_script_is_installed():
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_unet.cli", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0 and "demo" in result.stdout
+    assert DATA.exists()

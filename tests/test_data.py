@@ -1,0 +1,128 @@
+import numpy as np
+import pytest
+
+from napari_unet.data import (
+    InputError,
+    Normalization,
+    PatchSampler,
+    Sample,
+    border_weights,
+    channel_axis_of,
+    convert_channels,
+    encode_labels,
+    instance_targets,
+)
+from napari_unet.losses import IGNORE
+
+
+@pytest.mark.parametrize("value", [255, 1, True])
+def test_two_valued_masks_read_as_background_foreground(value):
+    mask = np.zeros((8, 8), type(value) if value is True else np.uint8)
+    mask[2:5, 2:5] = value
+
+    (target,), encoding = encode_labels([mask], "semantic")
+
+    assert encoding.num_classes == 2
+    assert set(np.unique(target)) == {0, 1}
+    assert (target == 1).sum() == 9
+    assert bool(encoding.notes) == (value == 255)
+
+
+def test_semantic_classes_keep_their_values():
+    label = np.array([[0, 1], [2, 3]], np.uint8)
+    (target,), encoding = encode_labels([label], "semantic")
+    np.testing.assert_array_equal(target, label)
+    assert encoding.class_values == [0, 1, 2, 3]
+
+
+def test_many_values_in_semantic_mode_suggest_instances():
+    label = np.arange(100, dtype=np.uint16).reshape(10, 10)
+    with pytest.raises(InputError, match="instances"):
+        encode_labels([label], "semantic")
+
+
+def test_sparse_scribbles_ignore_unpainted_and_write_background_as_zero():
+    label = np.zeros((6, 6), np.uint8)
+    label[0, :] = 1  # background strokes
+    label[3, :] = 2  # object strokes
+    label[5, :] = 4
+
+    (target,), encoding = encode_labels([label], "sparse")
+
+    assert (target[1] == IGNORE).all()
+    assert (target[0] == 0).all() and (target[3] == 1).all() and (target[5] == 2).all()
+    assert encoding.class_values == [0, 2, 4]
+
+
+def test_sparse_needs_two_painted_classes():
+    with pytest.raises(InputError, match="at least two"):
+        encode_labels([np.ones((4, 4), np.uint8)], "sparse")
+    with pytest.raises(InputError, match="No annotated pixels"):
+        encode_labels([np.zeros((4, 4), np.uint8)], "sparse")
+
+
+def test_instance_targets_separate_touching_objects():
+    label = np.zeros((10, 12), np.uint16)
+    label[2:8, 1:6] = 1
+    label[2:8, 6:11] = 2  # touches object 1
+
+    target = instance_targets(label)
+
+    assert target[5, 5] == 2 and target[5, 6] == 2  # a boundary on each side of the contact
+    assert target[5, 3] == 1 and target[5, 8] == 1
+    assert target[0, 0] == 0
+
+
+def test_border_weights_peak_between_touching_objects():
+    label = np.zeros((20, 30), np.uint16)
+    label[5:15, 2:12] = 1
+    label[5:15, 14:24] = 2
+
+    weights = border_weights(label, w0=10, sigma=3)
+
+    assert weights[10, 12] > 6  # in the 2-pixel gap: 1 + 10 * exp(-9 / 18)
+    assert weights[10, 28] < 2  # beside one object only
+    assert weights[10, 5] == 1  # inside an object
+
+
+def test_labels_must_be_integers():
+    with pytest.raises(InputError, match="whole numbers"):
+        encode_labels([np.full((4, 4), 0.5)], "semantic")
+
+
+def test_rgb_detected_only_on_trailing_small_axis():
+    assert channel_axis_of((100, 120, 3)) == 2
+    assert channel_axis_of((3, 100, 120)) is None  # a stack of three planes
+    assert channel_axis_of((5, 100, 120, 4)) == 3
+
+
+def test_channel_conversion():
+    grey = np.ones((1, 4, 4), np.float32)
+    rgba = np.ones((4, 4, 4), np.float32)
+    assert convert_channels(grey, 3).shape == (3, 4, 4)
+    assert convert_channels(rgba, 3).shape == (3, 4, 4)
+    assert convert_channels(rgba, 1).shape == (1, 4, 4)
+    with pytest.raises(InputError, match="channels"):
+        convert_channels(np.ones((2, 4, 4)), 3)
+
+
+def test_normalisation_scales_percentiles_and_rejects_nan_images():
+    image = np.linspace(0, 1000, 10_000, dtype=np.float32).reshape(1, 100, 100)
+    out = Normalization(1, 99)(image)
+    assert abs(np.percentile(out, 1)) < 1e-3 and abs(np.percentile(out, 99) - 1) < 1e-3
+    with pytest.raises(InputError, match="NaN"):
+        Normalization()(np.full((1, 8, 8), np.nan))
+
+
+def test_patch_sampler_pads_small_images_and_favours_foreground():
+    rng = np.random.default_rng(0)
+    target = np.zeros((20, 20), np.int64)
+    target[10, 10] = 1  # one rare foreground pixel
+    sample = Sample(rng.random((1, 20, 20), dtype=np.float32), target)
+    sampler = PatchSampler([sample], 32, 2, foreground_sampling=1.0, rng=rng)
+
+    images, targets, _ = sampler.batch(8, augment=True)
+
+    assert images.shape == (8, 1, 32, 32) and targets.shape == (8, 32, 32)
+    assert all((t == 1).any() for t in targets)
+    assert (targets == IGNORE).any()  # padding is ignored by the loss

@@ -1,0 +1,93 @@
+import os
+import pickle
+from unittest import mock
+
+import numpy as np
+import pytest
+import torch
+
+from napari_unet import ModelConfig, TrainConfig, load_model, predict, train
+from napari_unet.io import ModelFileError, list_images, match_labels
+
+from .conftest import TINY
+
+
+@pytest.fixture(scope="module")
+def model():
+    from .conftest import disks
+
+    image, label = disks(64)
+    config = TrainConfig(
+        mode="instances", epochs=1, patch_size=64, batch_size=2, steps_per_epoch=2
+    )
+    return train(image, label, config, model_config=ModelConfig(**TINY))
+
+
+def test_save_load_round_trip(model, tmp_path):
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+
+    loaded = load_model(path)
+
+    assert loaded.mode == "instances" and loaded.class_names == model.class_names
+    assert loaded.history["runs"][0]["steps"] == 2
+    assert loaded.card()["label mode"] == "instances"
+    image = np.random.default_rng(0).random((48, 40)).astype(np.float32)
+    np.testing.assert_array_equal(
+        predict(loaded, image, output="probabilities"),
+        predict(model, image, output="probabilities"),
+    )
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.system, ("touch pwned-by-model-file",))
+
+
+@pytest.mark.parametrize("writer", ["pickle", "torch"])
+def test_a_model_file_that_carries_code_is_refused(tmp_path, writer, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "evil.safetensors"
+    if writer == "pickle":
+        path.write_bytes(pickle.dumps({"weights": _Payload()}))
+    else:
+        torch.save({"weights": _Payload()}, path)
+
+    with pytest.raises(ModelFileError, match="refused"):
+        load_model(path)
+
+    assert not (tmp_path / "pwned-by-model-file").exists()
+
+
+def test_a_random_file_is_not_a_model(tmp_path):
+    path = tmp_path / "notes.safetensors"
+    path.write_text("hello")
+    with pytest.raises(ModelFileError, match="not a napari-unet model"):
+        load_model(path)
+
+
+def test_a_failed_save_leaves_the_old_file_intact(model, tmp_path):
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    before = path.read_bytes()
+
+    with mock.patch("safetensors.torch.save_file", side_effect=OSError("disk full")):
+        with pytest.raises(OSError, match="disk full"):
+            model.save(path)
+
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+
+
+def test_labels_are_matched_by_file_name(tmp_path):
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    for name in ["b.tif", "a.tif"]:
+        (tmp_path / "img" / name).write_bytes(b"")
+    (tmp_path / "lab" / "a_labels.tif").write_bytes(b"")
+    (tmp_path / "lab" / "b.tif").write_bytes(b"")
+
+    images = list_images(tmp_path / "img")
+    labels = match_labels(images, tmp_path / "lab")
+
+    assert [p.name for p in labels] == ["a_labels.tif", "b.tif"]

@@ -1,0 +1,136 @@
+import numpy as np
+import pytest
+import torch
+
+from napari_unet import ModelConfig, TrainConfig, predict, train
+from napari_unet.data import InputError
+from napari_unet.training import (
+    EpochEnded,
+    StepEnded,
+    TrainingFinished,
+    TrainingStarted,
+    iter_train,
+)
+
+from .conftest import TINY, disks
+
+FAST = {"patch_size": 64, "batch_size": 4, "steps_per_epoch": 8}
+
+
+def test_training_converges_on_a_synthetic_task(disk_data):
+    images, labels = disk_data
+    config = TrainConfig(mode="instances", epochs=12, **FAST)
+
+    events = list(iter_train(images, labels, config, model_config=ModelConfig(**TINY)))
+
+    epochs = [e for e in events if isinstance(e, EpochEnded)]
+    steps = [e for e in events if isinstance(e, StepEnded)]
+    assert isinstance(events[0], TrainingStarted) and isinstance(events[-1], TrainingFinished)
+    assert len(epochs) == 12 and len(steps) == 96
+    assert np.mean([s.loss for s in steps[-8:]]) < 0.7 * np.mean([s.loss for s in steps[:8]])
+    assert epochs[-1].best_score > 0.5
+    assert steps[-1].eta == pytest.approx(0, abs=1e-6) and steps[-1].progress == 1
+
+
+def test_training_is_reproducible_with_a_seed(disk_data):
+    images, labels = disk_data
+    config = TrainConfig(mode="semantic", epochs=1, seed=3, **FAST)
+    binary = [(label > 0).astype(np.uint8) for label in labels]
+
+    a = train(images, binary, config, model_config=ModelConfig(**TINY))
+    b = train(images, binary, config, model_config=ModelConfig(**TINY))
+
+    for (name, p), q in zip(
+        a.network.state_dict().items(), b.network.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(p, q, msg=name)
+
+
+def test_closing_the_generator_stops_and_keeps_the_best_weights(disk_data):
+    images, labels = disk_data
+    config = TrainConfig(mode="instances", epochs=100, **FAST)
+    events = iter_train(images, labels, config, model_config=ModelConfig(**TINY))
+    model, best = None, None
+    for event in events:
+        if isinstance(event, TrainingStarted):
+            model = event.model
+        if isinstance(event, EpochEnded):
+            if event.improved:
+                best = {k: v.clone() for k, v in model.network.state_dict().items()}
+            if event.epoch == 3:
+                break
+    events.close()  # the Stop button
+
+    assert model.history["runs"][-1]["epochs"] == 3
+    for key, value in best.items():
+        torch.testing.assert_close(model.network.state_dict()[key], value)
+
+
+def test_time_budget_ends_training():
+    image, label = disks(64)
+    config = TrainConfig(mode="instances", minutes=0.05, **FAST)
+    events = list(iter_train([image], [label], config, model_config=ModelConfig(**TINY)))
+    assert events[-1].elapsed < 15
+
+
+def test_continue_training_from_a_model_keeps_classes(disk_data):
+    images, labels = disk_data
+    config = TrainConfig(mode="instances", epochs=1, **FAST)
+    model = train(images, labels, config, model_config=ModelConfig(**TINY))
+
+    again = train(images, labels, config, model=model)
+
+    assert again is model and len(model.history["runs"]) == 2
+    with pytest.raises(InputError, match="mode"):
+        train(images, labels, config.model_copy(update={"mode": "semantic"}), model=model)
+
+
+def test_sparse_scribbles_train_and_predict_painted_values():
+    image, instances = disks(96, seed=1)
+    scribbles = np.zeros_like(instances, np.uint8)
+    scribbles[::7, :][instances[::7, :] == 0] = 1  # background strokes
+    scribbles[instances > 0] = 0
+    for obj in range(1, 4):  # a few pixels inside some objects
+        ys, xs = np.nonzero(instances == obj)
+        scribbles[ys[::3], xs[::3]] = 3
+    config = TrainConfig(mode="sparse", epochs=5, **FAST)
+
+    model = train(image, scribbles, config, model_config=ModelConfig(**TINY))
+    labels = predict(model, image)
+
+    assert set(np.unique(labels)) <= {0, 3}
+    assert ((labels == 3) == (instances > 0)).mean() > 0.85
+
+
+def test_mixed_channel_counts_are_converted_with_a_note(disk_data):
+    images, labels = disk_data
+    rgb = np.repeat(images[1][..., None], 3, axis=-1)
+    config = TrainConfig(mode="instances", epochs=1, **FAST)
+
+    events = iter_train([images[0], rgb], labels[:2], config, model_config=ModelConfig(**TINY))
+    started = next(events)
+    events.close()
+
+    assert started.model.in_channels == 3
+    assert any("channel" in note for note in started.notes)
+    assert predict(started.model, images[2]).shape == images[2].shape  # grey accepted
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (np.zeros((96, 96), np.uint8), "single value"),
+        (np.zeros((50, 50), np.uint8), "height and width"),
+        (np.full((96, 96), 7, np.uint8), "single value"),
+    ],
+)
+def test_bad_training_input_gets_a_clear_error(labels, message):
+    image, _ = disks(96)
+    with pytest.raises(InputError, match=message):
+        train(image, labels, TrainConfig(epochs=1, **FAST))
+
+
+def test_nan_only_image_is_refused():
+    _, label = disks(64)
+    with pytest.raises(InputError, match="NaN"):
+        train(np.full((64, 64), np.nan), label, TrainConfig(mode="instances", epochs=1, **FAST))
