@@ -3,12 +3,24 @@
 :func:`iter_predict` is a generator of progress events that a GUI or command line
 renders and may stop at any event; :func:`predict` drains it and returns the
 result.
+
+Memory stays bounded whatever the image size: tiles are read on demand from numpy,
+memory-mapped TIFF (:class:`~napari_unet.io.TiffArray`), zarr or dask inputs, and
+finished bands of the result go to ``out`` (a TIFF or zarr on disk) as they are
+ready. A dask input gives a lazy dask array whose chunks blend the same tiles with
+the same weights as the in-memory path, so both give identical results; it runs on
+the local scheduler or, when a ``dask.distributed`` Client is active, on its cluster.
 """
 
 from __future__ import annotations
 
+import hashlib
+import sys
+import threading
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -17,7 +29,17 @@ from ._inference import make_forward
 from .config import PredictConfig
 from .data import InputError, Normalization, channel_axis_of, convert_channels, stack_shape
 from .model import SegmentationModel, UNet
-from .tiling import Band, TileGrid, TilesDone, iter_tiled
+from .tiling import (
+    Band,
+    TileGrid,
+    TilesDone,
+    blend_region,
+    iter_tiled,
+    prepare_tile,
+    tile_window,
+    tiles_touching,
+    weight_tile_output,
+)
 
 
 @dataclass
@@ -36,31 +58,70 @@ class TileProgress:
 
 @dataclass
 class PredictionFinished:
-    """The result: labels (*stack, Y, X) int or probabilities (K, *stack, Y, X) float32."""
+    """The result: labels (*stack, Y, X) int or probabilities (K, *stack, Y, X) float32.
 
-    result: np.ndarray
+    A numpy array; the on-disk array opened read-only when ``out`` was a path (a zarr
+    array for ``.zarr``, a :class:`~napari_unet.io.TiffArray` for a TIFF); a lazy dask
+    array for a dask input without ``out``.
+    """
+
+    result: object
+
+
+# ---------------------------------------------------------------------------
+# reading planes
+
+
+@dataclass(frozen=True)
+class ChannelConverter:
+    """Turns a region read from the image into (C, h, w): moves the channel axis first
+    (or adds one) and converts the channel count (grey <-> RGB, RGBA -> RGB)."""
+
+    channel_position: int | None  # position of the channel axis in a region read
+    channels: int
+
+    def __call__(self, block) -> np.ndarray:
+        block = np.asarray(block)
+        if self.channel_position is None:
+            block = block[None]
+        elif self.channel_position:
+            block = np.moveaxis(block, self.channel_position, 0)
+        return convert_channels(block, self.channels)
 
 
 class PlaneView:
-    """A 2-D plane of an array-like seen as (C, Y, X), read lazily by slicing.
+    """Plane ``index`` of an image seen as (C, Y, X), read lazily by slicing.
 
-    Works for numpy arrays, memory maps, zarr and dask arrays; converts the channel
-    count on the fly (grey <-> RGB, RGBA -> RGB) when ``channels`` differs.
+    Works for numpy arrays, memory maps, :class:`~napari_unet.io.TiffArray`, zarr and
+    dask arrays, whatever the position of the channel axis; only the region asked
+    for is read.
     """
 
-    def __init__(self, plane, channel_last: bool, channels: int):
-        self.plane = plane
-        self.channel_last = channel_last
-        height, width = plane.shape[:2] if channel_last else plane.shape[-2:]
-        self.shape = (channels, height, width)
+    def __init__(self, image, index: tuple[int, ...], channel_axis: int | None, channels: int):
+        self.image = image
+        self.index = tuple(index)
+        self.channel_axis = channel_axis
+        ndim = len(image.shape)
+        spatial = [a for a in range(ndim) if a != channel_axis]
+        self._y_axis, self._x_axis = spatial[-2:]
+        self._lead_axes = spatial[:-2]
+        position = None
+        if channel_axis is not None:
+            position = sum(1 for a in (self._y_axis, self._x_axis) if a < channel_axis)
+        self.convert = ChannelConverter(position, channels)
+        self.shape = (channels, image.shape[self._y_axis], image.shape[self._x_axis])
+
+    def key(self, ys: slice, xs: slice) -> tuple:
+        """The index into the image that reads rows ``ys`` and columns ``xs`` of the plane."""
+        key: list = [slice(None)] * len(self.image.shape)
+        for axis, i in zip(self._lead_axes, self.index, strict=True):
+            key[axis] = i
+        key[self._y_axis], key[self._x_axis] = ys, xs
+        return tuple(key)
 
     def __getitem__(self, key) -> np.ndarray:
         _, ys, xs = key
-        if self.channel_last:
-            block = np.moveaxis(np.asarray(self.plane[ys, xs]), -1, 0)
-        else:
-            block = np.asarray(self.plane[ys, xs])[None]
-        return convert_channels(block, self.shape[0])
+        return self.convert(self.image[self.key(ys, xs)])
 
 
 def _resolve_layout(shape, in_channels: int, channel_axis):
@@ -87,6 +148,230 @@ def _check_channels(model_channels: int, image_channels: int, convert: bool) -> 
     )
 
 
+def _is_dask(array) -> bool:
+    if "dask" not in sys.modules:  # nothing can be a dask array before dask is imported
+        return False
+    from dask import is_dask_collection
+
+    return is_dask_collection(array)
+
+
+def _active_client():
+    """The default dask.distributed Client, or None."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import default_client
+
+    try:
+        return default_client()
+    except ValueError:
+        return None
+
+
+# ---------------------------------------------------------------------------
+# shipping the model to dask workers
+
+
+@dataclass(frozen=True, eq=False)
+class ModelSpec:
+    """A model as plain data (configuration, numpy weights, label and normalisation
+    settings) for dask workers: it pickles without torch modules or code, and the
+    worker rebuilds the network once per process (:meth:`build`)."""
+
+    network: dict
+    state: dict
+    encoding: dict | None
+    normalization: tuple[float, float] | None
+    convert_channels: bool
+    token: str
+
+    @classmethod
+    def from_model(cls, model: SegmentationModel | UNet) -> ModelSpec:
+        if isinstance(model, SegmentationModel):
+            network = model.network
+            enc = model.encoding
+            encoding = {
+                "mode": enc.mode,
+                "class_names": list(enc.class_names),
+                "class_values": list(enc.class_values),
+                "source_values": list(enc.source_values),
+            }
+            normalization = (model.normalization.low, model.normalization.high)
+            convert = model.convert_channels
+        else:
+            network, encoding, normalization, convert = model, None, None, False
+        state = {k: v.detach().cpu().numpy().copy() for k, v in network.state_dict().items()}
+        digest = hashlib.sha1(repr((network.config.model_dump(), encoding)).encode())
+        for key in sorted(state):
+            digest.update(key.encode())
+            digest.update(np.ascontiguousarray(state[key]).tobytes())
+        return cls(
+            network.config.model_dump(),
+            state,
+            encoding,
+            normalization,
+            convert,
+            digest.hexdigest(),
+        )
+
+    def build(self) -> SegmentationModel | UNet:
+        """The model, built once per process and then reused."""
+        with _CACHE_LOCK:
+            cached = _MODELS.get(self.token)
+        if cached is not None:
+            return cached
+        import torch
+
+        from .data import LabelEncoding
+
+        network = UNet(**self.network)
+        network.load_state_dict({k: torch.from_numpy(v) for k, v in self.state.items()})
+        network.eval()
+        model: SegmentationModel | UNet = network
+        if self.encoding is not None:
+            model = SegmentationModel(
+                network,
+                LabelEncoding(notes=[], **self.encoding),
+                Normalization(*self.normalization),
+                convert_channels=self.convert_channels,
+            )
+        with _CACHE_LOCK:
+            _MODELS[self.token] = model
+            while len(_MODELS) > 2:
+                _MODELS.popitem(last=False)
+        return model
+
+
+_CACHE_LOCK = threading.Lock()
+_MODELS: OrderedDict[str, object] = OrderedDict()
+_FORWARDS: OrderedDict[tuple, object] = OrderedDict()
+
+
+def _forward_for(spec: ModelSpec, device: str, mixed_precision: bool | None):
+    key = (spec.token, device, mixed_precision)
+    with _CACHE_LOCK:
+        forward = _FORWARDS.get(key)
+    if forward is None:
+        model = spec.build()
+        network = model.network if isinstance(model, SegmentationModel) else model
+        torch_device = resolve_device(device)
+        dtype = autocast_dtype(torch_device, mixed_precision)
+        forward = make_forward(network, torch_device, dtype, softmax=True)
+        with _CACHE_LOCK:
+            _FORWARDS[key] = forward
+            while len(_FORWARDS) > 2:
+                _FORWARDS.popitem(last=False)
+    return forward
+
+
+# ---------------------------------------------------------------------------
+# the plan of one call
+
+
+@dataclass
+class _Job:
+    network: UNet
+    normalization: Normalization | None
+    class_values: np.ndarray
+    instances: bool  # instance ids are wanted (labels of an instances-mode model)
+    config: PredictConfig
+    image: object
+    channel_axis: int | None
+    lead: tuple[int, ...]
+    height: int
+    width: int
+    grid: TileGrid
+    min_size: int
+
+    @property
+    def in_channels(self) -> int:
+        return self.network.config.in_channels
+
+    @property
+    def num_classes(self) -> int:
+        return self.network.config.num_classes
+
+    @property
+    def labels(self) -> bool:
+        return self.config.output == "labels"
+
+    @property
+    def out_shape(self) -> tuple[int, ...]:
+        plane = (self.height, self.width)
+        return (*self.lead, *plane) if self.labels else (self.num_classes, *self.lead, *plane)
+
+    @property
+    def out_dtype(self):
+        if not self.labels:
+            return np.dtype(np.float32)
+        if self.instances:
+            return np.dtype(np.int32)
+        return np.dtype(np.uint8 if self.class_values.max() < 256 else np.uint16)
+
+    def prefix(self, index: tuple[int, ...]) -> tuple:
+        return index if self.labels else (slice(None), *index)
+
+    def view(self, index: tuple[int, ...]) -> PlaneView:
+        return PlaneView(self.image, index, self.channel_axis, self.in_channels)
+
+    def stats(self, view: PlaneView):
+        return None if self.normalization is None else self.normalization.stats(view)
+
+
+def _plan(model, image, config: PredictConfig, channel_axis, min_size: int) -> _Job:
+    if isinstance(model, SegmentationModel):
+        network, normalization = model.network, model.normalization
+        class_values = np.asarray(model.encoding.class_values)
+        mode, convert = model.mode, model.convert_channels
+    elif isinstance(model, UNet):
+        network, normalization, mode, convert = model, None, "semantic", False
+        class_values = np.arange(model.config.num_classes)
+    else:
+        raise TypeError(
+            f"model must be a SegmentationModel or a UNet, not {type(model).__name__}."
+        )
+    if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
+        image = np.asarray(image)
+    shape = tuple(image.shape)
+    in_channels = network.config.in_channels
+    axis = _resolve_layout(shape, in_channels, channel_axis)
+    image_channels = 1 if axis is None else shape[axis]
+    _check_channels(in_channels, image_channels, convert)
+    lead = stack_shape(shape, axis)
+    spatial = [s for i, s in enumerate(shape) if i != axis]
+    height, width = spatial[-2:]
+    if height < 1 or width < 1:
+        raise InputError(f"The image is empty (shape {shape}).")
+    grid = TileGrid.plan((height, width), config.tile_size, config.overlap, network.divisor)
+    return _Job(
+        network,
+        normalization,
+        class_values,
+        mode == "instances" and config.output == "labels",
+        config,
+        image,
+        axis,
+        tuple(lead),
+        int(height),
+        int(width),
+        grid,
+        min_size,
+    )
+
+
+def _labels_of(values: np.ndarray, class_values: np.ndarray, dtype) -> np.ndarray:
+    """Class probabilities (K, h, w) -> labels (h, w) of ``dtype``, a few rows at a time
+    so that the int64 argmax of a wide band stays small."""
+    labels = np.empty(values.shape[1:], dtype)
+    for y in range(0, values.shape[1], 64):
+        labels[y : y + 64] = class_values[np.argmax(values[:, y : y + 64], axis=0)]
+    return labels
+
+
+# ---------------------------------------------------------------------------
+# the public functions
+
+
 def iter_predict(
     model: SegmentationModel | UNet,
     image,
@@ -99,9 +384,11 @@ def iter_predict(
     channel_axis: int | None | str = "auto",
     mixed_precision: bool | None = None,
     min_size: int = 10,
+    out=None,
 ) -> Iterator[TileProgress | PredictionFinished]:
     """Generator form of :func:`predict`: yields :class:`TileProgress` after each batch of
-    tiles and finally one :class:`PredictionFinished`. Closing it cancels the work."""
+    tiles and finally one :class:`PredictionFinished`. Closing it cancels the work and
+    leaves no partial output file behind."""
     defaults = PredictConfig()
     config = PredictConfig(
         tile_size=tile_size or defaults.tile_size,
@@ -111,87 +398,70 @@ def iter_predict(
         mixed_precision=mixed_precision,
         output=output,
     )
-    if isinstance(model, SegmentationModel):
-        network, normalization = model.network, model.normalization
-        class_values = np.asarray(model.encoding.class_values)
-        mode, convert = model.mode, model.convert_channels
-    elif isinstance(model, UNet):
-        network, normalization, mode, convert = model, None, "semantic", False
-        class_values = np.arange(model.config.num_classes)
-    else:
-        raise TypeError(
-            f"model must be a SegmentationModel or a UNet, not {type(model).__name__}."
-        )
+    job = _plan(model, image, config, channel_axis, min_size)
+    lazy = _is_dask(job.image)
+    if lazy and out is None and not job.instances:
+        yield PredictionFinished(_lazy_result(job, ModelSpec.from_model(model)))
+        return
+    client = _active_client() if lazy else None
+    spec = ModelSpec.from_model(model) if client is not None else None
+    forward = None
+    if client is None:
+        torch_device = resolve_device(config.device)
+        dtype = autocast_dtype(torch_device, config.mixed_precision)
+        forward = make_forward(job.network, torch_device, dtype, softmax=True)
 
-    if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
-        image = np.asarray(image)
-    shape = tuple(image.shape)
-    in_channels, num_classes = network.config.in_channels, network.config.num_classes
-    axis = _resolve_layout(shape, in_channels, channel_axis)
-    image_channels = 1 if axis is None else shape[axis]
-    _check_channels(in_channels, image_channels, convert)
-    if axis is not None and axis != len(shape) - 1:
-        from .data import _moveaxis
+    from .io import open_band_writer
 
-        image = _moveaxis(image, axis, -1)
-        shape = tuple(image.shape)
-        axis = len(shape) - 1
-    lead = stack_shape(shape, axis)
-    height, width = shape[-3:-1] if axis is not None else shape[-2:]
-    if height < 1 or width < 1:
-        raise InputError(f"The image is empty (shape {shape}).")
+    planes = int(np.prod(job.lead)) if job.lead else 1
+    writer = open_band_writer(out, job.out_shape, job.out_dtype)
+    try:
+        for number, index in enumerate(np.ndindex(*job.lead)):
+            view = job.view(index)
+            stats = job.stats(view)
+            stitcher = InstanceStitcher(job.height, job.width, min_size) if job.instances else None
+            if client is None:
+                transform = None
+                if stats is not None:
 
-    torch_device = resolve_device(config.device)
-    dtype = autocast_dtype(torch_device, config.mixed_precision)
-    forward = make_forward(network, torch_device, dtype, softmax=True)
-    grid = TileGrid.plan((height, width), config.tile_size, config.overlap, network.divisor)
+                    def transform(tile, lows=stats[0], highs=stats[1]):
+                        return Normalization.apply(tile, lows, highs)
 
-    want_labels = config.output == "labels"
-    planes = int(np.prod(lead)) if lead else 1
-    if want_labels:
-        label_dtype = (
-            np.int32
-            if mode == "instances"
-            else (np.uint8 if class_values.max() < 256 else np.uint16)
-        )
-        result = np.zeros((*lead, height, width), label_dtype)
-    else:
-        result = np.zeros((num_classes, *lead, height, width), np.float32)
-
-    for number, index in enumerate(np.ndindex(*lead)):
-        plane = image[index] if index else image  # image[()] would read a zarr array whole
-        view = PlaneView(plane, axis is not None, in_channels)
-        transform = None
-        if normalization is not None:
-            lows, highs = normalization.stats(view)
-
-            def transform(tile, lows=lows, highs=highs):
-                return Normalization.apply(tile, lows, highs)
-
-        probabilities = None
-        if mode == "instances" or not want_labels:
-            probabilities = np.zeros((num_classes, height, width), np.float32)
-        for event in iter_tiled(
-            view, forward, num_classes, grid, batch_size=config.batch_size, transform=transform
-        ):
-            if isinstance(event, TilesDone):
-                yield TileProgress(number, planes, event.done, event.total)
-            elif isinstance(event, Band):
-                if probabilities is not None:
-                    probabilities[:, event.y0 : event.y1] = event.values
+                events = iter_tiled(
+                    view,
+                    forward,
+                    job.num_classes,
+                    job.grid,
+                    batch_size=config.batch_size,
+                    transform=transform,
+                )
+                converted = False
+            else:
+                converted = job.labels and not job.instances
+                events = _bands_on_cluster(client, job, spec, view, stats, converted)
+            for event in events:
+                if isinstance(event, TilesDone):
+                    yield TileProgress(number, planes, event.done, event.total)
+                    continue
+                if stitcher is not None:
+                    for y0, rows in stitcher.push(event.y0, event.values):
+                        writer.write(index, y0, rows)
+                elif job.labels and not converted:
+                    labels = _labels_of(event.values, job.class_values, job.out_dtype)
+                    writer.write(index, event.y0, labels)
                 else:
-                    classes = np.argmax(event.values, axis=0)
-                    result[index][event.y0 : event.y1] = class_values[classes]
-        if probabilities is None:
-            continue
-        if want_labels:
-            result[index] = instances_from_probabilities(probabilities, min_size=min_size)
-        else:
-            result[(slice(None), *index)] = probabilities
+                    writer.write(job.prefix(index), event.y0, event.values)
+            if stitcher is not None:
+                for y0, rows in stitcher.finish():
+                    writer.write(index, y0, rows)
+        result = writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
     yield PredictionFinished(result)
 
 
-def predict(model: SegmentationModel | UNet, image, **kwargs) -> np.ndarray:
+def predict(model: SegmentationModel | UNet, image, **kwargs):
     """Segment an image with a trained model.
 
     Parameters
@@ -201,7 +471,8 @@ def predict(model: SegmentationModel | UNet, image, **kwargs) -> np.ndarray:
         training) or a bare :class:`UNet` (given the image as float32, unnormalised).
     image
         (Y, X), (Y, X, C) RGB(A), or a stack (Z, Y, X) / (Z, Y, X, C); numpy, a
-        memory-mapped TIFF, zarr or dask array, read one tile at a time.
+        memory-mapped TIFF, :class:`~napari_unet.io.TiffArray`, zarr or dask array,
+        read one tile at a time.
     tile_size, overlap, batch_size
         Square tiles of ``tile_size`` pixels overlapping by ``overlap`` (a share of
         the tile), ``batch_size`` tiles per forward pass. Defaults: :class:`PredictConfig`.
@@ -209,19 +480,309 @@ def predict(model: SegmentationModel | UNet, image, **kwargs) -> np.ndarray:
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
     output
         ``"labels"``: integer (*stack, Y, X) with the class values of the training
-        labels (instance ids in ``instances`` mode); ``"probabilities"``: float32
-        (num_classes, *stack, Y, X).
+        labels (instance ids, int32, in ``instances`` mode); ``"probabilities"``:
+        float32 (num_classes, *stack, Y, X).
     channel_axis
         ``"auto"`` (trailing axis of 3/4, or the model's channel count), an axis, or None.
+    min_size
+        Instances mode: objects smaller than this many pixels are dropped.
+    out
+        Where the result goes, band by band as it is computed, so that memory does not
+        grow with the image: a path ending in ``.tif``/``.tiff`` or ``.zarr`` (written
+        under a temporary name and renamed when complete), or an array of the result's
+        shape to fill (numpy, zarr). ``None``: a numpy array in memory.
 
     Returns
     -------
-    numpy.ndarray
+    numpy.ndarray, or with ``out`` the result on disk opened read-only (a zarr array, or
+    a :class:`~napari_unet.io.TiffArray`), so a viewer can show it lazily. For a dask
+    ``image`` without ``out``: a lazy dask array, computed on the local scheduler or on
+    the cluster of an active ``dask.distributed`` Client (instances mode needs a pass
+    over the whole image to number objects, so it computes and returns numpy).
     """
     for event in iter_predict(model, image, **kwargs):
         if isinstance(event, PredictionFinished):
             return event.result
     raise RuntimeError("prediction ended without a result")
+
+
+def predict_to_file(model: SegmentationModel | UNet, image, output_path, **kwargs) -> Path:
+    """Segment ``image`` (an array, or the path of an image file, read lazily) and write
+    the result to ``output_path`` (``.tif``/``.tiff`` or ``.zarr``) band by band, in
+    bounded memory; the file appears only when complete. Options as :func:`predict`.
+    Returns the output path."""
+    from .io import open_image
+
+    if isinstance(image, (str, Path)):
+        image = open_image(image)
+    predict(model, image, out=output_path, **kwargs)
+    return Path(output_path)
+
+
+# ---------------------------------------------------------------------------
+# dask: one task per batch of tiles, one per output chunk
+
+
+_CHUNK_TARGET = 2048  # pixels along each axis of an output chunk
+_BAND_BYTES = 2**27  # bytes of one row of output chunks gathered from a cluster
+
+
+def _chunk_bounds(axis, target: int) -> list[tuple[int, int]]:
+    """Chunk edges along one axis: at tile starts, about ``target`` pixels apart."""
+    starts = axis.starts
+    if len(starts) == 1:
+        return [(0, axis.length)]
+    stride = max(1, starts[1] - starts[0])
+    every = max(1, round(target / stride))
+    edges = [0, *(starts[i] for i in range(every, len(starts), every)), axis.length]
+    return list(zip(edges[:-1], edges[1:], strict=True))
+
+
+def _run_tile_batch(spec, blocks, convert, grid, tiles, stats, device, mixed_precision):
+    """Forward one batch of tiles read by dask; weighted outputs as in :func:`iter_tiled`."""
+    forward = _forward_for(spec, device, mixed_precision)
+    batch = []
+    for block in blocks:
+        tile = prepare_tile(convert(block), grid)
+        if stats is not None:
+            tile = Normalization.apply(tile, *stats)
+        batch.append(tile)
+    outputs = forward(np.stack(batch))
+    return [weight_tile_output(o, grid, r, c) for o, (r, c) in zip(outputs, tiles, strict=True)]
+
+
+def _blend_chunk(grid, rows, cols, touching, positions, needed, outputs, class_values, dtype):
+    """One output chunk from the weighted outputs of the tile batches it needs."""
+    by_batch = dict(zip(needed, outputs, strict=True))
+    weighted = {tile: by_batch[b][k] for tile, (b, k) in zip(touching, positions, strict=True)}
+    values = blend_region(grid, slice(*rows), slice(*cols), weighted)
+    if class_values is None:
+        return values
+    return _labels_of(values, class_values, dtype)
+
+
+def _lazy_plane(job: _Job, spec: ModelSpec, view: PlaneView, stats, labels: bool, rows=None):
+    """Plane of the result as a lazy dask array: labels (Y, X) or probabilities (K, Y, X).
+
+    Chunks have edges at tile starts, about 2048 pixels apart (``rows`` gives the
+    number of tile rows per chunk row instead).
+    """
+    import dask
+    import dask.array as da
+
+    grid, config = job.grid, job.config
+    model = dask.delayed(spec, name=f"napari-unet-model-{spec.token}", traverse=False)
+    order = [(r, c) for r in range(len(grid.y.starts)) for c in range(len(grid.x.starts))]
+    size = config.batch_size
+    run = dask.delayed(_run_tile_batch, pure=True)
+    batches = []
+    for first in range(0, len(order), size):
+        tiles = order[first : first + size]
+        blocks = [job.image[view.key(*tile_window(grid, r, c))] for r, c in tiles]
+        batches.append(
+            run(
+                model,
+                blocks,
+                view.convert,
+                grid,
+                tiles,
+                stats,
+                config.device,
+                config.mixed_precision,
+            )
+        )
+    where = {tile: (i // size, i % size) for i, tile in enumerate(order)}
+    ybounds = _chunk_bounds(grid.y, rows if rows is not None else _CHUNK_TARGET)
+    xbounds = _chunk_bounds(grid.x, _CHUNK_TARGET)
+    dtype = job.out_dtype if labels else np.dtype(np.float32)
+    blend = dask.delayed(_blend_chunk, pure=True)
+    chunk_rows = []
+    for y0, y1 in ybounds:
+        chunk_row = []
+        for x0, x1 in xbounds:
+            touching = tiles_touching(grid, slice(y0, y1), slice(x0, x1))
+            needed = sorted({where[t][0] for t in touching})
+            chunk = blend(
+                grid,
+                (y0, y1),
+                (x0, x1),
+                touching,
+                [where[t] for t in touching],
+                needed,
+                [batches[b] for b in needed],
+                job.class_values if labels else None,
+                dtype,
+            )
+            shape = (y1 - y0, x1 - x0) if labels else (job.num_classes, y1 - y0, x1 - x0)
+            chunk_row.append(da.from_delayed(chunk, shape, dtype=dtype))
+        chunk_rows.append(chunk_row)
+    return da.block(chunk_rows)
+
+
+def _lazy_result(job: _Job, spec: ModelSpec):
+    """The whole result as a lazy dask array (labels or probabilities, not instances)."""
+    import dask.array as da
+
+    planes = []
+    for index in np.ndindex(*job.lead):
+        view = job.view(index)
+        planes.append(_lazy_plane(job, spec, view, job.stats(view), job.labels))
+    if not job.lead:
+        return planes[0]
+    stacked = da.stack(planes).reshape(*job.lead, *planes[0].shape)
+    return stacked if job.labels else da.moveaxis(stacked, len(job.lead), 0)
+
+
+def _bands_on_cluster(client, job: _Job, spec, view, stats, labels: bool):
+    """Bands of one plane computed on a dask.distributed cluster, top to bottom.
+
+    Keeps the next row of chunks in flight while a row is handed out, so the tiles
+    that two rows share are computed once and the cluster stays busy.
+    """
+    per_row = job.width * (1 if labels else job.num_classes) * 4
+    stride = job.grid.y.starts[1] - job.grid.y.starts[0] if len(job.grid.y.starts) > 1 else 1
+    rows = max(stride, min(_CHUNK_TARGET, _BAND_BYTES // per_row))
+    lazy = _lazy_plane(job, spec, view, stats, labels, rows=rows)
+    bounds = np.cumsum((0, *lazy.chunks[-2]))
+    total = job.grid.count
+    pending: deque = deque()
+    for y0, y1 in zip(bounds[:-1], bounds[1:], strict=True):
+        pending.append((int(y0), int(y1), client.compute(lazy[..., y0:y1, :])))
+        if len(pending) > 1:
+            yield from _gathered(pending.popleft(), job.height, total)
+    while pending:
+        yield from _gathered(pending.popleft(), job.height, total)
+
+
+def _gathered(item, height: int, total: int):
+    y0, y1, future = item
+    values = future.result()
+    del future
+    yield Band(y0, y1, values)
+    yield TilesDone(round(total * y1 / height), total)
+
+
+# ---------------------------------------------------------------------------
+# instances
+
+
+class InstanceStitcher:
+    """Instance ids of one plane from its probability bands, in bounded memory.
+
+    The plane is cut into windows of ``band`` rows by ``block`` columns, each
+    segmented by :func:`instances_from_probabilities` with ``halo`` pixels of context
+    on every side. An object of a window takes the id of the already numbered object
+    (above or to the left) that covers most of its pixels in the context margin, so an
+    object that crosses a window border keeps one id. A plane that fits in one window
+    gives exactly :func:`instances_from_probabilities`.
+
+    ``push(y0, probabilities)`` takes the next rows (K >= 3, h, X) and returns the
+    finished label rows as ``[(y0, labels (h, X) int32), ...]``; ``finish()`` returns
+    the rest.
+    """
+
+    def __init__(
+        self,
+        height: int,
+        width: int,
+        min_size: int = 10,
+        *,
+        band: int = 512,
+        block: int = 2048,
+        halo: int = 128,
+    ):
+        self.height, self.width, self.min_size = height, width, min_size
+        self.band, self.block, self.halo = band, block, halo
+        self._y0 = 0  # first row held in the feature buffers
+        self._features: list[np.ndarray] | None = None
+        self._next = 0  # first row of the next window row
+        self._above = np.zeros((0, width), np.int32)  # finished labels just above it
+        self._count = 0
+
+    def push(self, y0: int, probabilities: np.ndarray) -> list[tuple[int, np.ndarray]]:
+        features = _instance_features(probabilities)
+        if self._features is None:
+            self._y0 = y0
+            self._features = list(features)
+        else:
+            if y0 != self._y0 + self._features[0].shape[0]:
+                raise ValueError("bands must come in order, top to bottom, without gaps")
+            self._features = [
+                np.concatenate([held, new])
+                for held, new in zip(self._features, features, strict=True)
+            ]
+        return self._ready(final=False)
+
+    def finish(self) -> list[tuple[int, np.ndarray]]:
+        return self._ready(final=True)
+
+    def _ready(self, final: bool) -> list[tuple[int, np.ndarray]]:
+        done = []
+        while self._next < self.height and self._features is not None:
+            end = min(self.height, self._next + self.band)
+            held_end = self._y0 + self._features[0].shape[0]
+            if held_end < min(self.height, end + self.halo) and not final:
+                break
+            done.append((self._next, self._window_row(self._next, end)))
+            self._next = end
+            keep = max(self._y0, end - self.halo) - self._y0
+            self._features = [f[keep:] for f in self._features]
+            self._y0 += keep
+        return done
+
+    def _window_row(self, y0: int, y1: int) -> np.ndarray:
+        top = max(0, y0 - self.halo)
+        bottom = min(self.height, y1 + self.halo)
+        rows = slice(top - self._y0, bottom - self._y0)
+        labels = np.zeros((y1 - y0, self.width), np.int32)
+        above = self._above[max(0, self._above.shape[0] - (y0 - top)) :]
+        for x0 in range(0, self.width, self.block):
+            x1 = min(self.width, x0 + self.block)
+            left, right = max(0, x0 - self.halo), min(self.width, x1 + self.halo)
+            foreground, seeds, elevation = (f[rows, left:right] for f in self._features)
+            local = _instances(foreground, seeds, elevation, self.min_size)
+            # Ids already given in the window: rows above, and columns to the left.
+            known = np.zeros(local.shape, np.int32)
+            settled = np.zeros(local.shape, bool)
+            known[: y0 - top] = above[:, left:right]
+            settled[: y0 - top] = True
+            known[y0 - top : y1 - top, : x0 - left] = labels[:, left:x0]
+            settled[y0 - top : y1 - top, : x0 - left] = True
+            kept = local[y0 - top : y1 - top, x0 - left : x1 - left]
+            table = self._numbering(local, known, settled, kept)
+            labels[:, x0:x1] = table[kept]
+        self._above = np.concatenate([self._above, labels])[
+            max(0, self._above.shape[0] + labels.shape[0] - self.halo) :
+        ]
+        return labels
+
+    def _numbering(self, local, known, settled, kept) -> np.ndarray:
+        """Lookup table local id -> plane id: the known id that covers at least half of
+        the object's settled pixels (the most, if several), else the next new id."""
+        count = int(local.max())
+        table = np.zeros(count + 1, np.int32)
+        inside = settled & (local > 0)
+        both = inside & (known > 0)
+        if both.any():
+            area = np.bincount(local[inside], minlength=count + 1)
+            span = np.int64(known.max()) + 1
+            pairs, overlap = np.unique(
+                local[both].astype(np.int64) * span + known[both], return_counts=True
+            )
+            objects, others = pairs // span, pairs % span
+            order = np.lexsort((overlap, objects))
+            objects, others, overlap = objects[order], others[order], overlap[order]
+            best = np.append(objects[1:] != objects[:-1], True)  # the largest per object
+            objects, others, overlap = objects[best], others[best], overlap[best]
+            match = 2 * overlap >= area[objects]
+            table[objects[match]] = others[match]
+        present = np.zeros(count + 1, bool)
+        present[kept.ravel()] = True
+        new = np.flatnonzero(present & (table == 0))
+        new = new[new > 0]
+        table[new] = self._count + 1 + np.arange(new.size, dtype=np.int32)
+        self._count += new.size
+        return table
 
 
 def instances_from_probabilities(probabilities: np.ndarray, min_size: int = 10) -> np.ndarray:
@@ -232,14 +793,24 @@ def instances_from_probabilities(probabilities: np.ndarray, min_size: int = 10) 
     objects stay apart. Foreground without a seed becomes an object of its own;
     objects smaller than ``min_size`` pixels are dropped.
     """
+    return _instances(*_instance_features(probabilities), min_size)
+
+
+def _instance_features(probabilities: np.ndarray):
+    """The per-pixel inputs of the watershed: foreground, seed mask, elevation."""
+    background, interior, boundary = probabilities[:3]
+    foreground = background < 0.5
+    seeds = (interior > boundary) & (interior > background)
+    return foreground, seeds, (boundary - interior).astype(np.float32, copy=False)
+
+
+def _instances(foreground, seeds, elevation, min_size: int) -> np.ndarray:
     from scipy import ndimage as ndi
     from skimage.segmentation import relabel_sequential, watershed
 
-    background, interior, boundary = probabilities[:3]
-    foreground = background < 0.5
-    seeds, _ = ndi.label((interior > boundary) & (interior > background))
-    seeds = _remove_small(seeds, max(1, min_size // 4))
-    labels = watershed(boundary - interior, markers=seeds, mask=foreground)
+    markers, _ = ndi.label(seeds)
+    markers = _remove_small(markers, max(1, min_size // 4))
+    labels = watershed(elevation, markers=markers, mask=foreground)
     orphans, count = ndi.label(foreground & (labels == 0))
     if count:
         labels = np.where(orphans > 0, orphans + labels.max(), labels)

@@ -134,16 +134,78 @@ class TilesDone:
     total: int
 
 
-def read_tile(source, grid: TileGrid, row: int, col: int) -> np.ndarray:
-    """Read tile (row, col) of a (C, Y, X) array-like as float32, reflect-padding short axes."""
-    y0, x0 = grid.y.starts[row], grid.x.starts[col]
-    ylen = grid.y.tile - grid.y.pad_before - grid.y.pad_after
-    xlen = grid.x.tile - grid.x.pad_before - grid.x.pad_after
-    tile = np.asarray(source[:, y0 : y0 + ylen, x0 : x0 + xlen], dtype=np.float32)
+def tile_window(grid: TileGrid, row: int, col: int) -> tuple[slice, slice]:
+    """The image rows and columns read for tile (row, col): its valid, unpadded part."""
+    ys, xs = grid.y, grid.x
+    y0, x0 = ys.starts[row], xs.starts[col]
+    ylen = ys.tile - ys.pad_before - ys.pad_after
+    xlen = xs.tile - xs.pad_before - xs.pad_after
+    return slice(y0, y0 + ylen), slice(x0, x0 + xlen)
+
+
+def prepare_tile(block, grid: TileGrid) -> np.ndarray:
+    """A tile's pixels (C, h, w) as float32, reflect-padded to the tile shape where short."""
+    tile = np.asarray(block, dtype=np.float32)
     pads = ((0, 0), (grid.y.pad_before, grid.y.pad_after), (grid.x.pad_before, grid.x.pad_after))
     if any(p for pair in pads for p in pair):
         tile = pad_reflect(tile, pads)
     return tile
+
+
+def weight_tile_output(output: np.ndarray, grid: TileGrid, row: int, col: int) -> np.ndarray:
+    """Crop a tile's network output (K, tile, tile) to its valid part and apply its
+    blending weight: (K, h, w) float32, ready to be summed into the image."""
+    ys, xs = grid.y, grid.x
+    ylen = ys.tile - ys.pad_before - ys.pad_after
+    xlen = xs.tile - xs.pad_before - xs.pad_after
+    output = output[:, ys.pad_before : ys.pad_before + ylen, xs.pad_before : xs.pad_before + xlen]
+    weight = ys.weights(row, grid.ramp)[:, None] * xs.weights(col, grid.ramp)[None, :]
+    return output * weight
+
+
+def tiles_touching(grid: TileGrid, rows: slice, cols: slice) -> list[tuple[int, int]]:
+    """Tiles (row, col) whose valid part meets image region [rows, cols), row-major."""
+    found = []
+    for row in range(len(grid.y.starts)):
+        ywin = tile_window(grid, row, 0)[0]
+        if ywin.start >= rows.stop or ywin.stop <= rows.start:
+            continue
+        for col in range(len(grid.x.starts)):
+            xwin = tile_window(grid, 0, col)[1]
+            if xwin.start < cols.stop and xwin.stop > cols.start:
+                found.append((row, col))
+    return found
+
+
+def blend_region(
+    grid: TileGrid, rows: slice, cols: slice, weighted: dict[tuple[int, int], np.ndarray]
+) -> np.ndarray:
+    """Blended output (K, h, w) of image region [rows, cols) from the weighted outputs
+    (:func:`weight_tile_output`) of every tile that touches it (:func:`tiles_touching`).
+
+    Sums in the same order and with the same factors as :func:`iter_tiled`, so a region
+    blended here equals the same region of the streamed result bit for bit.
+    """
+    first = next(iter(weighted.values()))
+    acc = np.zeros((first.shape[0], rows.stop - rows.start, cols.stop - cols.start), np.float32)
+    for row, col in sorted(weighted):
+        ywin, xwin = tile_window(grid, row, col)
+        y0, y1 = max(ywin.start, rows.start), min(ywin.stop, rows.stop)
+        x0, x1 = max(xwin.start, cols.start), min(xwin.stop, cols.stop)
+        values = weighted[row, col][
+            :, y0 - ywin.start : y1 - ywin.start, x0 - xwin.start : x1 - xwin.start
+        ]
+        acc[:, y0 - rows.start : y1 - rows.start, x0 - cols.start : x1 - cols.start] += values
+    inv_y = 1.0 / grid.y.weight_sum(grid.ramp)
+    inv_x = 1.0 / grid.x.weight_sum(grid.ramp)
+    acc *= inv_y[rows, None] * inv_x[None, cols]
+    return acc
+
+
+def read_tile(source, grid: TileGrid, row: int, col: int) -> np.ndarray:
+    """Read tile (row, col) of a (C, Y, X) array-like as float32, reflect-padding short axes."""
+    ywin, xwin = tile_window(grid, row, col)
+    return prepare_tile(source[:, ywin, xwin], grid)
 
 
 def pad_reflect(array: np.ndarray, pads) -> np.ndarray:
@@ -183,8 +245,6 @@ def iter_tiled(
     height, width = ys.length, xs.length
     ylen = ys.tile - ys.pad_before - ys.pad_after
     xlen = xs.tile - xs.pad_before - xs.pad_after
-    wy = [ys.weights(i, grid.ramp) for i in range(len(ys.starts))]
-    wx = [xs.weights(i, grid.ramp) for i in range(len(xs.starts))]
     inv_x = 1.0 / xs.weight_sum(grid.ramp)
     inv_y = 1.0 / ys.weight_sum(grid.ramp)
     rows, cols = len(ys.starts), len(xs.starts)
@@ -202,16 +262,13 @@ def iter_tiled(
         nonlocal acc, acc_y0, next_row_to_flush, done
         outputs = forward(np.stack(tiles))
         for (row, col), out in zip(pending, outputs, strict=True):
-            out = out[
-                :, ys.pad_before : ys.pad_before + ylen, xs.pad_before : xs.pad_before + xlen
-            ]
             y0, x0 = ys.starts[row], xs.starts[col]
             need = y0 + ylen - acc_y0
             if need > acc.shape[1]:
                 grow = np.zeros((num_outputs, need - acc.shape[1], width), np.float32)
                 acc = np.concatenate([acc, grow], axis=1)
-            weight = wy[row][:, None] * wx[col][None, :]
-            acc[:, y0 - acc_y0 : y0 - acc_y0 + ylen, x0 : x0 + xlen] += out * weight
+            weighted = weight_tile_output(out, grid, row, col)
+            acc[:, y0 - acc_y0 : y0 - acc_y0 + ylen, x0 : x0 + xlen] += weighted
             done_in_row[row] += 1
         done += len(pending)
         pending.clear()
