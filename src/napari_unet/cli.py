@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -117,59 +118,213 @@ def cmd_train(args) -> int:
 # predict
 
 
-def _output_path(source: Path, out_dir: Path) -> Path:
+def _output_path(source: Path, out_dir: Path, fmt: str = "tif") -> Path:
+    from .io import _stem
+
+    if fmt == "zarr":
+        return out_dir / (_stem(source) + ".zarr")
     name = source.name
     if source.suffix.lower() not in (".tif", ".tiff"):
-        name = source.stem + ".tif"
+        name = _stem(source) + ".tif"
     return out_dir / name
 
 
+_CLUSTER_TILED_PIXELS = 64 * 2**20  # larger images fan out tile by tile on a cluster
+
+
+def _record(source: Path, target: Path, status: str, seconds: float = 0.0, error=None) -> dict:
+    return {
+        "input": str(source),
+        "output": str(target),
+        "status": status,
+        "error": error,
+        "seconds": round(seconds, 3),
+    }
+
+
+def _message(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    text = text[0] if text else ""
+    return text if isinstance(error, InputError) else f"{type(error).__name__}: {text}"
+
+
+def _predict_one(model, source: Path, target: Path, options: dict, *, lazy=False) -> dict:
+    """Segment one file into ``target`` with a progress bar; never raises for bad input."""
+    from .io import open_image
+    from .prediction import TileProgress, iter_predict
+
+    start = time.perf_counter()
+    bar = None
+    try:
+        image = open_image(source)
+        if lazy:
+            image = _as_dask(image, model)
+        bar = _progress_bar(100, source.name)
+        for event in iter_predict(model, image, out=target, **options):
+            if isinstance(event, TileProgress):
+                bar.n = round(100 * event.fraction, 1)
+                bar.refresh()
+    except Exception as error:  # one bad file must not stop the batch
+        return _record(source, target, "failed", time.perf_counter() - start, _message(error))
+    finally:
+        if bar is not None:
+            bar.close()
+    return _record(source, target, "ok", time.perf_counter() - start)
+
+
+def _predict_file_task(spec, source: str, target: str, options: dict) -> dict:
+    """Runs on a dask worker: segment one file (the model rebuilt from ``spec``)."""
+    from .prediction import predict_to_file
+
+    start = time.perf_counter()
+    try:
+        predict_to_file(spec.build(), source, target, **options)
+    except Exception as error:  # reported in the summary, the batch goes on
+        return _record(
+            Path(source), Path(target), "failed", time.perf_counter() - start, _message(error)
+        )
+    return _record(Path(source), Path(target), "ok", time.perf_counter() - start)
+
+
+def _as_dask(image, model):
+    """A lazy dask array over ``image``: one chunk per 1024 x 1024 pixels of each plane."""
+    import dask.array as da
+
+    from .prediction import _resolve_layout
+
+    shape = tuple(image.shape)
+    axis = _resolve_layout(shape, model.in_channels, "auto")
+    spatial = [a for a in range(len(shape)) if a != axis]
+    chunks = [1] * len(shape)
+    if axis is not None:
+        chunks[axis] = shape[axis]
+    for a in spatial[-2:]:
+        chunks[a] = min(1024, shape[a])
+    return da.from_array(image, chunks=tuple(chunks), asarray=False)
+
+
+def _connect(address: str):
+    try:
+        from distributed import Client
+    except ImportError as error:
+        raise InputError(
+            "--scheduler needs dask.distributed; install it with `pip install distributed`."
+        ) from error
+    try:
+        return Client(address, timeout=30)
+    except (OSError, TimeoutError, ValueError) as error:
+        raise InputError(
+            f"Cannot reach the dask scheduler at {address!r} ({error}); start one with "
+            "`dask scheduler` and workers with `dask worker ADDRESS`, or check the address."
+        ) from error
+
+
+def _run_on_cluster(address: str, model, jobs, options, overall, report) -> list[dict]:
+    """Small files run whole on the workers, one task each; large files are segmented
+    here with their tiles computed on the workers. Both share the cluster."""
+    from distributed import as_completed
+
+    from .io import open_image
+    from .prediction import ModelSpec
+
+    records = []
+    with _connect(address) as client:
+        spec = client.scatter(ModelSpec.from_model(model), broadcast=True)
+        futures, large = [], []
+        for source, target in jobs:
+            try:
+                pixels = math.prod(open_image(source).shape)
+            except Exception:  # unreadable: let the worker report it like any other failure
+                pixels = 0
+            if pixels > _CLUSTER_TILED_PIXELS:
+                large.append((source, target))
+            else:
+                futures.append(
+                    client.submit(
+                        _predict_file_task, spec, str(source), str(target), options, pure=False
+                    )
+                )
+        for source, target in large:
+            records.append(report(_predict_one(model, source, target, options, lazy=True)))
+            overall.update(1)
+        for future in as_completed(futures):
+            records.append(report(future.result()))
+            overall.update(1)
+    return records
+
+
 def cmd_predict(args) -> int:
-    from .io import list_images, load_model, read_image, write_tiff
-    from .prediction import PredictionFinished, TileProgress, iter_predict
+    from .io import atomic_path, list_images, load_model, output_is_complete
 
     model = load_model(args.model)
-    files = list_images(args.input)
+    files = list(dict.fromkeys(list_images(args.input)))
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
-    failures = []
-    overall = _progress_bar(len(files), "files", unit=" files") if len(files) > 1 else None
-    for path in files:
-        target = _output_path(path, out_dir)
-        try:
-            image = read_image(path, lazy=True)
-            bar = _progress_bar(100, path.name)
-            result = None
-            for event in iter_predict(
-                model,
-                image,
-                tile_size=args.tile_size,
-                overlap=args.overlap,
-                batch_size=args.batch_size,
-                device=args.device,
-                output="probabilities" if args.probabilities else "labels",
-            ):
-                if isinstance(event, TileProgress):
-                    bar.n = round(100 * event.fraction, 1)
-                    bar.refresh()
-                elif isinstance(event, PredictionFinished):
-                    result = event.result
-            bar.close()
-            write_tiff(target, result)
-        except InputError as error:
-            failures.append((str(path), str(error)))
-            print(f"error: {path}: {error}", file=sys.stderr)
-        if overall is not None:
-            overall.update(1)
-    if overall is not None:
+    summary_path = Path(args.summary) if args.summary else out_dir / "summary.json"
+    options = {
+        "tile_size": args.tile_size,
+        "overlap": args.overlap,
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "output": "probabilities" if args.probabilities else "labels",
+    }
+
+    def report(record: dict) -> dict:
+        if record["status"] == "failed":
+            print(f"error: {record['input']}: {record['error']}", file=sys.stderr)
+        return record
+
+    records, jobs, owners = [], [], {}
+    for source in files:
+        target = _output_path(source, out_dir, args.format)
+        if target in owners:
+            records.append(
+                report(
+                    _record(
+                        source,
+                        target,
+                        "failed",
+                        error=f"{owners[target]} has the same name and is written to {target}; "
+                        "rename one of them or run them with different --output folders.",
+                    )
+                )
+            )
+        elif args.resume and output_is_complete(target):
+            records.append(_record(source, target, "skipped"))
+        else:
+            jobs.append((source, target))
+        owners.setdefault(target, source)
+
+    overall = _progress_bar(len(files), "all files", unit=" files")
+    overall.update(len(records))
+    interrupted = False
+    try:
+        if args.scheduler:
+            records += _run_on_cluster(args.scheduler, model, jobs, options, overall, report)
+        else:
+            for source, target in jobs:
+                records.append(report(_predict_one(model, source, target, options)))
+                overall.update(1)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("\nStopped; the summary lists the files done so far.", file=sys.stderr)
+    finally:
         overall.close()
-    done = len(files) - len(failures)
+
+    counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "skipped", "failed")}
+    summary = {"model": str(args.model), "output": str(out_dir), "counts": counts}
+    order = {str(source): i for i, source in enumerate(files)}
+    summary["files"] = sorted(records, key=lambda r: order[r["input"]])
+    with atomic_path(summary_path) as tmp:
+        tmp.write_text(json.dumps(summary, indent=2))
     print(
-        f"Wrote {done} result(s) to {out_dir}"
-        + (f"; {len(failures)} failed." if failures else "."),
+        f"Wrote {counts['ok']} result(s) to {out_dir}; {counts['skipped']} skipped, "
+        f"{counts['failed']} failed. Summary: {summary_path}",
         file=sys.stderr,
     )
-    return 1 if failures else 0
+    if interrupted:
+        return 130
+    return 1 if counts["failed"] else 0
 
 
 # ---------------------------------------------------------------------------
@@ -294,12 +449,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("predict", help="segment images with a trained model")
     p.add_argument("--model", required=True)
-    p.add_argument("--input", required=True, nargs="+", help="image file(s), folder or glob")
+    p.add_argument("--input", required=True, nargs="+", help="image file(s), folder(s) or glob(s)")
     p.add_argument("--output", required=True, help="folder for the results (same file names)")
     p.add_argument(
         "--probabilities",
         action="store_true",
         help="write class probabilities (float32, classes first) instead of labels",
+    )
+    p.add_argument(
+        "--format",
+        choices=["tif", "zarr"],
+        default="tif",
+        help="result files: TIFF (default) or zarr folders; both are written band by band",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip inputs whose result already exists (results appear only when complete)",
+    )
+    p.add_argument("--summary", help="JSON report of every file (default: OUTPUT/summary.json)")
+    p.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="dask.distributed scheduler (e.g. tcp://host:8786) to run the batch on; "
+        "workers must see the input and output folders",
     )
     tiles(p)
     device(p)

@@ -43,11 +43,15 @@ def read_image(path, *, lazy: bool = False):
 
     TIFF files are memory-mapped when stored uncompressed (so large files are read
     lazily, a tile at a time) and, with ``lazy=True``, opened as a zarr array
-    otherwise. Other formats (PNG, JPEG) are read with scikit-image.
+    otherwise. ``.zarr`` folders are opened as zarr arrays. Other formats (PNG, JPEG)
+    are read with scikit-image. :func:`open_image` reads large TIFFs in bounded memory.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"No such file: {path}")
+    if _is_zarr(path):
+        array = open_image(path)
+        return array if lazy else np.asarray(array)
     try:
         if path.suffix.lower() in (".tif", ".tiff"):
             import tifffile
@@ -82,23 +86,31 @@ def list_images(spec) -> list[Path]:
     for item in specs:
         item = str(item)
         path = Path(item)
-        if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if _is_zarr(path) or path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.iterdir() if _is_image(p))
             if not found:
                 raise InputError(
-                    f"The folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)})."
+                    f"The folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)}, .zarr)."
                 )
             files += found
-        elif path.is_file():
-            files.append(path)
         elif any(c in item for c in "*?["):
-            found = sorted(Path(p) for p in glob.glob(item) if Path(p).is_file())
+            found = sorted(Path(p) for p in glob.glob(item) if _is_image(Path(p)))
             if not found:
                 raise InputError(f"No files match {item!r}.")
             files += found
         else:
             raise InputError(f"No such file or folder: {item}")
     return files
+
+
+def _is_zarr(path: Path) -> bool:
+    return path.suffix.lower() == ".zarr" and path.is_dir()
+
+
+def _is_image(path: Path) -> bool:
+    return (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES) or _is_zarr(path)
 
 
 def _stem(path: Path) -> str:
@@ -271,6 +283,16 @@ class TiffArray:
         return self.shape[0]
 
     def __getitem__(self, key) -> np.ndarray:
+        try:
+            return self._read(key)
+        except (IndexError, TypeError):
+            raise
+        except Exception as error:  # decoders raise many types for damaged data
+            raise InputError(
+                f"Cannot read {self.path}: {error}; the file may be damaged or truncated."
+            ) from error
+
+    def _read(self, key) -> np.ndarray:
         if self._offset is not None:
             mapped = np.memmap(
                 self.path,
@@ -306,7 +328,7 @@ def open_image(path):
     """An image file as an array read lazily where possible: a :class:`TiffArray` for
     TIFF files, a zarr array for ``.zarr`` folders, numpy for other formats."""
     path = Path(path)
-    if path.suffix.lower() == ".zarr" and path.is_dir():
+    if _is_zarr(path):
         import zarr
 
         try:
