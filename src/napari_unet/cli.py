@@ -337,7 +337,17 @@ def cmd_evaluate(args) -> int:
 
     model = load_model(args.model)
     images, labels, paths = _read_pairs(args.images, args.labels)
-    result = evaluate(model, images, labels, device=args.device, tile_size=args.tile_size)
+    bar = _progress_bar(len(images), "evaluate", unit=" images")
+
+    def advance(done: int, total: int) -> None:
+        bar.n = done
+        bar.refresh()
+
+    try:
+        result = evaluate(model, images, labels, device=args.device, tile_size=args.tile_size,
+                          on_image=advance)
+    finally:
+        bar.close()
     for path, scores in zip(paths, result["images"], strict=True):
         scores["file"] = path.name
     print(json.dumps(result["mean"], indent=2))

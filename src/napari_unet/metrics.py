@@ -92,8 +92,10 @@ def foreground_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return float(2 * (p & t).sum() / total) if total else 1.0
 
 
-def evaluate(model, images, labels, **predict_kwargs) -> dict:
+def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
     """Predict each image and score it against its labels.
+
+    ``on_image(done, total)`` is called after each image (for progress bars).
 
     Returns per-image and mean scores: Dice/IoU per class (semantic, sparse), and
     for instances foreground Dice, F1@0.5 and the DSB score.
@@ -123,6 +125,8 @@ def evaluate(model, images, labels, **predict_kwargs) -> dict:
                 truth = np.where(encoded >= 0, values[np.maximum(encoded, 0)], -1)
             scores = class_scores(prediction, truth, model.encoding.class_values[1:])
         per_image.append(scores)
+        if on_image is not None:
+            on_image(i + 1, len(images))
     return {"images": per_image, "mean": _mean_scores(per_image)}
 
 
