@@ -130,6 +130,7 @@ def _output_path(source: Path, out_dir: Path, fmt: str = "tif") -> Path:
 
 
 _CLUSTER_TILED_PIXELS = 64 * 2**20  # larger images fan out tile by tile on a cluster
+_CONNECT_SECONDS = 30
 
 
 def _record(source: Path, target: Path, status: str, seconds: float = 0.0, error=None) -> dict:
@@ -211,7 +212,7 @@ def _connect(address: str):
             "--scheduler needs dask.distributed; install it with `pip install distributed`."
         ) from error
     try:
-        return Client(address, timeout=30)
+        return Client(address, timeout=_CONNECT_SECONDS)
     except (OSError, TimeoutError, ValueError) as error:
         raise InputError(
             f"Cannot reach the dask scheduler at {address!r} ({error}); start one with "

@@ -189,6 +189,8 @@ def _remove(path: Path) -> None:
 
 
 _TIFF_TILE = 256
+_TILED_MIN_SIDE = 1024  # images at least this large on both sides are written in tiles
+_WRITE_BUFFER_BYTES = 2**25  # tiles tifffile gathers for its compression threads
 
 
 def write_tiff(path, array, *, metadata: dict | None = None) -> None:
@@ -204,7 +206,7 @@ def write_tiff(path, array, *, metadata: dict | None = None) -> None:
     if not hasattr(array, "shape") or not hasattr(array, "dtype"):
         array = np.asarray(array)
     shape, dtype = tuple(array.shape), np.dtype(array.dtype)
-    tiled = len(shape) >= 2 and min(shape[-2:]) >= 1024
+    tiled = len(shape) >= 2 and min(shape[-2:]) >= _TILED_MIN_SIDE
     if isinstance(array, np.ndarray):
         data = array
     elif tiled:
@@ -219,8 +221,9 @@ def write_tiff(path, array, *, metadata: dict | None = None) -> None:
             dtype=dtype,
             compression="zlib",
             tile=(_TIFF_TILE, _TIFF_TILE) if tiled else None,
-            metadata=metadata,
+            metadata={} if metadata is None else metadata,  # {} records the shape
             bigtiff=int(np.prod(shape)) * dtype.itemsize > 2**31,
+            buffersize=_WRITE_BUFFER_BYTES,
         )
 
 
@@ -476,7 +479,7 @@ class _ZarrBands(_AlignedBands):
             self._tmp = None
 
 
-_MEMORY_STAGING_BYTES = 2**28
+_MEMORY_STAGING_BYTES = 2**26
 
 
 class _TiffBands(BandWriter):

@@ -1,0 +1,181 @@
+import json
+import os
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+
+from napari_unet import UNet, cli, predict
+from napari_unet.cli import main
+from napari_unet.data import LabelEncoding, Normalization
+from napari_unet.io import load_model
+from napari_unet.model import SegmentationModel
+
+TILES = ["--tile-size", "128", "--device", "cpu"]
+
+
+@pytest.fixture
+def model_path(tmp_path):
+    torch.manual_seed(0)
+    encoding = LabelEncoding("semantic", ["background", "cell"], [0, 1], [0, 1], [])
+    model = SegmentationModel(UNet(1, 2, depth=2, base_channels=8), encoding, Normalization())
+    path = tmp_path / "model.safetensors"
+    model.save(path)
+    return path
+
+
+def _damaged(path, image):
+    """A TIFF whose header reads but whose compressed tiles do not decode."""
+    tifffile.imwrite(path, image, tile=(128, 128), compression="zlib")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 3000] = b"\xff" * 3000
+    path.write_bytes(bytes(data))
+
+
+@pytest.fixture
+def inputs(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    images = {}
+    for name in ("a.tif", "b.tif"):
+        images[name] = (rng.random((300, 350)) * 255).astype(np.uint8)
+        tifffile.imwrite(folder / name, images[name])
+    (folder / "garbage.tif").write_bytes(b"II*\x00 not a tiff")
+    _damaged(folder / "damaged.tif", (rng.random((400, 400)) * 255).astype(np.uint8))
+    (folder / "notes.txt").write_text("not an image")
+    return folder, images
+
+
+def _summary(path):
+    summary = json.loads(path.read_text())
+    return summary, {os.path.basename(f["input"]): f for f in summary["files"]}
+
+
+def test_a_batch_reports_bad_files_and_finishes_the_others(tmp_path, model_path, inputs, capsys):
+    folder, images = inputs
+    out = tmp_path / "out"
+
+    code = main(
+        ["predict", "--model", str(model_path), "--input", str(folder), "--output", str(out)]
+        + TILES
+    )
+
+    err = capsys.readouterr().err
+    assert code == 1
+    summary, files = _summary(out / "summary.json")
+    assert summary["counts"] == {"ok": 2, "skipped": 0, "failed": 2}
+    assert files["a.tif"]["status"] == files["b.tif"]["status"] == "ok"
+    assert files["a.tif"]["seconds"] > 0 and files["a.tif"]["output"] == str(out / "a.tif")
+    for bad in ("garbage.tif", "damaged.tif"):
+        assert files[bad]["status"] == "failed" and "Cannot read" in files[bad]["error"]
+        assert len([line for line in err.splitlines() if f"error: {folder / bad}" in line]) == 1
+    assert sorted(p.name for p in out.iterdir()) == ["a.tif", "b.tif", "summary.json"]
+    model = load_model(model_path)
+    for name, image in images.items():
+        np.testing.assert_array_equal(
+            tifffile.imread(out / name), predict(model, image, tile_size=128, device="cpu")
+        )
+
+
+def test_resume_skips_complete_results_only(tmp_path, model_path, inputs):
+    folder, _ = inputs
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(model_path), "--output", str(out)] + TILES
+    main(args + ["--input", str(folder / "a.tif")])
+    before = (out / "a.tif").stat().st_mtime_ns
+    (out / "b.tif").write_bytes(b"half a file")  # not a result: must be redone
+    (out / ".b.tif.x1y2.part").write_bytes(b"left by a crash")
+
+    code = main(
+        args
+        + ["--input", str(folder / "a.tif"), str(folder / "b.tif"), "--resume"]
+        + ["--summary", str(tmp_path / "report.json")]
+    )
+
+    assert code == 0
+    summary, files = _summary(tmp_path / "report.json")
+    assert files["a.tif"]["status"] == "skipped" and files["b.tif"]["status"] == "ok"
+    assert (out / "a.tif").stat().st_mtime_ns == before
+    assert tifffile.imread(out / "b.tif").shape == (300, 350)
+
+
+def test_globs_and_zarr_results(tmp_path, model_path, inputs):
+    folder, images = inputs
+    out = tmp_path / "out"
+
+    code = main(
+        ["predict", "--model", str(model_path), "--input", str(folder / "[ab].tif")]
+        + ["--output", str(out), "--format", "zarr"]
+        + TILES
+    )
+
+    assert code == 0
+    result = zarr.open_array(str(out / "a.zarr"), mode="r")
+    assert result.shape == images["a.tif"].shape and result.dtype == np.uint8
+    assert _summary(out / "summary.json")[0]["counts"]["ok"] == 2
+
+
+def test_same_names_from_two_folders_are_not_overwritten(tmp_path, model_path, inputs, capsys):
+    folder, images = inputs
+    other = tmp_path / "other"
+    other.mkdir()
+    tifffile.imwrite(other / "a.tif", images["a.tif"])
+
+    code = main(
+        ["predict", "--model", str(model_path), "--input", str(folder / "a.tif")]
+        + [str(other / "a.tif"), "--output", str(tmp_path / "out")]
+        + TILES
+    )
+
+    assert code == 1
+    assert "same name" in capsys.readouterr().err
+
+
+def test_a_batch_runs_on_a_cluster_with_the_same_results(
+    tmp_path, model_path, inputs, monkeypatch
+):
+    distributed = pytest.importorskip("distributed")
+    folder, _ = inputs
+    local, remote = tmp_path / "local", tmp_path / "remote"
+    args = ["predict", "--model", str(model_path), "--input", str(folder)] + TILES
+    main(args + ["--output", str(local)])
+    # b.tif is "large": its tiles fan out to the workers instead of the whole file
+    monkeypatch.setattr(cli, "_CLUSTER_TILED_PIXELS", 300 * 350 - 1)
+
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=False,
+        host="127.0.0.1",
+        protocol="tcp://",
+        dashboard_address=":0",
+    ) as cluster:
+        code = main(args + ["--output", str(remote), "--scheduler", cluster.scheduler_address])
+
+    assert code == 1
+    summary, files = _summary(remote / "summary.json")
+    assert summary["counts"] == {"ok": 2, "skipped": 0, "failed": 2}
+    assert files["damaged.tif"]["status"] == "failed"
+    for name in ("a.tif", "b.tif"):
+        np.testing.assert_array_equal(
+            tifffile.imread(remote / name), tifffile.imread(local / name)
+        )
+
+
+def test_an_unreachable_scheduler_is_a_one_line_error(
+    tmp_path, model_path, inputs, capsys, monkeypatch
+):
+    pytest.importorskip("distributed")
+    monkeypatch.setattr(cli, "_CONNECT_SECONDS", 1)
+    folder, _ = inputs
+    code = main(
+        ["predict", "--model", str(model_path), "--input", str(folder / "a.tif")]
+        + ["--output", str(tmp_path / "out"), "--scheduler", "tcp://127.0.0.1:1"]
+    )
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len([line for line in err.splitlines() if "dask scheduler" in line]) == 1

@@ -1,0 +1,221 @@
+import pickle
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+import zarr
+from scipy import ndimage as ndi
+
+from napari_unet import UNet, io, predict
+from napari_unet.data import InputError, LabelEncoding, Normalization, instance_targets
+from napari_unet.io import TiffArray, open_image
+from napari_unet.model import SegmentationModel
+from napari_unet.prediction import (
+    InstanceStitcher,
+    PredictionFinished,
+    TileProgress,
+    instances_from_probabilities,
+    iter_predict,
+    predict_to_file,
+)
+
+OPTIONS = {"tile_size": 128, "device": "cpu"}
+
+
+def _model(mode: str = "semantic", classes: int = 3) -> SegmentationModel:
+    torch.manual_seed(0)
+    names = [f"class {i}" for i in range(classes)]
+    values = [0, 5, 9][:classes] if mode == "semantic" else list(range(classes))
+    encoding = LabelEncoding(mode, names, values, list(range(classes)), [])
+    network = UNet(1, classes, depth=2, base_channels=8).eval()
+    return SegmentationModel(network, encoding, Normalization())
+
+
+@pytest.fixture
+def image():
+    return (np.random.default_rng(0).random((420, 610)) * 255).astype(np.uint8)
+
+
+@pytest.fixture
+def staged_on_disk(monkeypatch):
+    """Make every TIFF result take the large-image path: zarr staging and tiled TIFF."""
+    monkeypatch.setattr(io, "_MEMORY_STAGING_BYTES", 0)
+    monkeypatch.setattr(io, "_TILED_MIN_SIDE", 256)
+
+
+def test_streamed_tiff_equals_in_memory_result(tmp_path, image, staged_on_disk):
+    model = _model()
+    expected = predict(model, image, **OPTIONS)
+
+    result = predict(model, image, out=tmp_path / "labels.tif", **OPTIONS)
+
+    assert isinstance(result, TiffArray)
+    np.testing.assert_array_equal(result[:], expected)
+    with tifffile.TiffFile(tmp_path / "labels.tif") as tif:
+        assert tif.pages[0].is_tiled
+        np.testing.assert_array_equal(tif.asarray(), expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif"]  # no staging left
+
+
+def test_streamed_probabilities_keep_classes_first_for_a_stack(tmp_path, staged_on_disk):
+    model = _model()
+    stack = np.random.default_rng(1).random((2, 300, 280)).astype(np.float32)
+    expected = predict(model, stack, output="probabilities", **OPTIONS)
+
+    predict(model, stack, output="probabilities", out=tmp_path / "p.tif", **OPTIONS)
+
+    written = tifffile.imread(tmp_path / "p.tif")
+    assert written.shape == (3, 2, 300, 280)
+    np.testing.assert_array_equal(written, expected)
+
+
+def test_zarr_output_is_read_back_lazily_and_equals_in_memory(tmp_path, image):
+    model = _model()
+    expected = predict(model, image, **OPTIONS)
+
+    result = predict_to_file(model, image, tmp_path / "labels.zarr", **OPTIONS)
+    again = predict(model, image, out=tmp_path / "labels.zarr", **OPTIONS)  # replaces it
+
+    on_disk = zarr.open_array(str(result), mode="r")
+    assert on_disk.chunks == (420, 512) and on_disk.dtype == np.uint8
+    np.testing.assert_array_equal(on_disk[:], expected)
+    assert isinstance(again, zarr.Array)
+    np.testing.assert_array_equal(again[:], expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.zarr"]
+
+
+def test_out_may_be_an_array_to_fill(image):
+    model = _model()
+    target = np.full(image.shape, 255, np.uint8)
+
+    result = predict(model, image, out=target, **OPTIONS)
+
+    assert result is target
+    np.testing.assert_array_equal(target, predict(model, image, **OPTIONS))
+
+
+def test_out_of_an_unknown_kind_is_a_clear_error(tmp_path, image):
+    with pytest.raises(InputError, match=r"\.tif, \.tiff or \.zarr"):
+        predict(_model(), image, out=tmp_path / "labels.png", **OPTIONS)
+    with pytest.raises(InputError, match="shape"):
+        predict(_model(), image, out=np.zeros((3, 3), np.uint8), **OPTIONS)
+
+
+@pytest.mark.parametrize("name", ["labels.tif", "labels.zarr"])
+def test_stopping_a_streamed_prediction_leaves_no_file(tmp_path, image, name, staged_on_disk):
+    events = iter_predict(_model(), image, out=tmp_path / name, **OPTIONS)
+    assert isinstance(next(events), TileProgress)
+
+    events.close()
+
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("layout", ["plain", "tiled"])
+def test_tiff_array_reads_regions_without_reading_the_file_whole(tmp_path, image, layout):
+    path = tmp_path / "image.tif"
+    if layout == "plain":
+        tifffile.imwrite(path, image)
+    else:
+        tifffile.imwrite(path, image, tile=(128, 128), compression="zlib")
+
+    array = open_image(path)
+    copy = pickle.loads(pickle.dumps(array))
+
+    assert isinstance(array, TiffArray) and array.shape == image.shape
+    np.testing.assert_array_equal(array[100:230, 7:500:3], image[100:230, 7:500:3])
+    np.testing.assert_array_equal(copy[5], image[5])
+    np.testing.assert_array_equal(np.asarray(array), image)
+    np.testing.assert_array_equal(
+        predict(_model(), array, **OPTIONS), predict(_model(), image, **OPTIONS)
+    )
+
+
+def test_damaged_tiff_data_is_an_input_error(tmp_path, image):
+    path = tmp_path / "damaged.tif"
+    tifffile.imwrite(path, np.tile(image, (2, 2)), tile=(128, 128), compression="zlib")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 4000] = b"\xff" * 4000
+    path.write_bytes(bytes(data))
+
+    with pytest.raises(InputError, match="damaged"):
+        TiffArray(path)[:]
+
+
+def _touching_objects(height: int, width: int, count: int, seed: int = 0):
+    """Instance labels of touching blobs and sharp class probabilities for them."""
+    from skimage.segmentation import watershed
+
+    rng = np.random.default_rng(seed)
+    seeds = np.zeros((height, width), bool)
+    seeds[rng.integers(0, height, count), rng.integers(0, width, count)] = True
+    distance = ndi.distance_transform_edt(~seeds)
+    labels = watershed(distance, ndi.label(seeds)[0], mask=distance < 14)
+    classes = instance_targets(labels)
+    probabilities = np.stack([(classes == c) for c in range(3)]).astype(np.float32)
+    probabilities = ndi.uniform_filter(probabilities, (1, 3, 3))
+    return labels, probabilities
+
+
+def _stitch(probabilities: np.ndarray, step: int, **windows) -> np.ndarray:
+    _, height, width = probabilities.shape
+    stitcher = InstanceStitcher(height, width, **windows)
+    out = np.zeros((height, width), np.int32)
+    bands = [stitcher.push(y, probabilities[:, y : y + step]) for y in range(0, height, step)]
+    for y0, rows in [b for band in bands for b in band] + stitcher.finish():
+        out[y0 : y0 + len(rows)] = rows
+    return out
+
+
+def test_instances_stitched_across_windows_keep_one_id_per_object():
+    labels, probabilities = _touching_objects(600, 540, 120)
+    whole = instances_from_probabilities(probabilities)
+
+    stitched = _stitch(probabilities, step=77, band=128, block=160, halo=48)
+
+    assert stitched.max() == whole.max() == len(np.unique(stitched)) - 1
+    # the same objects: each stitched id covers one object of the whole-plane result
+    pairs, counts = np.unique(
+        np.stack([stitched.ravel(), whole.ravel()]), axis=1, return_counts=True
+    )
+    best = {}
+    for (ours, theirs), n in zip(pairs.T, counts, strict=True):
+        if n > best.get(theirs, (0, 0))[1]:
+            best[theirs] = (ours, n)
+    assert sum(n for _, n in best.values()) / stitched.size >= 0.999
+    # an object cut by a window border has the same id on both sides of it
+    rows, cols = np.mgrid[: whole.shape[0], : whole.shape[1]]
+    crossings = 0
+    for coordinate, borders in ((rows, (128, 256, 384, 512)), (cols, (160, 320, 480))):
+        for border in borders:
+            for obj in np.unique(whole[coordinate == border]):
+                inside = whole == obj
+                before, after = inside & (coordinate < border), inside & (coordinate >= border)
+                if obj == 0 or before.sum() < 20 or after.sum() < 20:
+                    continue
+                crossings += 1
+                assert _majority(stitched[before]) == _majority(stitched[after])
+    assert crossings > 20
+
+
+def _majority(ids: np.ndarray) -> int:
+    return int(np.bincount(ids).argmax())
+
+
+def test_one_window_gives_the_whole_plane_result_exactly():
+    _, probabilities = _touching_objects(300, 400, 40, seed=3)
+
+    stitched = _stitch(probabilities, step=64)
+
+    np.testing.assert_array_equal(stitched, instances_from_probabilities(probabilities))
+
+
+def test_instances_streamed_to_a_file_equal_the_in_memory_result(tmp_path, image):
+    model = _model("instances")
+    events = list(iter_predict(model, image, out=tmp_path / "ids.tif", **OPTIONS))
+
+    assert isinstance(events[-1], PredictionFinished)
+    written = tifffile.imread(tmp_path / "ids.tif")
+    assert written.dtype == np.int32
+    np.testing.assert_array_equal(written, predict(model, image, **OPTIONS))
