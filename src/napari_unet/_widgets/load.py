@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from datetime import datetime
 from pathlib import Path
 
 from magicgui.widgets import FileEdit
@@ -16,9 +17,18 @@ from ..model import SegmentationModel
 from ._models import ModelEntry, registry_for
 
 
+def _local_time(value):
+    """An ISO timestamp as local time without seconds; anything else unchanged."""
+    try:
+        return datetime.fromisoformat(str(value)).astimezone().strftime("%Y-%m-%d %H:%M")
+    except ValueError:
+        return value
+
+
 def card_html(entry: ModelEntry) -> str:
     """The model card of ``entry`` as a small HTML table."""
     rows = {"model": entry.name, "from": entry.source, **entry.model.card()}
+    rows["trained"] = _local_time(rows.get("trained", "-"))
     cells = "".join(
         f"<tr><td style='padding-right:8px'><b>{html.escape(str(key))}</b></td>"
         f"<td>{html.escape(str(value))}</td></tr>"
