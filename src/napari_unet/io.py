@@ -421,7 +421,7 @@ class _AlignedBands(BandWriter):
             self._flush(everything=True)
         if not self._parts:
             self._prefix, self._y0 = prefix, y0
-        self._parts.append(np.asarray(values, dtype=self.dtype))
+        self._parts.append(np.array(values, dtype=self.dtype))  # values may be a reused buffer
         self._flush(everything=False)
 
     def _flush(self, everything: bool) -> None:

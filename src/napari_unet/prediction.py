@@ -679,7 +679,13 @@ class InstanceStitcher:
     ``push(y0, probabilities)`` takes the next rows (K >= 3, h, X) and returns the
     finished label rows as ``[(y0, labels (h, X) int32), ...]``; ``finish()`` returns
     the rest.
+
+    ``band`` defaults to as many rows (256 to 1024) as keep the held watershed inputs
+    (6 bytes a pixel, ``band + 2 * halo`` rows) near 64 MB, so memory does not grow
+    with the image's height and stays moderate for very wide images.
     """
+
+    _PIECE = 64  # rows of an incoming band taken at a time
 
     def __init__(
         self,
@@ -687,47 +693,55 @@ class InstanceStitcher:
         width: int,
         min_size: int = 10,
         *,
-        band: int = 512,
+        band: int | None = None,
         block: int = 2048,
         halo: int = 128,
     ):
+        if band is None:
+            band = int(np.clip(2**26 // (6 * width) - 2 * halo, 256, 1024))
+        if band < 1 or block < 1 or halo < 0:
+            raise ValueError("band and block must be positive and halo not negative")
         self.height, self.width, self.min_size = height, width, min_size
         self.band, self.block, self.halo = band, block, halo
-        self._y0 = 0  # first row held in the feature buffers
-        self._features: list[np.ndarray] | None = None
+        capacity = min(height, band + 2 * halo + self._PIECE)
+        self._foreground = np.zeros((capacity, width), bool)
+        self._seeds = np.zeros((capacity, width), bool)
+        self._elevation = np.zeros((capacity, width), np.float32)
+        self._y0 = 0  # image row of the first held row
+        self._held = 0  # rows held
         self._next = 0  # first row of the next window row
         self._above = np.zeros((0, width), np.int32)  # finished labels just above it
         self._count = 0
 
     def push(self, y0: int, probabilities: np.ndarray) -> list[tuple[int, np.ndarray]]:
-        features = _instance_features(probabilities)
-        if self._features is None:
-            self._y0 = y0
-            self._features = list(features)
-        else:
-            if y0 != self._y0 + self._features[0].shape[0]:
-                raise ValueError("bands must come in order, top to bottom, without gaps")
-            self._features = [
-                np.concatenate([held, new])
-                for held, new in zip(self._features, features, strict=True)
-            ]
-        return self._ready(final=False)
+        if y0 != self._y0 + self._held:
+            raise ValueError("bands must come in order, top to bottom, without gaps")
+        done = []
+        for start in range(0, probabilities.shape[1], self._PIECE):
+            piece = probabilities[:, start : start + self._PIECE]
+            rows = slice(self._held, self._held + piece.shape[1])
+            features = _instance_features(piece)
+            self._foreground[rows], self._seeds[rows], self._elevation[rows] = features
+            self._held = rows.stop
+            done += self._ready(final=False)
+        return done
 
     def finish(self) -> list[tuple[int, np.ndarray]]:
         return self._ready(final=True)
 
     def _ready(self, final: bool) -> list[tuple[int, np.ndarray]]:
         done = []
-        while self._next < self.height and self._features is not None:
+        while self._next < self.height:
             end = min(self.height, self._next + self.band)
-            held_end = self._y0 + self._features[0].shape[0]
-            if held_end < min(self.height, end + self.halo) and not final:
+            if self._y0 + self._held < min(self.height, end + self.halo) and not final:
                 break
             done.append((self._next, self._window_row(self._next, end)))
             self._next = end
-            keep = max(self._y0, end - self.halo) - self._y0
-            self._features = [f[keep:] for f in self._features]
-            self._y0 += keep
+            drop = max(0, end - self.halo - self._y0)
+            for held in (self._foreground, self._seeds, self._elevation):
+                held[: self._held - drop] = held[drop : self._held]
+            self._held -= drop
+            self._y0 += drop
         return done
 
     def _window_row(self, y0: int, y1: int) -> np.ndarray:
@@ -739,7 +753,9 @@ class InstanceStitcher:
         for x0 in range(0, self.width, self.block):
             x1 = min(self.width, x0 + self.block)
             left, right = max(0, x0 - self.halo), min(self.width, x1 + self.halo)
-            foreground, seeds, elevation = (f[rows, left:right] for f in self._features)
+            foreground, seeds, elevation = (
+                f[rows, left:right] for f in (self._foreground, self._seeds, self._elevation)
+            )
             local = _instances(foreground, seeds, elevation, self.min_size)
             # Ids already given in the window: rows above, and columns to the left.
             known = np.zeros(local.shape, np.int32)

@@ -117,9 +117,16 @@ class TileGrid:
         return self.y.tile, self.x.tile
 
 
+_ROWS_AT_ONCE = 64
+
+
 @dataclass
 class Band:
-    """Finished output rows ``[y0, y1)``: blended values (K, y1 - y0, X) float32."""
+    """Finished output rows ``[y0, y1)``: blended values (K, y1 - y0, X) float32.
+
+    From :func:`iter_tiled`, ``values`` is a view of the tiler's working buffer, valid
+    until the next event is asked for: use it or copy it before that.
+    """
 
     y0: int
     y1: int
@@ -239,7 +246,10 @@ def iter_tiled(
     Yields
     ------
     :class:`TilesDone` after each batch and :class:`Band` for each run of finished
-    rows, top to bottom; the bands together cover the whole image exactly once.
+    rows, top to bottom; the bands together cover the whole image exactly once. A
+    band's values are only valid until the next event is asked for.
+
+    Memory: one row of tiles, (num_outputs, tile, X) float32, whatever the height.
     """
     ys, xs = grid.y, grid.x
     height, width = ys.length, xs.length
@@ -250,23 +260,40 @@ def iter_tiled(
     rows, cols = len(ys.starts), len(xs.starts)
     total = rows * cols
 
-    acc_y0 = 0  # first row held in the accumulator (= first unfinished output row)
-    acc = np.zeros((num_outputs, 0, width), np.float32)
+    # The accumulator holds the rows of one row of tiles: rows [acc_y0, acc_y0 + ylen).
+    # A row of tiles is flushed before the next one is added (tiles come row by row), so
+    # it never needs more; finished rows are handed out and the rest shifted up in place.
+    acc_y0 = 0
+    acc = np.zeros((num_outputs, ylen, width), np.float32)
     pending: list[tuple[int, int]] = []
     tiles: list[np.ndarray] = []
     done_in_row = [0] * rows
     next_row_to_flush = 0
     done = 0
 
+    def flush() -> Iterator[Band]:
+        nonlocal acc_y0, next_row_to_flush
+        while next_row_to_flush < rows and done_in_row[next_row_to_flush] == cols:
+            row = next_row_to_flush
+            end = ys.starts[row + 1] if row + 1 < rows else height
+            if end > acc_y0:
+                count = end - acc_y0
+                finished = acc[:, :count]
+                for y in range(0, count, _ROWS_AT_ONCE):  # small temporaries for wide images
+                    part = slice(acc_y0 + y, min(end, acc_y0 + y + _ROWS_AT_ONCE))
+                    finished[:, y : y + _ROWS_AT_ONCE] *= inv_y[part, None] * inv_x[None, :]
+                yield Band(acc_y0, end, finished)
+                acc[:, : ylen - count] = acc[:, count:]
+                acc[:, ylen - count :] = 0
+                acc_y0 = end
+            next_row_to_flush += 1
+
     def run_batch() -> Iterator[Band | TilesDone]:
-        nonlocal acc, acc_y0, next_row_to_flush, done
+        nonlocal done
         outputs = forward(np.stack(tiles))
         for (row, col), out in zip(pending, outputs, strict=True):
+            yield from flush()
             y0, x0 = ys.starts[row], xs.starts[col]
-            need = y0 + ylen - acc_y0
-            if need > acc.shape[1]:
-                grow = np.zeros((num_outputs, need - acc.shape[1], width), np.float32)
-                acc = np.concatenate([acc, grow], axis=1)
             weighted = weight_tile_output(out, grid, row, col)
             acc[:, y0 - acc_y0 : y0 - acc_y0 + ylen, x0 : x0 + xlen] += weighted
             done_in_row[row] += 1
@@ -274,16 +301,7 @@ def iter_tiled(
         pending.clear()
         tiles.clear()
         yield TilesDone(done, total)
-        while next_row_to_flush < rows and done_in_row[next_row_to_flush] == cols:
-            row = next_row_to_flush
-            end = ys.starts[row + 1] if row + 1 < rows else height
-            if end > acc_y0:
-                finished = acc[:, : end - acc_y0]
-                finished *= inv_y[acc_y0:end, None] * inv_x[None, :]
-                yield Band(acc_y0, end, finished)
-                acc = acc[:, end - acc_y0 :].copy()
-                acc_y0 = end
-            next_row_to_flush += 1
+        yield from flush()
 
     for row in range(rows):
         for col in range(cols):
