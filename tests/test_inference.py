@@ -1,0 +1,104 @@
+"""The inference forward pass: its speed levers must not change the results."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from napari_unet import UNet
+from napari_unet._inference import make_forward
+from napari_unet.model import fuse_batchnorm
+
+from .conftest import TINY
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def network() -> UNet:
+    """A tiny U-Net whose BatchNorm layers hold non-trivial statistics and affine terms."""
+    torch.manual_seed(0)
+    net = UNet(num_classes=3, **TINY)
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.normal_(0, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0, 0.2)
+    return net.eval()
+
+
+@pytest.fixture
+def batch() -> np.ndarray:
+    return np.random.default_rng(0).random((3, 1, 64, 48), dtype=np.float32)
+
+
+def plain(network: UNet, batch: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return torch.softmax(network(torch.from_numpy(batch)), dim=1).numpy()
+
+
+def test_folded_batchnorm_computes_the_same_function(network, batch):
+    fused = fuse_batchnorm(copy.deepcopy(network))
+    forward = make_forward(network, CPU, None, softmax=True, fuse=True, channels_last=False)
+
+    probabilities = forward(batch)
+
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fused.modules())
+    np.testing.assert_allclose(probabilities, plain(network, batch), atol=1e-5)
+
+
+def test_channels_last_matches_contiguous(network, batch):
+    contiguous = make_forward(network, CPU, None, softmax=True, channels_last=False)
+    channels_last = make_forward(network, CPU, None, softmax=True, channels_last=True)
+
+    np.testing.assert_allclose(channels_last(batch), contiguous(batch), atol=1e-5)
+
+
+def test_make_forward_leaves_the_network_unchanged(network, batch):
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+
+    make_forward(network, CPU, torch.bfloat16, softmax=True)(batch)
+
+    assert any(isinstance(m, nn.BatchNorm2d) for m in network.modules())
+    for key, value in network.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_logits_without_softmax(network, batch):
+    forward = make_forward(network, CPU, None, softmax=False)
+
+    logits = forward(batch)
+
+    assert logits.shape == (3, 3, 64, 48)
+    assert logits.dtype == np.float32
+    np.testing.assert_allclose(
+        torch.softmax(torch.from_numpy(logits), 1).numpy(), plain(network, batch), atol=1e-5
+    )
+
+
+def test_bf16_agrees_with_fp32(network, batch):
+    reference = plain(network, batch)
+    forward = make_forward(network, CPU, torch.bfloat16, softmax=True)
+
+    probabilities = forward(batch)
+
+    assert probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities, reference, atol=0.05)
+    confident = np.sort(reference, axis=1)[:, -1] - np.sort(reference, axis=1)[:, -2] > 0.05
+    agreement = probabilities.argmax(1)[confident] == reference.argmax(1)[confident]
+    assert agreement.mean() >= 0.999
+
+
+@pytest.mark.slow
+def test_compiled_forward_matches_and_pads_a_ragged_last_batch(network, batch):
+    reference = make_forward(network, CPU, None, softmax=True)
+    compiled = make_forward(network, CPU, None, softmax=True, compiled=True)
+
+    full, ragged = compiled(batch), compiled(batch[:1])
+
+    assert ragged.shape == (1, 3, 64, 48)
+    np.testing.assert_allclose(full, reference(batch), atol=1e-4)
+    np.testing.assert_allclose(ragged, reference(batch[:1]), atol=1e-4)
