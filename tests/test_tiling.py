@@ -52,3 +52,18 @@ def test_small_odd_images_and_stacks_are_padded_and_kept_in_shape():
     assert labels.shape == (2, 13, 29)
     assert probabilities.shape == (3, 2, 13, 29)
     np.testing.assert_allclose(probabilities.sum(0), 1, atol=1e-4)
+
+
+def test_test_time_augmentation_is_rotation_equivariant():
+    torch.manual_seed(0)
+    net = UNet(1, 2, depth=2, base_channels=4).eval()
+    image = np.random.default_rng(1).random((64, 64)).astype(np.float32)
+
+    plain = predict(net, image, output="probabilities", mixed_precision=False)
+    tta = predict(net, image, output="probabilities", tta=True, mixed_precision=False)
+    turned = predict(
+        net, np.rot90(image).copy(), output="probabilities", tta=True, mixed_precision=False
+    )
+
+    np.testing.assert_allclose(np.rot90(tta, axes=(1, 2)), turned, atol=1e-5)
+    assert np.abs(tta - plain).max() > 1e-4  # the average differs from one pass

@@ -30,6 +30,7 @@ def make_forward(
     channels_last: bool = True,
     compiled: bool = False,
     cuda_graphs: bool = False,
+    tta: bool = False,
 ):
     """Return ``forward(batch)``: (B, C, H, W) float32 numpy -> (B, K, H, W) float32 numpy.
 
@@ -54,6 +55,10 @@ def make_forward(
     cuda_graphs
         With ``compiled`` on a CUDA device, replay the graph as a CUDA graph
         (one launch per batch instead of one per kernel).
+    tta
+        Test-time augmentation: average the softmax outputs over the 8 flips and
+        90 degree rotations of each tile (4 flips for non-square tiles), as the
+        U-Net paper did.
     """
     network = copy.deepcopy(network).eval()
     if fuse:
@@ -79,11 +84,24 @@ def make_forward(
             if count < fixed_batch[0]:
                 x = torch.cat([x, x.new_zeros((fixed_batch[0] - count, *x.shape[1:]))])
         x = x.to(device).contiguous(memory_format=memory_format)
+        if not tta:
+            return run(x)[:count].cpu().numpy()
+        square = x.shape[-1] == x.shape[-2]
+        total = None
+        for turns in (0, 1, 2, 3) if square else (0, 2):
+            for flip in (False, True):
+                view = torch.rot90(x, turns, dims=(-2, -1))
+                view = view.flip(-1) if flip else view
+                y = run(view.contiguous(memory_format=memory_format))
+                y = y.flip(-1) if flip else y
+                y = torch.rot90(y, -turns, dims=(-2, -1))
+                total = y if total is None else total + y
+        return (total[:count] / (8 if square else 4)).cpu().numpy()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
         with autocast(device, dtype):
             y = model(x)
-        y = y[:count].float()
-        if softmax:
-            y = torch.softmax(y, dim=1)
-        return y.cpu().numpy()
+        y = y.float()
+        return torch.softmax(y, dim=1) if softmax else y
 
     return forward

@@ -267,6 +267,7 @@ def cmd_predict(args) -> int:
         "overlap": args.overlap,
         "batch_size": args.batch_size,
         "device": args.device,
+        "tta": args.tta,
         "output": "probabilities" if args.probabilities else "labels",
     }
 
@@ -345,8 +346,15 @@ def cmd_evaluate(args) -> int:
         bar.refresh()
 
     try:
-        result = evaluate(model, images, labels, device=args.device, tile_size=args.tile_size,
-                          on_image=advance)
+        result = evaluate(
+            model,
+            images,
+            labels,
+            device=args.device,
+            tile_size=args.tile_size,
+            tta=args.tta,
+            on_image=advance,
+        )
     finally:
         bar.close()
     for path, scores in zip(paths, result["images"], strict=True):
@@ -433,6 +441,11 @@ def build_parser() -> argparse.ArgumentParser:
             help="overlap of tiles, a share of the tile (0-0.5)",
         )
         p.add_argument("--batch-size", type=int, default=predict_defaults.batch_size)
+        p.add_argument(
+            "--tta",
+            action="store_true",
+            help="average the 8 flips/rotations of each tile (8x slower)",
+        )
 
     t = sub.add_parser("train", help="train a model on images and labels")
     t.add_argument("--images", required=True, nargs="+", help="image file(s), folder or glob")
@@ -495,6 +508,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--labels", required=True, nargs="+")
     e.add_argument("--json", help="also write per-image scores to this JSON file")
     e.add_argument("--tile-size", type=int, default=predict_defaults.tile_size)
+    e.add_argument("--tta", action="store_true", help="average the 8 flips/rotations of each tile")
     device(e)
     e.set_defaults(func=cmd_evaluate)
 

@@ -99,4 +99,7 @@ class PredictConfig(_Config):
     mixed_precision: bool | None = Field(
         None, description="bf16/fp16 autocast (None: on where the device runs it fast)."
     )
+    tta: bool = Field(
+        False, description="Average the 8 flips and 90 degree rotations of each tile (8x slower)."
+    )
     output: Literal["labels", "probabilities"] = Field("labels", description="What to return.")

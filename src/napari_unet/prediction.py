@@ -247,8 +247,8 @@ _MODELS: OrderedDict[str, object] = OrderedDict()
 _FORWARDS: OrderedDict[tuple, object] = OrderedDict()
 
 
-def _forward_for(spec: ModelSpec, device: str, mixed_precision: bool | None):
-    key = (spec.token, device, mixed_precision)
+def _forward_for(spec: ModelSpec, device: str, mixed_precision: bool | None, tta: bool = False):
+    key = (spec.token, device, mixed_precision, tta)
     with _CACHE_LOCK:
         forward = _FORWARDS.get(key)
     if forward is None:
@@ -256,7 +256,7 @@ def _forward_for(spec: ModelSpec, device: str, mixed_precision: bool | None):
         network = model.network if isinstance(model, SegmentationModel) else model
         torch_device = resolve_device(device)
         dtype = autocast_dtype(torch_device, mixed_precision)
-        forward = make_forward(network, torch_device, dtype, softmax=True)
+        forward = make_forward(network, torch_device, dtype, softmax=True, tta=tta)
         with _CACHE_LOCK:
             _FORWARDS[key] = forward
             while len(_FORWARDS) > 2:
@@ -383,6 +383,7 @@ def iter_predict(
     output: str = "labels",
     channel_axis: int | None | str = "auto",
     mixed_precision: bool | None = None,
+    tta: bool = False,
     min_size: int = 10,
     out=None,
 ) -> Iterator[TileProgress | PredictionFinished]:
@@ -396,6 +397,7 @@ def iter_predict(
         batch_size=batch_size or defaults.batch_size,
         device=device,
         mixed_precision=mixed_precision,
+        tta=tta,
         output=output,
     )
     job = _plan(model, image, config, channel_axis, min_size)
@@ -409,7 +411,7 @@ def iter_predict(
     if client is None:
         torch_device = resolve_device(config.device)
         dtype = autocast_dtype(torch_device, config.mixed_precision)
-        forward = make_forward(job.network, torch_device, dtype, softmax=True)
+        forward = make_forward(job.network, torch_device, dtype, softmax=True, tta=config.tta)
 
     from .io import open_band_writer
 
@@ -538,9 +540,9 @@ def _chunk_bounds(axis, target: int) -> list[tuple[int, int]]:
     return list(zip(edges[:-1], edges[1:], strict=True))
 
 
-def _run_tile_batch(spec, blocks, convert, grid, tiles, stats, device, mixed_precision):
+def _run_tile_batch(spec, blocks, convert, grid, tiles, stats, device, mixed_precision, tta):
     """Forward one batch of tiles read by dask; weighted outputs as in :func:`iter_tiled`."""
-    forward = _forward_for(spec, device, mixed_precision)
+    forward = _forward_for(spec, device, mixed_precision, tta)
     batch = []
     for block in blocks:
         tile = prepare_tile(convert(block), grid)
@@ -589,6 +591,7 @@ def _lazy_plane(job: _Job, spec: ModelSpec, view: PlaneView, stats, labels: bool
                 stats,
                 config.device,
                 config.mixed_precision,
+                config.tta,
             )
         )
     where = {tile: (i // size, i % size) for i, tile in enumerate(order)}
