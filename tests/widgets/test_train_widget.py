@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from qtpy.QtCore import QTimer
 
 from napari_unet._widgets._models import registry_for
@@ -122,8 +124,10 @@ def test_sparse_scribbles_on_one_plane_of_a_stack(make_napari_viewer, qtbot, sam
     train.epochs.value = 3
 
     train.start()
-    qtbot.waitUntil(lambda: "1 of 3 planes" in train.status.text(), timeout=30_000)
     wait_for(qtbot, train)
+
+    assert train.model.history["runs"][-1]["data"].startswith("1 plane(s)")
+    assert "1 of 3 planes" in train._planes_note
 
     model = train.model
     assert model.mode == "sparse"
@@ -139,6 +143,24 @@ def test_sparse_scribbles_on_one_plane_of_a_stack(make_napari_viewer, qtbot, sam
     result = viewer.layers["cells segmentation"].data
     assert set(np.unique(result[1])) <= {0, 2}
     assert not result[0].any() and not result[2].any()
+
+
+def test_rgb_image_trains_a_three_channel_model(make_napari_viewer, qtbot):
+    data = Path(__file__).parents[1] / "data"
+    viewer = make_napari_viewer()
+    image = viewer.add_image(tifffile.imread(data / "he_12.tif"), name="he")
+    viewer.add_labels(tifffile.imread(data / "he_12_labels.tif"), name="he labels")
+    assert image.rgb
+    train = TrainWidget(viewer)
+    set_tiny(train)
+    train.mode.value = "instances"
+    train.patch_size.value = 32
+
+    train.start()
+    wait_for(qtbot, train)
+
+    assert train.model.in_channels == 3
+    assert viewer.layers["he preview"].data.shape == (128, 128)
 
 
 def test_continue_training_a_loaded_model(viewer, qtbot, model_file):

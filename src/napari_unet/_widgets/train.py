@@ -72,6 +72,7 @@ class TrainWidget(QWidget):
         self._preview_data: np.ndarray | None = None
         self._busy_model: SegmentationModel | None = None
         self._image_name = ""
+        self._planes_note = ""
 
         self.image = ComboBox(
             name="image",
@@ -344,10 +345,11 @@ class TrainWidget(QWidget):
         elif isinstance(event, PreviewReady):
             self._show_preview(event)
         elif isinstance(event, PlanesSelected):
-            if event.total > 1:
-                self.status.setText(
-                    f"Training on the {event.used} of {event.total} planes that hold labels."
-                )
+            self._planes_note = (
+                f" from the {event.used} of {event.total} planes that hold labels"
+                if event.total > 1
+                else ""
+            )
         elif isinstance(event, TrainingStarted):
             self.model = event.model
             self._busy_model = event.model
@@ -355,7 +357,9 @@ class TrainWidget(QWidget):
             split = (
                 f"{event.train_planes} training and {event.validation_planes} validation part(s)"
             )
-            self.status.setText(f"Training on {event.device} ({event.precision}), {split}.")
+            self.status.setText(
+                f"Training on {event.device} ({event.precision}), {split}{self._planes_note}."
+            )
             for note in event.notes:
                 show_info(note)
         elif isinstance(event, TrainingFinished):
