@@ -183,6 +183,21 @@ def test_continue_training_a_loaded_model(viewer, qtbot, model_file):
     assert len(registry_for(viewer).entries) == 1
 
 
+def test_stop_before_the_first_step_makes_no_model(viewer, qtbot):
+    train = TrainWidget(viewer)
+    set_tiny(train)
+    train.mode.value = "instances"
+
+    train.start()
+    train.stop()
+    wait_for(qtbot, train)
+
+    assert train.model is None
+    assert registry_for(viewer).active is None
+    assert "no model was made" in train.status.text()
+    assert train.train_button.isEnabled() and not train.save_button.isEnabled()
+
+
 def test_bad_inputs_become_notifications(make_napari_viewer, qtbot, sample, notifications):
     viewer = make_napari_viewer()
     train = TrainWidget(viewer)

@@ -351,7 +351,6 @@ class TrainWidget(QWidget):
                 else ""
             )
         elif isinstance(event, TrainingStarted):
-            self.model = event.model
             self._busy_model = event.model
             self.registry.set_busy(event.model, True)
             split = (
@@ -386,9 +385,13 @@ class TrainWidget(QWidget):
     def _on_returned(self, model: SegmentationModel | None) -> None:
         if model is None:
             return
-        self.model = model
         stopped = self._stop.is_set()
         known = self.registry.entry_of(model)
+        if known is None and not model.history["runs"][-1].get("steps"):
+            self.progress.setFormat("stopped")
+            self.status.setText("Stopped before the first training step; no model was made.")
+            return
+        self.model = model
         name = (
             known.name
             if known is not None
