@@ -58,3 +58,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def default_base_channels(device: torch.device) -> int:
+    """Width of a new U-Net when none is given: 16 on the CPU, 32 on an accelerator.
+
+    On a CPU a 16-channel network takes about a quarter of the time per step of a
+    32-channel one, so a training budget of minutes gives it several times more
+    steps, which matters more than width (see docs/accuracy.md).
+    """
+    return 16 if device.type == "cpu" else 32

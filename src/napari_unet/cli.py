@@ -461,7 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     budget.add_argument("--minutes", type=float, help="time budget in minutes")
     budget.add_argument("--epochs", type=int, help="number of epochs (default 50)")
     t.add_argument("--depth", type=int, default=4)
-    t.add_argument("--base-channels", type=int, default=32)
+    t.add_argument(
+        "--base-channels",
+        type=int,
+        help="width of the first level (default: 16 on the CPU, 32 on a GPU)",
+    )
     t.add_argument("--patch-size", type=int, default=train_defaults.patch_size)
     t.add_argument("--batch-size", type=int, default=train_defaults.batch_size)
     t.add_argument("--learning-rate", type=float, default=train_defaults.learning_rate)

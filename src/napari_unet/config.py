@@ -30,8 +30,12 @@ class ModelConfig(_Config):
     depth: int = Field(
         4, ge=1, le=6, description="Number of 2x2 poolings; inputs must be multiples of 2**depth."
     )
-    base_channels: int = Field(
-        32, ge=2, le=256, description="Feature channels of the first level; doubled at each level."
+    base_channels: int | None = Field(
+        None,
+        ge=2,
+        le=256,
+        description="Feature channels of the first level, doubled at each level "
+        "(None: 32 on a GPU, 16 on the CPU, where it trains about 4x faster).",
     )
     norm: Norm = Field("batch", description="Normalisation after each 3x3 convolution.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the bottleneck convs.")

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from ._device import autocast, autocast_dtype, resolve_device
+from ._device import autocast, autocast_dtype, default_base_channels, resolve_device
 from .config import ModelConfig, TrainConfig
 from .data import (
     InputError,
@@ -338,8 +338,13 @@ def iter_train(
     device = resolve_device(config.device)
 
     if model is None:
-        architecture = (model_config or ModelConfig()).model_copy(
-            update={"in_channels": data.in_channels, "num_classes": data.encoding.num_classes}
+        architecture = model_config or ModelConfig()
+        architecture = architecture.model_copy(
+            update={
+                "in_channels": data.in_channels,
+                "num_classes": data.encoding.num_classes,
+                "base_channels": architecture.base_channels or default_base_channels(device),
+            }
         )
         network = UNet.from_config(architecture)
         model = SegmentationModel(

@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 )
 from superqt import QCollapsible
 
+from .._device import default_base_channels, resolve_device
 from ..config import ModelConfig, TrainConfig
 from ..data import InputError
 from ..model import SegmentationModel
@@ -99,7 +100,12 @@ class TrainWidget(QWidget):
             tooltip="Start from the active model (trained or loaded) instead of a new one.",
         )
         self.depth = config_field(ModelConfig, "depth", label="model depth")
-        self.base_channels = config_field(ModelConfig, "base_channels", step=8)
+        self.base_channels = config_field(
+            ModelConfig,
+            "base_channels",
+            step=8,
+            value=default_base_channels(resolve_device("auto")),
+        )
         self.budget = ComboBox(
             name="budget",
             label="train for",
