@@ -684,7 +684,7 @@ class InstanceStitcher:
     the rest.
 
     ``band`` defaults to as many rows (256 to 1024) as keep the held watershed inputs
-    (6 bytes a pixel, ``band + 2 * halo`` rows) near 64 MB, so memory does not grow
+    (6 bytes a pixel, ``band + 2 * halo`` rows) near 32 MB, so memory does not grow
     with the image's height and stays moderate for very wide images.
     """
 
@@ -697,11 +697,11 @@ class InstanceStitcher:
         min_size: int = 10,
         *,
         band: int | None = None,
-        block: int = 2048,
+        block: int = 1024,
         halo: int = 128,
     ):
         if band is None:
-            band = int(np.clip(2**26 // (6 * width) - 2 * halo, 256, 1024))
+            band = int(np.clip(2**25 // (6 * width) - 2 * halo, 256, 1024))
         if band < 1 or block < 1 or halo < 0:
             raise ValueError("band and block must be positive and halo not negative")
         self.height, self.width, self.min_size = height, width, min_size
