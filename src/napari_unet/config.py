@@ -98,7 +98,9 @@ class PredictConfig(_Config):
         lt=0.5,
         description="Overlap between neighbouring tiles, as a share of a tile.",
     )
-    batch_size: int = Field(4, ge=1, le=256, description="Tiles per forward pass.")
+    # One 512 x 512 tile already fills the cores; on the CPU larger batches were slower
+    # (benchmarks/tiles.py: their larger buffers are mapped fresh from the kernel each time).
+    batch_size: int = Field(1, ge=1, le=256, description="Tiles per forward pass.")
     device: Device = Field("auto", description="'auto' picks CUDA, then MPS, then the CPU.")
     mixed_precision: bool | None = Field(
         None, description="bf16/fp16 autocast (None: on where the device runs it fast)."
