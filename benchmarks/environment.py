@@ -1,0 +1,101 @@
+"""Process-wide settings that change prediction speed without touching the code.
+
+Two settings are read only when a process starts, so each variant runs
+``napari_unet.predict`` on the 2048 x 2048 benchmark image in a fresh child
+process (one warm-up on a crop, then one timed call); children of the different
+variants alternate, and medians are reported.
+
+* ``OMP_WAIT_POLICY=PASSIVE``: OpenMP threads sleep at the end of a parallel
+  region instead of spinning. Spinning is a little faster on an idle machine and
+  much slower when other processes want the same cores.
+* glibc ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_``: keep freed feature
+  maps in the heap for reuse instead of returning them to the kernel, which must
+  then fault in and zero fresh pages on the next tile.
+
+    python benchmarks/environment.py --data ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _common as common
+
+MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**33)}
+VARIANTS = {
+    "OpenMP default (spin), glibc default": {},
+    "OMP_WAIT_POLICY=PASSIVE": {"OMP_WAIT_POLICY": "PASSIVE"},
+    "OMP_WAIT_POLICY=PASSIVE + malloc thresholds": {"OMP_WAIT_POLICY": "PASSIVE", **MALLOC},
+}
+
+
+def child(data: Path, device: str) -> None:
+    """Run in the child: print the seconds of one predict call on the benchmark image."""
+    from napari_unet import predict
+
+    common.set_threads()
+    model = common.trained_model(data, device=device)
+    network = model.network.eval()
+    image = common.mosaic(data, model)
+    predict(network, image[:1024, :1024], device=device)
+    start = time.perf_counter()
+    predict(network, image, device=device)
+    print(json.dumps({"seconds": time.perf_counter() - start, "pixels": image.size}))
+
+
+def measure(data: Path, *, repeats: int = 3, device: str = "cpu") -> dict:
+    common.trained_model(data, device=device)  # train once, before the children
+    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", *MALLOC)}
+    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    pixels = 0
+    for _ in range(repeats):
+        for name, extra in VARIANTS.items():
+            done = subprocess.run(
+                [sys.executable, __file__, "--child", "--data", str(data), "--device", device],
+                env={**base, **extra},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            result = json.loads(done.stdout.strip().splitlines()[-1])
+            times[name].append(result["seconds"])
+            pixels = result["pixels"]
+    rows = [
+        {
+            "variant": name,
+            "env": VARIANTS[name],
+            "mpix_per_s": pixels / 1e6 / common.median(seconds),
+            "best_mpix_per_s": pixels / 1e6 / min(seconds),
+        }
+        for name, seconds in times.items()
+    ]
+    return {"device": device, "repeats": repeats, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args.data, args.device)
+        return
+    result = measure(args.data, repeats=args.repeats, device=args.device)
+    path = args.json or common.WORK / f"environment_{args.device.split(':')[0]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    for row in result["rows"]:
+        print(f"{row['variant']:48s} {row['mpix_per_s']:.3f} MPix/s")
+
+
+if __name__ == "__main__":
+    main()

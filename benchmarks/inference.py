@@ -1,0 +1,149 @@
+"""Inference: napari_unet.predict against MONAI sliding_window_inference.
+
+Both run the same module (napari_unet.UNet, depth 4, 32 base channels) with the
+same trained weights on the same 2048 x 2048 image. MONAI runs as its tutorials
+use it: tiles of 256, overlap 0.25, gaussian blending, fp32, 4 tiles per batch,
+under ``torch.no_grad``. napari-unet runs ``predict`` with its defaults. The runs
+are interleaved with matrix-multiplication probes (the roofline's peak, measured
+under the same load) and medians are reported. Each result's labels (argmax) are
+compared with the untiled fp32 forward pass of the same module over the whole image.
+
+    python benchmarks/inference.py --data ../shared/data [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import _common as common
+import numpy as np
+import roofline
+import torch
+
+MONAI_TILE = 256
+MONAI_OVERLAP = 0.25
+MONAI_BATCH = 4
+
+
+def monai_runner(network, image: np.ndarray, device: torch.device):
+    from monai.inferers import sliding_window_inference
+
+    network = network.to(device).eval()
+    tensor = torch.from_numpy(image)[None, None].to(device)
+
+    def run() -> np.ndarray:
+        with torch.no_grad():
+            logits = sliding_window_inference(
+                tensor,
+                roi_size=(MONAI_TILE, MONAI_TILE),
+                sw_batch_size=MONAI_BATCH,
+                predictor=network,
+                overlap=MONAI_OVERLAP,
+                mode="gaussian",
+            )
+        return logits[0].argmax(0).cpu().numpy().astype(np.uint8)
+
+    return run
+
+
+def ours_runner(network, image: np.ndarray, device: torch.device):
+    from napari_unet import predict
+
+    def run() -> np.ndarray:
+        return predict(network, image, device=str(device))
+
+    return run
+
+
+def peak_probe(dtype: torch.dtype, device: torch.device):
+    return lambda: roofline.matmul_peak(dtype, str(device), repeats=3)
+
+
+def measure(data: Path, *, size: int = 2048, repeats: int = 3, device: str = "cpu") -> dict:
+    from napari_unet import PredictConfig
+    from napari_unet._device import autocast_dtype
+
+    common.set_threads()
+    torch_device = torch.device(device)
+    model = common.trained_model(data, device=device)
+    network = model.network.eval()
+    image = common.mosaic(data, model, size)
+    reference = common.reference_labels(network, image)
+    ours_dtype = autocast_dtype(torch_device, None) or torch.float32
+    dtypes = {"fp32": torch.float32, common.dtype_name(ours_dtype): ours_dtype}
+    runs = {
+        "monai": monai_runner(network, image, torch_device),
+        "ours": ours_runner(network, image, torch_device),
+    }
+    for name, dtype in dtypes.items():
+        runs[f"peak_{name}"] = peak_probe(dtype, torch_device)
+    times, results = common.interleaved(runs, repeats)
+    flops = roofline.flops_per_pixel(network.cpu())
+    pixels = image.size / 1e6
+    out = {
+        "device": device,
+        "image": list(image.shape),
+        "repeats": repeats,
+        "flops_per_pixel": flops,
+        "monai_settings": {
+            "tile": MONAI_TILE,
+            "overlap": MONAI_OVERLAP,
+            "mode": "gaussian",
+            "sw_batch_size": MONAI_BATCH,
+            "precision": "fp32",
+        },
+        "ours_settings": {
+            **PredictConfig().model_dump(include={"tile_size", "overlap", "batch_size"}),
+            "precision": common.dtype_name(ours_dtype),
+        },
+        "peaks": {
+            name: {
+                "median_flops": common.median(results[f"peak_{name}"]),
+                "best_flops": max(results[f"peak_{name}"]),
+            }
+            for name in dtypes
+        },
+    }
+    for name, precision in (("monai", "fp32"), ("ours", common.dtype_name(ours_dtype))):
+        seconds = times[name]
+        rate = pixels / common.median(seconds)
+        peak = out["peaks"][precision]
+        out[name] = {
+            "seconds": seconds,
+            "median_s": common.median(seconds),
+            "mpix_per_s": rate,
+            "best_mpix_per_s": pixels / min(seconds),
+            "agreement": float(np.mean(results[name][-1] == reference)),
+            "precision": precision,
+            "roofline_fraction": rate * 1e6 * flops / peak["median_flops"],
+            "best_roofline_fraction": pixels / min(seconds) * 1e6 * flops / peak["best_flops"],
+        }
+    out["speedup"] = out["monai"]["median_s"] / out["ours"]["median_s"]
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    result = measure(args.data, size=args.size, repeats=args.repeats, device=args.device)
+    path = args.json or common.WORK / f"inference_{args.device.split(':')[0]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    for name in ("monai", "ours"):
+        r = result[name]
+        print(
+            f"{name:6s} {r['mpix_per_s']:.3f} MPix/s ({r['precision']}), agreement "
+            f"{r['agreement']:.6f}, {100 * r['roofline_fraction']:.1f}% of the matmul peak"
+        )
+    print(f"speed-up {result['speedup']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,87 @@
+"""The hardware limit: the U-Net's FLOPs per pixel and the machine's matmul peak.
+
+FLOPs per pixel come from ``torch.utils.flop_counter.FlopCounterMode`` on one
+forward pass (a multiply-add counts 2). The peak is the best of several large
+``torch.mm`` calls in each dtype, a practical ceiling for convolutions, which
+oneDNN runs as matrix multiplications. ``pixels/s x FLOPs/pixel / peak`` is the
+share of that ceiling a prediction reaches.
+
+    python benchmarks/roofline.py [--device cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import _common as common
+import torch
+
+
+def flops_per_pixel(network, size: int = 256, device: str = "cpu") -> float:
+    """Forward FLOPs of ``network`` per input pixel, counted on a (1, C, size, size) input."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, network.config.in_channels, size, size, device=device)
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        network.eval()(x)
+    return counter.get_total_flops() / size**2
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_peak(
+    dtype: torch.dtype, device: str = "cpu", n: int | None = None, repeats: int = 7
+) -> float:
+    """Best FLOP/s of an (n x n) @ (n x n) matrix product in ``dtype`` (n: 4096 on the CPU,
+    8192 on a GPU)."""
+    device = torch.device(device)
+    n = n or (4096 if device.type == "cpu" else 8192)
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        _sync(device)
+        best = min(best, time.perf_counter() - start)
+    return 2 * n**3 / best
+
+
+def measure(device: str = "cpu") -> dict:
+    common.set_threads()
+    from napari_unet import UNet
+
+    network = UNet(**common.ARCHITECTURE).to(device)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    if device != "cpu":
+        dtypes["fp16"] = torch.float16
+    peaks = {name: matmul_peak(dtype, device) for name, dtype in dtypes.items()}
+    return {
+        "device": device,
+        "flops_per_pixel": flops_per_pixel(network, device=device),
+        "matmul_peak_flops": peaks,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    result = measure(args.device)
+    path = args.json or common.WORK / f"roofline_{args.device.split(':')[0]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

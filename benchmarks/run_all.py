@@ -1,0 +1,439 @@
+"""Run the speed benchmarks and rewrite the speed section of docs/benchmarks.md.
+
+    python benchmarks/run_all.py --data ../shared/data --out docs/benchmarks.md
+    python benchmarks/run_all.py --device cuda ...      # GPU section (benchmarks/gpu.sh)
+    python benchmarks/run_all.py --render-only ...      # redraw from benchmarks/_work/*.json
+
+Each benchmark runs in its own process (each well under 5 minutes on 2 cores) with
+``OMP_WAIT_POLICY=PASSIVE`` unless the caller set it (see benchmarks/environment.py
+for why). Only the text between ``<!-- speed:start -->`` and ``<!-- speed:end -->``
+(``speed-gpu`` for CUDA) is replaced; the rest of the file, such as the Memory
+section, is left as it is. Without the markers the section is appended.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import _common as common
+
+SCRIPTS = ["roofline", "levers", "tiles", "inference", "environment", "training"]
+CPU_ONLY = {"environment"}
+
+
+def run(names: list[str], data: Path, device: str) -> dict:
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    loads = [os.getloadavg()[0]]
+    started = time.time()
+    for name in names:
+        print(f"== {name}", flush=True)
+        command = [sys.executable, str(common.HERE / f"{name}.py"), "--device", device]
+        if name != "roofline":
+            command += ["--data", str(data)]
+        subprocess.run(command, env=env, check=True)
+        loads.append(os.getloadavg()[0])
+    import monai
+    import torch
+
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "machine": common.machine(),
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+        "monai": monai.__version__,
+        "omp_wait_policy": env["OMP_WAIT_POLICY"],
+        "load_averages": loads,
+        "minutes": (time.time() - started) / 60,
+    }
+    path = common.WORK / f"meta_{device.split(':')[0]}.json"
+    path.write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def load(name: str, device: str) -> dict | None:
+    path = common.WORK / f"{name}_{device.split(':')[0]}.json"
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def render(device: str) -> str:
+    dev = device.split(":")[0]
+    meta = load("meta", dev) or {}
+    inference, levers, tiles = load("inference", dev), load("levers", dev), load("tiles", dev)
+    environment, training = load("environment", dev), load("training", dev)
+    gpu = dev == "cuda"
+    out = [f"## Speed{' on the GPU' if gpu else ''}", ""]
+    loads = meta.get("load_averages", [])
+    out += [
+        f"Measured {meta.get('date', '?')} on {meta.get('machine', '?')}"
+        + (f", {meta['device']}" if gpu else "")
+        + f"; torch {meta.get('torch', '?')}, MONAI {meta.get('monai', '?')}, "
+        f"`OMP_WAIT_POLICY={meta.get('omp_wait_policy', '?')}`.",
+    ]
+    if loads and not gpu:
+        out += [
+            f"The machine was shared with other jobs while this ran (1-minute load average "
+            f"{min(loads):.1f} to {max(loads):.1f} on 2 cores), so absolute numbers are lower "
+            "and noisier than on an idle machine; contenders always ran interleaved, "
+            "and tables give medians (and the best run where it says so).",
+        ]
+    out += [
+        "Regenerate with `python benchmarks/run_all.py --data ../shared/data --out "
+        f"docs/benchmarks.md{' --device cuda' if gpu else ''}`"
+        f"{' (or `bash benchmarks/gpu.sh`)' if gpu else ''}; the weights come from a short "
+        "training on ISBI 2012 slices 0-19 (60 steps, cached in `benchmarks/_work/`), the "
+        "test image is a 2048 x 2048 mosaic of the held-out slices 20-24.",
+        "",
+    ]
+    if inference:
+        out += _inference_section(inference, load("roofline", dev))
+    if levers:
+        out += _levers_section(levers)
+    if tiles:
+        out += _tiles_section(tiles)
+    if environment:
+        out += _environment_section(environment)
+    if training:
+        out += _training_section(training)
+    if inference and training and not gpu:
+        out += _targets_section(inference, training)
+    if not gpu and load("meta", "cuda") is None:
+        out += [
+            "### GPU",
+            "",
+            "GPU numbers were not measured in this session: no GPU was available to it. "
+            "`bash benchmarks/gpu.sh` runs the same benchmarks on CUDA (bf16/fp16, "
+            "channels-last, `torch.compile`, CUDA graphs) in a few minutes and writes them "
+            "to a section of their own in this file.",
+            "",
+        ]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _inference_section(r: dict, roofline: dict | None) -> list[str]:
+    monai, ours, m = r["monai"], r["ours"], r["monai_settings"]
+    s = r["ours_settings"]
+    rows = [
+        [
+            "MONAI `sliding_window_inference`",
+            f"tile {m['tile']}, overlap {m['overlap']}, gaussian, batch {m['sw_batch_size']}, "
+            "fp32, `no_grad`",
+            f"{monai['mpix_per_s']:.3f}",
+            f"{monai['best_mpix_per_s']:.3f}",
+            f"{monai['agreement']:.5f}",
+        ],
+        [
+            "napari-unet `predict` (defaults)",
+            f"tile {s['tile_size']}, overlap {s['overlap']}, batch {s['batch_size']}, "
+            f"{s['precision']}, channels-last, BatchNorm folded",
+            f"{ours['mpix_per_s']:.3f}",
+            f"{ours['best_mpix_per_s']:.3f}",
+            f"{ours['agreement']:.5f}",
+        ],
+    ]
+    lines = [
+        "### Inference: `predict` against MONAI",
+        "",
+        f"Same module (U-Net depth 4, 32 base channels), same weights, same "
+        f"{r['image'][0]} x {r['image'][1]} image, {r['repeats']} interleaved runs each. "
+        "Agreement: share of pixels whose label (argmax) equals that of one untiled fp32 "
+        "forward pass over the whole image.",
+        "",
+        table(
+            ["", "settings", "MPix/s (median)", "MPix/s (best)", "agreement with untiled"], rows
+        ),
+        "",
+        f"**napari-unet is {r['speedup']:.1f}x faster** than MONAI's sliding window on the "
+        "same module.",
+        "",
+        "### Roofline",
+        "",
+        f"The U-Net costs {r['flops_per_pixel'] / 1e3:.0f} kFLOP per pixel (forward pass, "
+        "`torch.utils.flop_counter`, a multiply-add counted as 2). The ceiling is the "
+        "machine's large-`torch.mm` rate in each dtype, probed between the prediction runs "
+        "so that it sees the same load.",
+        "",
+        table(
+            ["dtype", "matmul peak (median of probes)", "best probe"],
+            [
+                [name, f"{p['median_flops'] / 1e9:.0f} GFLOP/s", f"{p['best_flops'] / 1e9:.0f}"]
+                for name, p in r["peaks"].items()
+            ],
+        ),
+        "",
+    ]
+    if roofline:
+        quiet = ", ".join(
+            f"{name} {flops / 1e9:.0f} GFLOP/s"
+            for name, flops in roofline["matmul_peak_flops"].items()
+        )
+        lines += [f"Best of 7 products in a separate run before the benchmarks: {quiet}.", ""]
+    lines += [
+        table(
+            ["", "dtype", "image pixels/s x FLOPs/pixel", "share of the peak (median)", "best"],
+            [
+                [
+                    name,
+                    x["precision"],
+                    f"{x['mpix_per_s'] * r['flops_per_pixel'] / 1e3:.0f} GFLOP/s",
+                    pct(x["roofline_fraction"]),
+                    pct(x["best_roofline_fraction"]),
+                ]
+                for name, x in (("MONAI", monai), ("napari-unet", ours))
+            ],
+        ),
+        "",
+        "These count useful work only: pixels of the image, not the extra pixels computed "
+        "where tiles overlap (see the tile table for that ratio).",
+        "",
+    ]
+    return lines
+
+
+def _levers_section(r: dict) -> list[str]:
+    base = r["rows"][0]["mpix_per_s"]
+    rows = []
+    for row in r["rows"]:
+        share = pct(row["peak_share"])
+        first = row.get("first_call_s")
+        rows.append(
+            [
+                row["variant"],
+                f"{row['mpix_per_s']:.3f}",
+                f"{row['mpix_per_s'] / base:.2f}x",
+                share,
+                f"{row['agreement']:.5f}",
+                f"{row['max_abs_prob_diff']:.1e}",
+                "" if first is None else f"{first:.1f}",
+            ]
+        )
+    return [
+        "### Levers of the forward pass",
+        "",
+        f"One {r['tile']} x {r['tile']} tile per batch, {r['repeats']} interleaved runs, "
+        "medians; each row changes one option of `make_forward` (`napari_unet/_inference.py`) "
+        "from the row above, or from the default where it says so. Agreement and largest "
+        "probability difference are against the first row. Share of the peak: tile pixels/s x "
+        "FLOPs/pixel over the matmul peak in the row's dtype, probed between the runs ("
+        + ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in r["peaks"].items())
+        + ").",
+        "",
+        table(
+            [
+                "forward pass",
+                "tile MPix/s",
+                "vs MONAI's way",
+                "share of peak",
+                "agreement",
+                "max abs diff",
+                "first call (s)",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
+def _tiles_section(r: dict) -> list[str]:
+    rows = [
+        [
+            f"{row['tile']}" + (" (default)" if row["default"] else ""),
+            row["batch"],
+            row["overlap"],
+            row["tiles"],
+            f"{row['waste']:.2f}",
+            f"{row['mpix_per_s']:.3f}",
+            f"{row['best_mpix_per_s']:.3f}",
+            f"{row['agreement']:.5f}",
+        ]
+        for row in r["rows"]
+    ]
+    return [
+        "### Tile size, batch and overlap",
+        "",
+        f"`predict` end to end on the {r['image'][0]} x {r['image'][1]} image, "
+        f"{r['repeats']} interleaved runs. Computed/image: pixels the network processes per "
+        "image pixel.",
+        "",
+        table(
+            [
+                "tile",
+                "batch",
+                "overlap",
+                "tiles",
+                "computed/image",
+                "MPix/s (median)",
+                "best",
+                "agreement with untiled",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
+def _environment_section(r: dict) -> list[str]:
+    base = r["rows"][0]["mpix_per_s"]
+    rows = [
+        [
+            row["variant"],
+            " ".join(f"`{k}={v}`" for k, v in row["env"].items()) or "-",
+            f"{row['mpix_per_s']:.3f}",
+            f"{row['mpix_per_s'] / base:.2f}x",
+        ]
+        for row in r["rows"]
+    ]
+    return [
+        "### Process settings",
+        "",
+        "Read when a process starts, so each run is a fresh process predicting the 2048 x "
+        f"2048 image ({r['repeats']} runs each, alternating). Spinning OpenMP threads lose "
+        "badly when other processes share the cores; without the malloc thresholds glibc "
+        "hands large freed feature maps back to the kernel, and every tile then pays for "
+        "page faults and zeroing. Neither is set by napari-unet (both act on the whole "
+        "process); set them in the environment of long command-line runs.",
+        "",
+        table(["setting", "environment", "MPix/s (median)", "vs default"], rows),
+        "",
+    ]
+
+
+def _training_section(r: dict) -> list[str]:
+    ours, monai = r["ours"], r["monai"]
+    target = r["target_dice"]
+
+    def reach(x):
+        if x["seconds_to_target"] is None:
+            return f"not within {r['steps']} steps"
+        return f"{x['seconds_to_target']:.0f} s ({x['steps_to_target']} steps)"
+
+    rows = [
+        [
+            f"napari-unet `iter_train` ({r['precision_ours']}, channels-last, AdamW)",
+            f"{ours['median_step_s']:.2f}",
+            f"{ours['steps_per_s']:.2f}",
+            f"{ours['final_dice']:.3f}",
+            reach(ours),
+        ],
+        [
+            "plain MONAI loop (fp32, DiceCELoss, Adam)",
+            f"{monai['median_step_s']:.2f}",
+            f"{monai['steps_per_s']:.2f}",
+            f"{monai['final_dice']:.3f}",
+            reach(monai),
+        ],
+    ]
+    curve = table(
+        ["step", "napari-unet: s, Dice", "MONAI: s, Dice"],
+        [
+            [
+                a["step"],
+                f"{a['seconds']:.0f}, {a['dice']:.3f}",
+                f"{b['seconds']:.0f}, {b['dice']:.3f}",
+            ]
+            for a, b in zip(ours["curve"], monai["curve"], strict=True)
+        ],
+    )
+    return [
+        "### Training",
+        "",
+        f"Same U-Net and initial weights, batches of {r['batch']} patches of {r['patch']} x "
+        f"{r['patch']} from ISBI slices 0-19, {r['steps']} steps each, one step of each in "
+        "turn; seconds per step are medians (first two steps left out). Validation: membrane "
+        "Dice on slices 20-24 (untiled fp32 pass, not timed).",
+        "",
+        table(
+            ["", "s/step", "steps/s", f"Dice after {r['steps']} steps", f"time to Dice {target}"],
+            rows,
+        ),
+        "",
+        f"**Training step speed-up: {r['step_speedup']:.2f}x.**",
+        "",
+        curve,
+        "",
+    ]
+
+
+def _targets_section(inference: dict, training: dict) -> list[str]:
+    ours, monai = inference["ours"], inference["monai"]
+
+    def met(ok: bool) -> str:
+        return "met" if ok else "**not met**"
+
+    agreement_ok = ours["agreement"] >= 0.999 and ours["agreement"] >= monai["agreement"]
+    same_accuracy = training["ours"]["final_dice"] >= training["monai"]["final_dice"] - 0.02
+    rows = [
+        [
+            "predict >= 2x MONAI",
+            f"{inference['speedup']:.1f}x",
+            met(inference["speedup"] >= 2),
+        ],
+        [
+            "agreement >= 0.999 and >= MONAI's",
+            f"{ours['agreement']:.5f} (MONAI {monai['agreement']:.5f})",
+            met(agreement_ok),
+        ],
+        [
+            "predict >= 50% of the roofline in its dtype",
+            f"{pct(ours['roofline_fraction'])} median, {pct(ours['best_roofline_fraction'])} best",
+            met(ours["roofline_fraction"] >= 0.5),
+        ],
+        [
+            "training step >= 1.3x MONAI at equal accuracy",
+            f"{training['step_speedup']:.2f}x; Dice {training['ours']['final_dice']:.3f} vs "
+            f"{training['monai']['final_dice']:.3f}",
+            met(training["step_speedup"] >= 1.3 and same_accuracy),
+        ],
+    ]
+    return ["### Targets", "", table(["target", "measured", ""], rows), ""]
+
+
+def write_section(path: Path, name: str, text: str) -> None:
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    block = f"{start}\n{text}{end}\n"
+    old = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start in old and end in old:
+        head, rest = old.split(start, 1)
+        new = head + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        new = old.rstrip("\n") + "\n\n" + block
+    path.write_text(new)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
+    parser.add_argument("--out", type=Path, default=common.HERE.parent / "docs" / "benchmarks.md")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--only", nargs="*", choices=SCRIPTS, help="run only these")
+    parser.add_argument("--render-only", action="store_true")
+    args = parser.parse_args(argv)
+    if not args.render_only:
+        names = args.only or SCRIPTS
+        if args.device != "cpu":
+            names = [n for n in names if n not in CPU_ONLY]
+        run(names, args.data.resolve(), args.device)
+    name = "speed" if args.device == "cpu" else "speed-gpu"
+    write_section(args.out, name, render(args.device))
+    print(f"wrote the {name} section of {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,95 @@
+"""Tile size, batch and overlap of napari_unet.predict, end to end.
+
+Each setting predicts the same 2048 x 2048 image with the trained U-Net (default
+precision and forward pass); settings are interleaved, medians reported, and
+each result is compared with the untiled fp32 pass. ``waste`` is the number of
+pixels the network processes per image pixel (tiles overlap and cover the border).
+
+    python benchmarks/tiles.py --data ../shared/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import _common as common
+import numpy as np
+
+SETTINGS = [  # (tile_size, batch_size, overlap)
+    (256, 4, 0.125),
+    (512, 1, 0.0625),
+    (512, 1, 0.125),
+    (512, 1, 0.25),
+    (512, 2, 0.125),
+    (512, 4, 0.125),
+    (768, 1, 0.125),
+    (1024, 1, 0.125),
+]
+
+
+def measure(data: Path, *, size: int = 2048, repeats: int = 3, device: str = "cpu") -> dict:
+    from napari_unet import PredictConfig, predict
+    from napari_unet.tiling import TileGrid
+
+    common.set_threads()
+    model = common.trained_model(data, device=device)
+    network = model.network.eval()
+    image = common.mosaic(data, model, size)
+    reference = common.reference_labels(network, image)
+    default = PredictConfig()
+    settings = list(SETTINGS)
+    key = (default.tile_size, default.batch_size, default.overlap)
+    if key not in settings:
+        settings.append(key)
+
+    def runner(tile: int, batch: int, overlap: float):
+        return lambda: predict(
+            network, image, tile_size=tile, batch_size=batch, overlap=overlap, device=device
+        )
+
+    runs = {setting: runner(*setting) for setting in settings}
+    times, results = common.interleaved(runs, repeats)
+    rows = []
+    for (tile, batch, overlap), seconds in times.items():
+        grid = TileGrid.plan(image.shape, tile, overlap, network.divisor)
+        processed = grid.count * grid.tile_shape[0] * grid.tile_shape[1]
+        rows.append(
+            {
+                "tile": tile,
+                "batch": batch,
+                "overlap": overlap,
+                "tiles": grid.count,
+                "waste": processed / image.size,
+                "mpix_per_s": image.size / 1e6 / common.median(seconds),
+                "best_mpix_per_s": image.size / 1e6 / min(seconds),
+                "agreement": float(np.mean(results[(tile, batch, overlap)][-1] == reference)),
+                "default": (tile, batch, overlap) == key,
+            }
+        )
+    return {"image": list(image.shape), "repeats": repeats, "device": device, "rows": rows}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", type=int, default=2048)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args(argv)
+    result = measure(args.data, size=args.size, repeats=args.repeats, device=args.device)
+    path = args.json or common.WORK / f"tiles_{args.device.split(':')[0]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    for row in result["rows"]:
+        print(
+            f"tile {row['tile']:5d} batch {row['batch']} overlap {row['overlap']:.4f} "
+            f"tiles {row['tiles']:3d} waste {row['waste']:.2f} {row['mpix_per_s']:6.3f} MPix/s "
+            f"agree {row['agreement']:.6f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
