@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import _common as common
+import roofline
 
 MALLOC = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**33)}
 VARIANTS = {
@@ -36,8 +37,12 @@ VARIANTS = {
 
 
 def child(data: Path, device: str) -> None:
-    """Run in the child: print the seconds of one predict call on the benchmark image."""
+    """Run in the child: print the seconds of one predict call on the benchmark image, the
+    dtype it ran in, and that dtype's matmul peak measured right after it."""
+    import torch
+
     from napari_unet import predict
+    from napari_unet._device import autocast_dtype
 
     common.set_threads()
     model = common.trained_model(data, device=device)
@@ -46,13 +51,19 @@ def child(data: Path, device: str) -> None:
     predict(network, image[:1024, :1024], device=device)
     start = time.perf_counter()
     predict(network, image, device=device)
-    print(json.dumps({"seconds": time.perf_counter() - start, "pixels": image.size}))
+    seconds = time.perf_counter() - start
+    dtype = autocast_dtype(torch.device(device), None) or torch.float32
+    peak = roofline.matmul_peak(dtype, device, repeats=3)
+    flops = roofline.flops_per_pixel(network)
+    result = {"seconds": seconds, "pixels": image.size, "peak": peak, "flops_per_pixel": flops}
+    print(json.dumps(result))
 
 
 def measure(data: Path, *, repeats: int = 3, device: str = "cpu") -> dict:
     common.trained_model(data, device=device)  # train once, before the children
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", *MALLOC)}
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    shares: dict[str, list[float]] = {name: [] for name in VARIANTS}
     pixels = 0
     for _ in range(repeats):
         for name, extra in VARIANTS.items():
@@ -66,12 +77,15 @@ def measure(data: Path, *, repeats: int = 3, device: str = "cpu") -> dict:
             result = json.loads(done.stdout.strip().splitlines()[-1])
             times[name].append(result["seconds"])
             pixels = result["pixels"]
+            rate = pixels / result["seconds"]
+            shares[name].append(rate * result["flops_per_pixel"] / result["peak"])
     rows = [
         {
             "variant": name,
             "env": VARIANTS[name],
             "mpix_per_s": pixels / 1e6 / common.median(seconds),
             "best_mpix_per_s": pixels / 1e6 / min(seconds),
+            "peak_share": common.median(shares[name]),
         }
         for name, seconds in times.items()
     ]
