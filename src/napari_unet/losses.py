@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from monai.losses import MaskedDiceLoss
 from torch import nn
 
 IGNORE = -1
@@ -34,6 +33,8 @@ class DiceCELoss(nn.Module):
         super().__init__()
         self.dice_weight = dice_weight
         self.ce_weight = ce_weight
+        from monai.losses import MaskedDiceLoss  # imported here: prediction never needs it
+
         # batch=True pools the Dice statistics over the batch, so a class absent
         # from one patch does not make that patch's Dice undefined.
         self.dice = MaskedDiceLoss(

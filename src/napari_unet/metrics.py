@@ -106,23 +106,21 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
     per_image = []
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         label = np.asarray(label)
+        truth = None
+        if model.mode != "instances":  # check the labels before spending time on prediction
+            (encoded,), _ = encode_labels([label.astype(np.int64)], model.mode, model.encoding)
+            values = np.asarray(model.encoding.class_values)
+            truth = np.where(encoded >= 0, values[np.maximum(encoded, 0)], -1)
         prediction = predict(model, image, **predict_kwargs)
         if prediction.shape != label.shape:
             raise InputError(
                 f"Image #{i}: prediction {prediction.shape} and labels {label.shape} differ in "
                 "shape; labels must match the image's height and width."
             )
-        if model.mode == "instances":
+        if truth is None:
             scores = {"foreground_dice": foreground_dice(prediction, label)}
             scores.update(instance_scores(label, prediction))
         else:
-            truth = label.astype(np.int64)
-            if model.mode == "semantic":
-                (truth,), _ = encode_labels([truth], "semantic", model.encoding)
-            else:
-                (encoded,), _ = encode_labels([truth], "sparse", model.encoding)
-                values = np.asarray(model.encoding.class_values)
-                truth = np.where(encoded >= 0, values[np.maximum(encoded, 0)], -1)
             scores = class_scores(prediction, truth, model.encoding.class_values[1:])
         per_image.append(scores)
         if on_image is not None:
