@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import platform
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -36,7 +37,7 @@ def set_threads(threads: int = THREADS) -> None:
 
 
 def machine() -> str:
-    """One line naming the CPU, its core count and torch's build."""
+    """The CPU's name, its core count and the torch threads used."""
     name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -45,7 +46,7 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{name}, {os.cpu_count()} cores, torch {torch.__version__}, {THREADS} threads"
+    return f"{name} ({os.cpu_count()} cores, {THREADS} torch threads)"
 
 
 def load_isbi(data: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -118,13 +119,17 @@ def timed(fn: Callable[[], object]) -> tuple[float, object]:
 def interleaved(
     runs: dict[str, Callable[[], object]], repeats: int
 ) -> tuple[dict[str, list[float]], dict[str, list]]:
-    """Call each callable ``repeats`` times, in round-robin order, so that load from other
-    processes on a shared machine hits every contender alike. Returns, per name, the
+    """Call each callable ``repeats`` times, in rounds (a new order each round), so that
+    load from other processes on a shared machine hits every contender alike. Returns, per name, the
     seconds and the results of every call."""
     times: dict[str, list[float]] = {name: [] for name in runs}
     results: dict[str, list] = {name: [] for name in runs}
+    order = list(runs)
+    rng = random.Random(0)
     for _ in range(repeats):
-        for name, fn in runs.items():
+        rng.shuffle(order)  # no contender always follows the same one
+        for name in order:
+            fn = runs[name]
             seconds, result = timed(fn)
             times[name].append(seconds)
             results[name].append(result)

@@ -63,8 +63,8 @@ def measure(data: Path, *, repeats: int = 3, device: str = "cpu") -> dict:
     common.trained_model(data, device=device)  # train once, before the children
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", *MALLOC)}
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    shares: dict[str, list[float]] = {name: [] for name in VARIANTS}
-    pixels = 0
+    peaks: list[float] = []
+    pixels = flops = 0
     for _ in range(repeats):
         for name, extra in VARIANTS.items():
             done = subprocess.run(
@@ -76,16 +76,16 @@ def measure(data: Path, *, repeats: int = 3, device: str = "cpu") -> dict:
             )
             result = json.loads(done.stdout.strip().splitlines()[-1])
             times[name].append(result["seconds"])
-            pixels = result["pixels"]
-            rate = pixels / result["seconds"]
-            shares[name].append(rate * result["flops_per_pixel"] / result["peak"])
+            peaks.append(result["peak"])
+            pixels, flops = result["pixels"], result["flops_per_pixel"]
     rows = [
         {
             "variant": name,
             "env": VARIANTS[name],
             "mpix_per_s": pixels / 1e6 / common.median(seconds),
             "best_mpix_per_s": pixels / 1e6 / min(seconds),
-            "peak_share": common.median(shares[name]),
+            # One denominator for all variants: the median peak probed across the children.
+            "peak_share": pixels / common.median(seconds) * flops / common.median(peaks),
         }
         for name, seconds in times.items()
     ]

@@ -76,7 +76,7 @@ def variants(network, device: torch.device) -> dict[str, dict]:
     return table
 
 
-def measure(data: Path, *, device: str = "cpu", repeats: int = 5, batch: int = 1) -> dict:
+def measure(data: Path, *, device: str = "cpu", repeats: int = 15, batch: int = 1) -> dict:
     from napari_unet import PredictConfig
     from napari_unet._inference import make_forward
 
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
