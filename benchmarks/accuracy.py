@@ -304,7 +304,42 @@ def render(results: dict, minutes: float) -> str:
             "Goal: foreground Dice >= 0.90, DSB score >= 0.55 with touching nuclei separated.",
             "",
         ]
+    lines += _verdicts(results)
     return "\n".join(lines) + "\n"
+
+
+GOALS = {
+    "isbi": [("pixel_error", "<=", 0.07), ("rand_error", "<=", 0.08)],
+    "dsb": [("foreground_dice", ">=", 0.90), ("f1@0.5", None, None), ("dsb_score", ">=", 0.55)],
+}
+
+
+def _verdicts(results: dict) -> list[str]:
+    """Goal and MONAI comparison per metric, read off the numbers above."""
+    lines = [
+        "## Verdicts",
+        "",
+        "| data | metric | napari-unet | goal | vs MONAI |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for data, goals in GOALS.items():
+        if data not in results or "napari-unet" not in results[data]:
+            continue
+        ours, monai = results[data]["napari-unet"], results[data].get("MONAI")
+        for metric, sign, goal in goals:
+            lower_better = sign == "<=" or metric.endswith("error")
+            value = ours[metric]
+            if goal is None:
+                verdict = "-"
+            else:
+                met = value <= goal if sign == "<=" else value >= goal
+                verdict = f"{sign} {goal}: {'met' if met else '**not met**'}"
+            versus = "-"
+            if monai is not None:
+                better = value < monai[metric] if lower_better else value > monai[metric]
+                versus = f"{monai[metric]:.4f}: {'better' if better else '**worse**'}"
+            lines.append(f"| {data} | {metric} | {value:.4f} | {verdict} | {versus} |")
+    return [*lines, ""]
 
 
 def main() -> None:
@@ -319,7 +354,13 @@ def main() -> None:
         help="threads of each of the two side-by-side runs (default: half the cores)",
     )
     parser.add_argument("--out", type=Path, default=Path("docs/accuracy.md"))
+    parser.add_argument(
+        "--render-only", action="store_true", help="rewrite the markdown from the JSON beside it"
+    )
     args = parser.parse_args()
+    if args.render_only:
+        args.out.write_text(rerender(args.out.with_suffix(".json"), args.minutes))
+        return
     threads = args.threads or max(1, (os.cpu_count() or 2) // 2)
     torch.set_num_threads(threads)
     results = {"threads": threads}
@@ -335,6 +376,11 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(results, indent=1))
     args.out.write_text(render(results, args.minutes))
+
+
+def rerender(json_path: Path, minutes: float) -> str:
+    """Markdown from a results JSON written earlier (no training)."""
+    return render(json.loads(json_path.read_text()), minutes)
 
 
 if __name__ == "__main__":
