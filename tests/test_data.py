@@ -126,3 +126,14 @@ def test_patch_sampler_pads_small_images_and_favours_foreground():
     assert images.shape == (8, 1, 32, 32) and targets.shape == (8, 32, 32)
     assert all((t == 1).any() for t in targets)
     assert (targets == IGNORE).any()  # padding is ignored by the loss
+
+
+def test_border_weights_mark_the_contact_of_touching_objects():
+    label = np.zeros((20, 30), np.uint16)
+    label[5:15, 2:12] = 1
+    label[5:15, 12:22] = 2  # touches object 1 along a column
+
+    weights = border_weights(label, w0=10, sigma=5)
+
+    assert weights[10, 11] > 9 and weights[10, 12] > 9  # the two boundary pixels at the contact
+    assert weights[10, 7] == 1  # inside

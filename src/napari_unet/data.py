@@ -314,10 +314,14 @@ def instance_targets(label: np.ndarray) -> np.ndarray:
 def border_weights(label: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
     """The U-Net paper's weight map ``1 + w0 * exp(-(d1 + d2)^2 / (2 sigma^2))``.
 
-    ``d1`` and ``d2`` are the distances of each background pixel to the nearest
-    and second-nearest object: the narrow gaps between touching objects get the
-    highest weights. Computed per object in a window of 3 sigma around it.
+    ``d1`` and ``d2`` are the distances of a pixel to the nearest and second-nearest
+    object. The map weights the pixels that separate objects: background and, since
+    :func:`instance_targets` parts touching objects by their boundary pixels, those
+    too; the narrow gaps and contacts between objects get the highest weights.
+    Computed per object in a window of 3 sigma around it.
     """
+    from skimage.segmentation import find_boundaries
+
     label = np.asarray(label)
     height, width = label.shape
     d1 = np.full(label.shape, np.inf, np.float32)
@@ -334,7 +338,8 @@ def border_weights(label: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> n
         b[:] = np.where(closer, a, np.minimum(b, distance))
         a[:] = np.where(closer, distance, a)
     gap = np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
-    weight = 1.0 + w0 * np.where(label == 0, gap, 0.0)
+    separating = (label == 0) | find_boundaries(label, mode="inner")
+    weight = 1.0 + w0 * np.where(separating, gap, 0.0)
     return weight.astype(np.float32)
 
 
