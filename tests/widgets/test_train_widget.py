@@ -42,7 +42,7 @@ def test_train_stop_save_load_and_segment_a_stack(viewer, qtbot, tmp_path, sampl
     assert not train.train_button.isEnabled()
     assert train.stop_button.isEnabled()
     assert not train.save_button.isEnabled()
-    qtbot.waitUntil(lambda: len(train.plot.scores) >= 2, timeout=60_000)
+    qtbot.waitUntil(lambda: len(train.plot.scores) >= 5, timeout=60_000)
     train.stop()
     wait_for(qtbot, train)
     scores = [score for _, score in train.plot.scores]
