@@ -408,7 +408,7 @@ def cmd_demo(args) -> int:
     model.save(out / "demo_model.safetensors")
     write_tiff(out / "demo_labels.tif", labels)
     print(
-        f"Segmented the held-out image in {seconds:.1f} s: {scores['objects_predicted']} nuclei "
+        f"Segmented the held-out image in {seconds:.2f} s: {scores['objects_predicted']} nuclei "
         f"found, {scores['objects_true']} annotated.\n"
         f"Score: foreground Dice {dice:.3f}, F1@0.5 {scores['f1@0.5']:.3f}, "
         f"DSB score {scores['dsb_score']:.3f}.\n"
