@@ -8,7 +8,6 @@ for pixels without annotation.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -510,7 +509,3 @@ def check_pairs(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> N
                 f"Image #{i} is {image.shape[-2:]} (Y, X) but its labels are {label.shape[-2:]}; "
                 "labels must have the image's height and width."
             )
-
-
-def warn(message: str) -> None:
-    warnings.warn(message, UserWarning, stacklevel=3)

@@ -204,7 +204,7 @@ def prepare_data(
         Sample(image, target, None if weights is None else weights[i])
         for i, (image, target) in enumerate(zip(normalized, targets, strict=True))
     ]
-    train, validation = _split(samples, config.validation_fraction, config.patch_size)
+    train, validation = _split(samples, config.validation_fraction)
     if not any((s.target != IGNORE).any() for s in train):
         raise InputError(
             "No annotated pixels in the training part; paint labels or lower the validation share."
@@ -216,9 +216,7 @@ def prepare_data(
     return PreparedData(train, validation, encoding, in_channels, convert, notes, description)
 
 
-def _split(
-    samples: list[Sample], fraction: float, patch: int
-) -> tuple[list[Sample], list[Sample]]:
+def _split(samples: list[Sample], fraction: float) -> tuple[list[Sample], list[Sample]]:
     """Hold out the last whole planes (contiguous, as in a stack) or, with a single plane, a
     strip along its longer side."""
     if fraction <= 0:
