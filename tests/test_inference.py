@@ -1,6 +1,8 @@
 """The inference forward pass: its speed levers must not change the results."""
 
 import copy
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -102,3 +104,26 @@ def test_compiled_forward_matches_and_pads_a_ragged_last_batch(network, batch):
     assert ragged.shape == (1, 3, 64, 48)
     np.testing.assert_allclose(full, reference(batch), atol=1e-4)
     np.testing.assert_allclose(ragged, reference(batch[:1]), atol=1e-4)
+
+
+def test_bfloat16_weights_give_the_autocast_result(network, batch):
+    forward = make_forward(network, CPU, torch.bfloat16, softmax=True)
+    fused = fuse_batchnorm(copy.deepcopy(network)).to(memory_format=torch.channels_last)
+    x = torch.from_numpy(batch).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = torch.softmax(fused(x).float(), dim=1).numpy()
+
+    np.testing.assert_allclose(forward(batch), expected, atol=1e-6)
+    assert network.encoders[0][0].weight.dtype == torch.float32  # the model is not changed
+
+
+def test_allocator_setting_respects_the_users_environment(monkeypatch):
+    from napari_unet._device import keep_freed_memory
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+    assert keep_freed_memory() is False
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    for key in [k for k in os.environ if k.startswith("MALLOC_")]:
+        monkeypatch.delenv(key)
+    assert keep_freed_memory() is sys.platform.startswith("linux")

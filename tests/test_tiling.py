@@ -29,6 +29,27 @@ def test_every_overlap_is_at_least_the_requested_one():
     assert (256 - np.diff(starts) >= 64).all()
 
 
+@pytest.mark.parametrize("length", [513, 520, 696, 1000, 2048, 2049, 5000, 16384])
+def test_tiles_shrink_to_fit_the_axis(length):
+    tile, overlap, divisor = 512, 64, 16
+    grid = TileGrid.plan((length, 40), tile_size=tile, overlap=overlap / tile, divisor=divisor)
+    axis = grid.y
+    starts = np.array(axis.starts)
+    count = len(starts)
+
+    assert axis.tile <= tile and axis.tile % divisor == 0
+    assert starts[0] == 0 and starts[-1] + axis.tile == length
+    assert (axis.tile - np.diff(starts) >= overlap).all()
+    # No fewer tiles of the full size would do, and one divisor less would not cover.
+    assert (count - 1) * (tile - overlap) + tile < length + (tile - overlap)
+    assert count * (axis.tile - divisor) - (count - 1) * overlap < length
+
+
+def test_a_2048_pixel_image_takes_tiles_of_464():
+    grid = TileGrid.plan((2048, 2048), tile_size=512, overlap=0.125, divisor=16)
+    assert grid.tile_shape == (464, 464) and grid.count == 25
+
+
 def test_tiled_and_untiled_unet_agree(disk_data):
     torch.manual_seed(0)
     net = UNet(1, 2, depth=3, base_channels=8).eval()

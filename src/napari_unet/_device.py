@@ -68,3 +68,38 @@ def default_base_channels(device: torch.device) -> int:
     steps, which matters more than width (see docs/accuracy.md).
     """
     return 16 if device.type == "cpu" else 32
+
+
+# glibc mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 30) -> bool:
+    """Let glibc reuse freed feature maps instead of returning them to the kernel.
+
+    By default glibc serves blocks of more than a few MiB with ``mmap`` and unmaps
+    them when freed, so every tile's forward pass faults in and zeroes its feature
+    maps again; the last decoder level's convolutions then run at about half speed
+    (measured, docs/benchmarks.md). This raises the mmap threshold and the trim
+    threshold for the whole process, so it is called by the command line only, never
+    by the library, and not at all where the user set ``MALLOC_*`` or
+    ``GLIBC_TUNABLES`` in the environment. Returns whether the setting was applied.
+    """
+    import ctypes
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    if any(key.startswith("MALLOC_") or key == "GLIBC_TUNABLES" for key in os.environ):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # musl or another libc
+        return False
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, ctypes.c_int(mmap_threshold))
+        and mallopt(_M_TRIM_THRESHOLD, ctypes.c_int(trim_threshold))
+    )

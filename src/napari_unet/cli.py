@@ -529,6 +529,10 @@ def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
     args = build_parser().parse_args(argv)
+    if args.command != "demo" or not getattr(args, "gui", False):
+        from ._device import keep_freed_memory
+
+        keep_freed_memory()
     try:
         return args.func(args)
     except (InputError, ValidationError) as error:

@@ -47,6 +47,10 @@ class Axis:
             return cls(length, size, (0,), pad // 2, pad - pad // 2)
         stride = max(divisor, tile - overlap)
         count = -(-(length - tile) // stride) + 1
+        # The fewest tiles of at most ``tile`` pixels are ``count``; shrink them to the
+        # smallest multiple of ``divisor`` that still covers the axis with overlaps of at
+        # least ``overlap``, so no pixels are computed beyond what blending needs.
+        tile = min(tile, _round_up(-(-(length + (count - 1) * overlap) // count), divisor))
         # Spread the tiles evenly so that every overlap is at least ``overlap``.
         starts = np.round(np.linspace(0, length - tile, count)).astype(int)
         return cls(length, tile, tuple(int(s) for s in starts), 0, 0)
@@ -95,9 +99,11 @@ class TileGrid:
     def plan(
         cls, shape: tuple[int, int], tile_size: int, overlap: float, divisor: int
     ) -> TileGrid:
-        """Plan tiles of ``tile_size`` (rounded up to ``divisor``) overlapping by ``overlap``
-        (a share of the tile). Axes shorter than a tile get one tile, padded by reflection
-        to a multiple of ``divisor``."""
+        """Plan tiles of at most ``tile_size`` (rounded up to ``divisor``) overlapping by at
+        least ``overlap`` (a share of ``tile_size``). Each axis gets the fewest tiles that
+        cover it, shrunk to fit it (so a 2048-pixel axis takes 5 tiles of 464 rather than 5
+        of 512). Axes shorter than a tile get one tile, padded by reflection to a multiple
+        of ``divisor``."""
         if not 0 <= overlap < 0.5:
             raise ValueError(f"overlap must be in [0, 0.5), got {overlap}.")
         tile = _round_up(max(tile_size, divisor), divisor)
