@@ -32,8 +32,18 @@ ARCHITECTURE = {"depth": 4, "base_channels": 32}
 
 def set_threads(threads: int = THREADS) -> None:
     """Pin intra-op threads (2: the cores of the CPU benchmark machine; BENCH_THREADS
-    overrides it)."""
+    overrides it) and apply the process settings of the ``napari-unet`` command.
+
+    The command line lets glibc keep freed memory for reuse
+    (:func:`napari_unet._device.keep_freed_memory`); the benchmarks do the same for
+    every contender, MONAI included, unless ``BENCH_GLIBC_DEFAULT=1`` (used by
+    environment.py to measure what the setting is worth).
+    """
     torch.set_num_threads(threads)
+    if os.environ.get("BENCH_GLIBC_DEFAULT") != "1":
+        from napari_unet._device import keep_freed_memory
+
+        keep_freed_memory()
 
 
 def machine() -> str:

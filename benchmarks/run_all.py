@@ -93,10 +93,12 @@ def render(device: str) -> str:
     ]
     if loads and not gpu:
         out += [
-            f"The machine was shared with other jobs while this ran (1-minute load average "
-            f"{min(loads):.1f} to {max(loads):.1f} on 2 cores), so absolute numbers are lower "
-            "and noisier than on an idle machine; contenders always ran interleaved, "
-            "and tables give medians (and the best run where it says so).",
+            f"1-minute load average {min(loads):.1f} to {max(loads):.1f} on 2 cores while this "
+            "ran (the benchmark's own threads included). The machine is a virtual machine "
+            "whose speed drifts: the bf16 matmul rate probed between runs ranged over a factor "
+            "of about two. Contenders therefore always ran interleaved, shares of the peak use "
+            "peaks probed between the runs they are compared with, and tables give medians "
+            "(and the best run where it says so).",
         ]
     out += [
         "Regenerate with `python benchmarks/run_all.py --data ../shared/data --out "
@@ -340,10 +342,12 @@ def _environment_section(r: dict) -> list[str]:
         "Read when a process starts, so each run is a fresh process predicting the 2048 x "
         f"2048 image ({r['repeats']} runs each, alternating). Spinning OpenMP threads help "
         "when the cores are free and hurt when other processes want them; the other tables "
-        "use `PASSIVE` for steadier numbers on the shared machine. Without the malloc "
-        "thresholds glibc hands large freed feature maps back to the kernel, and the next "
-        "tile pays for page faults and zeroing. Neither is set by napari-unet (both act on "
-        "the whole process); they can be set in the environment of long command-line runs. "
+        "use `PASSIVE` for steadier numbers on the shared machine; napari-unet does not set "
+        "it. With glibc's defaults, large freed feature maps go back to the kernel and the "
+        "next tile pays for page faults and zeroing; the `napari-unet` command therefore "
+        "raises glibc's mmap and trim thresholds when it starts (the library does not: it "
+        "acts on the whole process), and the other tables run with that setting for every "
+        "contender. `BENCH_GLIBC_DEFAULT=1` makes the benchmark child skip it. "
         "Share of the peak: as in the roofline table, over the median bf16 peak probed in "
         "the children, so under this run's load (compare rows with each other, not with "
         "the roofline table).",
