@@ -149,3 +149,19 @@ def test_bad_inputs_become_notifications(viewer, qtbot, notifications):
     assert "2 channel(s)" in notifications.errors[1] and "3" in notifications.errors[1]
     assert "being trained" in notifications.errors[2]
     assert [lay.name for lay in viewer.layers] == ["rgb"]
+
+
+def test_test_time_augmentation_checkbox_is_passed_on(viewer, qtbot):
+    from napari_unet import predict
+
+    model = untrained_model()
+    image = np.random.default_rng(3).random((70, 90)).astype(np.float32)
+    layer = viewer.add_image(image, name="cells")
+
+    segment_with(viewer, qtbot, layer, model, tta=True, output="probabilities")
+
+    expected = predict(model, image, tile_size=64, device="cpu", tta=True, output="probabilities")
+    plain = predict(model, image, tile_size=64, device="cpu", output="probabilities")
+    shown = np.asarray(viewer.layers["cells probabilities"].data)
+    np.testing.assert_allclose(shown, expected[1], atol=1e-5)
+    assert np.abs(shown - plain[1]).max() > 1e-3

@@ -78,6 +78,7 @@ class SegmentWidget(QWidget):
         self.tile_size = config_field(PredictConfig, "tile_size", step=64)
         self.overlap = config_field(PredictConfig, "overlap", step=0.025)
         self.batch_size = config_field(PredictConfig, "batch_size")
+        self.tta = config_field(PredictConfig, "tta", label="test-time augmentation")
         self.device = config_field(PredictConfig, "device", choices=device_choices())
         self.output = config_field(PredictConfig, "output")
         self.output.tooltip = (
@@ -93,6 +94,7 @@ class SegmentWidget(QWidget):
                 self.tile_size,
                 self.overlap,
                 self.batch_size,
+                self.tta,
                 self.device,
             ]
         )
@@ -188,6 +190,7 @@ class SegmentWidget(QWidget):
                 tile_size=self.tile_size.value,
                 overlap=self.overlap.value,
                 batch_size=self.batch_size.value,
+                tta=self.tta.value,
                 device=self.device.value,
                 output=self.output.value,
             )
@@ -209,6 +212,7 @@ class SegmentWidget(QWidget):
             tile_size=config.tile_size,
             overlap=config.overlap,
             batch_size=config.batch_size,
+            tta=config.tta,
             device=config.device,
             output=config.output,
             channel_axis=channel_axis(image),
