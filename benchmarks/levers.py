@@ -46,7 +46,7 @@ def variants(network, device: torch.device) -> dict[str, dict]:
         "fp32, inference_mode": {"dtype": None, "fuse": False, "channels_last": False},
         "+ BatchNorm folded": {"dtype": None, "fuse": True, "channels_last": False},
         "+ channels_last": {"dtype": None, "fuse": True, "channels_last": True},
-        f"+ {low_name} autocast (default)": {"dtype": low, "fuse": True, "channels_last": True},
+        f"+ {low_name} (default)": {"dtype": low, "fuse": True, "channels_last": True},
         f"{low_name} without channels_last": {"dtype": low, "fuse": True, "channels_last": False},
         f"{low_name} without BatchNorm folding": {
             "dtype": low,

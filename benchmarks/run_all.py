@@ -24,8 +24,8 @@ from pathlib import Path
 
 import _common as common
 
-SCRIPTS = ["roofline", "levers", "tiles", "inference", "environment", "training"]
-CPU_ONLY = {"environment"}
+SCRIPTS = ["roofline", "levers", "layers", "tiles", "inference", "environment", "training"]
+CPU_ONLY = {"environment", "layers"}
 
 
 def run(names: list[str], data: Path, device: str) -> dict:
@@ -112,6 +112,9 @@ def render(device: str) -> str:
         out += _inference_section(inference, load("roofline", dev))
     if levers:
         out += _levers_section(levers)
+    layers = load("layers", dev) if not gpu else None
+    if layers:
+        out += _layers_section(layers)
     if tiles:
         out += _tiles_section(tiles)
     if environment:
@@ -173,8 +176,9 @@ def _inference_section(r: dict, roofline: dict | None) -> list[str]:
         "",
         f"The U-Net costs {r['flops_per_pixel'] / 1e3:.0f} kFLOP per pixel (forward pass, "
         "`torch.utils.flop_counter`, a multiply-add counted as 2). The ceiling is the "
-        "machine's large-`torch.mm` rate in each dtype, probed between the prediction runs "
-        "so that it sees the same load.",
+        "machine's `torch.mm` rate in each dtype (each probe: the best of square products of "
+        "1024, 2048 and 4096 on the CPU), probed between the prediction runs so that it sees "
+        "the same state of the machine.",
         "",
         table(
             ["dtype", "matmul peak (median of probes)", "best probe"],
@@ -190,10 +194,17 @@ def _inference_section(r: dict, roofline: dict | None) -> list[str]:
             f"{name} {flops / 1e9:.0f} GFLOP/s"
             for name, flops in roofline["matmul_peak_flops"].items()
         )
-        lines += [f"Best of 7 products in a separate run before the benchmarks: {quiet}.", ""]
+        lines += [f"Best of 7 products of each size in a separate run before the benchmarks: {quiet}.", ""]
     lines += [
         table(
-            ["", "dtype", "image pixels/s x FLOPs/pixel", "share of the peak (median)", "best"],
+            [
+                "",
+                "dtype",
+                "image pixels/s x FLOPs/pixel",
+                "share of the peak (medians)",
+                "best run / best probe",
+                "median run / best probe",
+            ],
             [
                 [
                     name,
@@ -201,6 +212,7 @@ def _inference_section(r: dict, roofline: dict | None) -> list[str]:
                     f"{x['mpix_per_s'] * r['flops_per_pixel'] / 1e3:.0f} GFLOP/s",
                     pct(x["roofline_fraction"]),
                     pct(x["best_roofline_fraction"]),
+                    pct(x.get("worst_case_roofline_fraction", float("nan"))),
                 ]
                 for name, x in (("MONAI", monai), ("napari-unet", ours))
             ],
@@ -236,12 +248,14 @@ def _levers_section(r: dict) -> list[str]:
     def rate(prefix: str) -> float:
         return next(v["mpix_per_s"] for k, v in by_name.items() if k.startswith(prefix))
 
-    low = next(k for k in by_name if k.endswith("autocast (default)")).split()[1]
+    low = next(k for k in by_name if k.startswith("+ ") and k.endswith(" (default)")).split()[1]
     compiled = next(v for k, v in by_name.items() if k.endswith("+ torch.compile"))
-    default = rate(f"+ {low} autocast")
+    default = rate(f"+ {low} (default)")
     notes = [
-        f"- {low} autocast: {default / rate('+ channels_last'):.1f}x fp32 (both channels-last, "
-        "BatchNorm folded); kept, the default where the CPU has AMX or AVX512-BF16.",
+        f"- {low}: {default / rate('+ channels_last'):.1f}x fp32 (both channels-last, "
+        "BatchNorm folded); kept, the default where the CPU has AMX or AVX512-BF16. On the CPU "
+        f"the weights are converted to {low} once (what autocast computes, without casting "
+        "them again at every call).",
         f"- channels-last: {rate('+ channels_last') / rate('+ BatchNorm folded'):.2f}x in fp32, "
         f"{default / rate(f'{low} without channels_last'):.1f}x in {low} (oneDNN runs "
         f"{low} convolutions on AMX only in NHWC); kept.",
@@ -324,6 +338,45 @@ def _tiles_section(r: dict) -> list[str]:
     ]
 
 
+def _layers_section(r: dict) -> list[str]:
+    peak, total = r["peak_flops"], r["pass_seconds"]
+    rows = []
+    for kind, entry in sorted(r["by_kind"].items(), key=lambda kv: -kv[1]["seconds"]):
+        rate = entry["flops"] / entry["seconds"] if entry["seconds"] and entry["flops"] else None
+        rows.append(
+            [
+                kind,
+                f"{1e3 * entry['seconds']:.1f}",
+                pct(entry["seconds"] / total),
+                "-" if rate is None else f"{rate / 1e9:.0f}",
+                "-" if rate is None else pct(rate / peak),
+            ]
+        )
+    convs = sorted(r["convolutions"].items(), key=lambda kv: kv[1]["flops"] / kv[1]["seconds"])
+    slowest, fastest = convs[0], convs[-1]
+
+    def conv_rate(item):
+        return item[1]["flops"] / item[1]["seconds"] / 1e9
+
+    return [
+        "### Where the forward pass spends its time",
+        "",
+        f"`benchmarks/layers.py`: one {r['tile']} x {r['tile']} tile through the network "
+        f"`predict` runs ({r['dtype']}, channels-last, BatchNorm folded), each layer timed "
+        f"alone with forward hooks, medians of {r['repeats']} passes; the matmul peak probed "
+        f"right after was {peak / 1e9:.0f} GFLOP/s. One pass: {1e3 * total:.0f} ms.",
+        "",
+        table(["layers", "ms per pass", "share of the pass", "GFLOP/s", "share of the peak"], rows),
+        "",
+        f"The 3x3 convolutions range from {conv_rate(slowest):.0f} GFLOP/s (`{slowest[0]}`) to "
+        f"{conv_rate(fastest):.0f} GFLOP/s (`{fastest[0]}`). The layers without FLOPs (ReLU, "
+        "pooling, the concatenations of the skip connections) only move memory and the first "
+        "convolution has a single input channel, so even with every convolution at the "
+        "matmul peak the pass could not reach it.",
+        "",
+    ]
+
+
 def _environment_section(r: dict) -> list[str]:
     base = r["rows"][0]["mpix_per_s"]
     rows = [
@@ -358,6 +411,14 @@ def _environment_section(r: dict) -> list[str]:
         ),
         "",
     ]
+
+
+def _roofline_verdict(ours: dict) -> str:
+    if ours["roofline_fraction"] < 0.5:
+        return "**not met**"
+    if ours.get("worst_case_roofline_fraction", 0.0) >= 0.5:
+        return "met"
+    return "met against the median probe, **not met** against the fastest one"
 
 
 def _training_section(r: dict) -> list[str]:
@@ -444,8 +505,10 @@ def _targets_section(inference: dict, training: dict) -> list[str]:
         ],
         [
             "predict >= 50% of the roofline in its dtype",
-            f"{pct(ours['roofline_fraction'])} median, {pct(ours['best_roofline_fraction'])} best",
-            met(ours["roofline_fraction"] >= 0.5),
+            f"{pct(ours['roofline_fraction'])} (median run / median probe); "
+            f"{pct(ours.get('worst_case_roofline_fraction', float('nan')))} against the fastest "
+            "probe of the run",
+            _roofline_verdict(ours),
         ],
         [
             "training step >= 1.3x MONAI at equal accuracy",

@@ -1,13 +1,13 @@
-"""The forward pass used for inference: a batch of tiles in, probabilities out.
+"""The inference forward pass: a batch of tiles in, probabilities out.
 
 Kept apart from the tiling so that the speed levers (precision, memory format,
 fused normalisation, compilation) live in one place and are measured by
 ``benchmarks/levers.py``. Measured on a 2-core Sapphire Rapids CPU
-(docs/benchmarks.md): bf16 autocast is ~4x fp32 once activations are channels-last
-(oneDNN runs bf16 convolutions on AMX only in NHWC: 3x), channels-last alone is ~1.4x
-in fp32, BatchNorm folding ~1.05-1.1x; ``torch.compile`` gained from nothing to 1.8x
-per tile depending on the load of the machine, and its first call takes ~6 s for
-each ``predict`` call, so it is off by default.
+(docs/benchmarks.md): bf16 is ~3-4x fp32 once activations are channels-last
+(oneDNN runs bf16 convolutions on AMX only in NHWC: ~2.5-3x), channels-last alone is
+~1.3-1.4x in fp32, BatchNorm folding ~1.05-1.1x; ``torch.compile`` gained from nothing
+to 1.8x per tile depending on the state of the machine, and its first call takes
+6-15 s for each ``predict`` call, so it is off by default.
 """
 
 from __future__ import annotations
