@@ -219,3 +219,18 @@ def test_instances_streamed_to_a_file_equal_the_in_memory_result(tmp_path, image
     written = tifffile.imread(tmp_path / "ids.tif")
     assert written.dtype == np.int32
     np.testing.assert_array_equal(written, predict(model, image, **OPTIONS))
+
+
+def test_a_weak_interior_bridge_does_not_merge_two_objects():
+    # Two square objects joined by a strip where the network is unsure (interior 0.5,
+    # boundary 0.4): the strip is foreground but no seed, so the objects stay apart.
+    probabilities = np.zeros((3, 40, 60), np.float32)
+    probabilities[0] = 1.0
+    for x0 in (5, 35):
+        probabilities[:, 10:30, x0 : x0 + 20] = np.array([0.05, 0.9, 0.05])[:, None, None]
+    probabilities[:, 18:22, 25:35] = np.array([0.1, 0.5, 0.4])[:, None, None]
+
+    labels = instances_from_probabilities(probabilities)
+
+    assert len(np.unique(labels[labels > 0])) == 2
+    assert (labels[18:22, 25:35] > 0).all()  # the strip is shared out, not dropped

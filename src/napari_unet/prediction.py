@@ -807,19 +807,27 @@ class InstanceStitcher:
 def instances_from_probabilities(probabilities: np.ndarray, min_size: int = 10) -> np.ndarray:
     """Background / interior / boundary probabilities (3, Y, X) -> instance ids (Y, X) int32.
 
-    Seeds are the connected interior regions; a watershed on the boundary
-    probability grows them over the foreground (interior + boundary), so touching
-    objects stay apart. Foreground without a seed becomes an object of its own;
-    objects smaller than ``min_size`` pixels are dropped.
+    Seeds are the connected regions of confident interior (:data:`SEED_MARGIN`); a
+    watershed on the boundary probability grows them over the foreground (interior +
+    boundary), so touching objects stay apart. Foreground without a seed becomes an
+    object of its own; objects smaller than ``min_size`` pixels are dropped.
     """
     return _instances(*_instance_features(probabilities), min_size)
+
+
+SEED_MARGIN = 0.4
+"""Seeds of the watershed are pixels whose interior probability exceeds their boundary
+probability by this much (and their background probability at all). Stricter seeds
+split touching nuclei more often: on held-out images of the study's DSB training part
+(docs/accuracy.md), margins from 0.2 to 0.6 all raised F1@0.5 by 0.02-0.04 over a
+margin of 0, with the same foreground."""
 
 
 def _instance_features(probabilities: np.ndarray):
     """The per-pixel inputs of the watershed: foreground, seed mask, elevation."""
     background, interior, boundary = probabilities[:3]
     foreground = background < 0.5
-    seeds = (interior > boundary) & (interior > background)
+    seeds = (interior - boundary > SEED_MARGIN) & (interior > background)
     return foreground, seeds, (boundary - interior).astype(np.float32, copy=False)
 
 
