@@ -232,3 +232,16 @@ def test_console_script_is_installed():
     )
     assert result.returncode == 0 and "demo" in result.stdout
     assert DATA.exists()
+
+
+def test_the_command_line_lets_glibc_keep_freed_memory(monkeypatch, tmp_path, capsys):
+    import napari_unet._device as device
+
+    calls = []
+    monkeypatch.setattr(device, "keep_freed_memory", lambda: calls.append(True) or True)
+
+    code = main(["predict", "--model", str(tmp_path / "none.safetensors"), "--input",
+                 str(tmp_path), "--output", str(tmp_path / "out")])  # fmt: skip
+
+    assert code == 2 and calls == [True]
+    assert "none.safetensors" in capsys.readouterr().err

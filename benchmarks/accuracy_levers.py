@@ -1,0 +1,140 @@
+"""Lever experiments for the accuracy study, on a split inside the study's training part.
+
+The study's held-out images (docs/accuracy.md) are never used to choose settings.
+Levers are tried on a development split carved from the study's training part
+instead: DSB 2018, every fourth training image (8 of 33) is held out and the model
+trains on the other 25; ISBI 2012, the model trains on slices 0-14 and is scored on
+15-19. One run trains with the command line (default settings plus the lever's
+options) for a given number of minutes and appends a line of JSON to the results file.
+
+    python benchmarks/accuracy_levers.py train dsb baseline 5
+    python benchmarks/accuracy_levers.py train dsb lr5e-3 5 --learning-rate 5e-3
+    python benchmarks/accuracy_levers.py train isbi baseline 5
+    python benchmarks/accuracy_levers.py seeds <work>/dsb_baseline/model.safetensors
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from accuracy import dsb_split, isbi_split, score_dsb, score_isbi, write_folder
+
+WORK = Path(__file__).resolve().parent / "_work" / "accuracy_levers"
+
+
+def dsb_dev(data: Path):
+    """(train images, train labels, names), (dev images, dev labels, names)."""
+    (images, labels, names), _ = dsb_split(data)
+    dev = set(names[1::4])
+    pick = [i for i, n in enumerate(names) if n not in dev]
+    held = [i for i, n in enumerate(names) if n in dev]
+
+    def take(indices):
+        return [images[i] for i in indices], [labels[i] for i in indices], [names[i] for i in indices]
+
+    return take(pick), take(held)
+
+
+def isbi_dev(data: Path):
+    (volume, labels), _ = isbi_split(data)
+    return ([volume[:15]], [labels[:15]], ["train"]), (list(volume[15:]), list(labels[15:]))
+
+
+def train(data_name: str, name: str, minutes: float, extra: list[str], data: Path) -> dict:
+    from napari_unet import load_model, predict
+
+    if data_name == "dsb":
+        (images, labels, names), (dev_x, dev_y, _) = dsb_dev(data)
+        mode = "instances"
+    else:
+        (images, labels, names), (dev_x, dev_y) = isbi_dev(data)
+        mode = "semantic"
+    folder = WORK / f"{data_name}_{name}"
+    model_path = folder / "model.safetensors"
+    command = [
+        sys.executable, "-m", "napari_unet.cli", "train",
+        "--images", str(write_folder(folder / "images", names, images)),
+        "--labels", str(write_folder(folder / "labels", names, labels)),
+        "--mode", mode, "--minutes", str(minutes), "--out", str(model_path), *extra,
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": str(torch.get_num_threads())}
+    subprocess.run(command, env=env, check=True, stderr=subprocess.DEVNULL)
+    model = load_model(model_path)
+    predicted = [predict(model, image) for image in dev_x]
+    if data_name == "dsb":
+        scores = score_dsb(predicted, dev_y)
+        scores.pop("per_image")
+    else:
+        scores = score_isbi(np.stack(predicted), np.stack(dev_y))
+    return {
+        "data": data_name,
+        "lever": name,
+        "options": extra,
+        "minutes": minutes,
+        "steps": model.history["runs"][-1]["steps"],
+        **{k: round(v, 4) for k, v in scores.items()},
+    }
+
+
+def seeds(model_path: Path, data: Path, margins: list[float], tta: bool) -> list[dict]:
+    """Score the watershed seed margin on the DSB development images with one model."""
+    from napari_unet import load_model, predict
+    from napari_unet import prediction as p
+
+    _, (dev_x, dev_y, _) = dsb_dev(data)
+    model = load_model(model_path)
+    probabilities = [predict(model, x, output="probabilities", tta=tta) for x in dev_x]
+    rows = []
+    default = p.SEED_MARGIN
+    try:
+        for margin in margins:
+            p.SEED_MARGIN = margin
+            predicted = [p.instances_from_probabilities(q) for q in probabilities]
+            scores = score_dsb(predicted, dev_y)
+            scores.pop("per_image")
+            rows.append(
+                {"data": "dsb", "lever": f"seed margin {margin:g}", "tta": tta,
+                 "model": model_path.parent.name, **{k: round(v, 4) for k, v in scores.items()}}
+            )  # fmt: skip
+    finally:
+        p.SEED_MARGIN = default
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="../shared/data", type=Path)
+    parser.add_argument("--results", type=Path, default=Path("docs/accuracy-levers.jsonl"))
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train with one lever and score on the dev split")
+    t.add_argument("dataset", choices=["dsb", "isbi"])
+    t.add_argument("name")
+    t.add_argument("minutes", type=float)
+    s = sub.add_parser("seeds", help="score watershed seed margins with a trained model")
+    s.add_argument("model", type=Path)
+    s.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6])
+    s.add_argument("--tta", action="store_true")
+    args, extra = parser.parse_known_args()
+    torch.set_num_threads(os.cpu_count() or 2)
+    started = time.strftime("%Y-%m-%d")
+    if args.command == "train":
+        rows = [train(args.dataset, args.name, args.minutes, extra, args.data)]
+    else:
+        rows = seeds(args.model, args.data, args.margins, args.tta)
+    with args.results.open("a") as f:
+        for row in rows:
+            row["date"] = started
+            print(json.dumps(row))
+            f.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
