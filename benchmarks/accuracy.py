@@ -368,6 +368,13 @@ def _schedule_text(results: dict) -> str:
     return f"one after the other, each with {threads} threads (all cores of this machine)"
 
 
+def _schedule_short(results: dict) -> str:
+    threads = results["threads"]
+    if results.get("schedule", "side by side") == "side by side":
+        return f"side by side, {threads} thread(s) each"
+    return f"one after the other, {threads} threads each"
+
+
 METRICS = {
     "isbi": [("pixel_error", "pixel error"), ("rand_error", "Rand error")],
     "dsb": [("foreground_dice", "fg Dice"), ("f1@0.5", "F1@0.5"), ("dsb_score", "DSB score")],
@@ -414,7 +421,7 @@ def _earlier_section(results: dict) -> list[str]:
                     m = r[method]
                     values = " / ".join(f"{m[key]:.4f}" for key, _ in metrics)
                     rows.append(
-                        f"| {data} | {method} | {_schedule_text(earlier)} | "
+                        f"| {data} | {method} | {_schedule_short(earlier)} | "
                         f"{' / '.join(name for _, name in metrics)} | {values} | {m['steps']} |"
                     )
     if not rows:
