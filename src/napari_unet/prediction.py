@@ -818,9 +818,9 @@ def instances_from_probabilities(probabilities: np.ndarray, min_size: int = 10) 
 SEED_MARGIN = 0.4
 """Seeds of the watershed are pixels whose interior probability exceeds their boundary
 probability by this much (and their background probability at all). Stricter seeds
-split touching nuclei more often: on held-out images of the study's DSB training part
-(docs/accuracy.md), margins from 0.2 to 0.6 all raised F1@0.5 by 0.02-0.04 over a
-margin of 0, with the same foreground."""
+split touching nuclei more often: on held-out images of the accuracy study's DSB
+training part (docs/accuracy-levers.md), margins from 0.2 to 0.6 all raised F1@0.5 by
+0.02-0.04 over a margin of 0, with the same foreground."""
 
 
 def _instance_features(probabilities: np.ndarray):
