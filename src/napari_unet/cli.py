@@ -64,15 +64,16 @@ def run_training(images, labels, config, *, model=None, model_config=None, out=N
                     )
                     bar = _progress_bar(100, "train")
             elif isinstance(event, StepEnded) and bar is not None:
-                bar.n = round(100 * event.progress, 1)
                 bar.set_postfix_str(
                     f"epoch {event.epoch + 1} loss {event.loss:.3f}", refresh=False
                 )
-                bar.refresh()
+                # update() redraws at most every mininterval (10 s in logs, not a terminal)
+                bar.update(round(100 * event.progress, 1) - bar.n)
             elif isinstance(event, EpochEnded) and bar is not None and event.score is not None:
                 bar.set_postfix_str(
                     f"epoch {event.epoch} loss {event.loss:.3f} val dice {event.score:.3f} "
-                    f"(best {event.best_score:.3f})"
+                    f"(best {event.best_score:.3f})",
+                    refresh=False,
                 )
             elif isinstance(event, TrainingFinished):
                 trained = event.model
