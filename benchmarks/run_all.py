@@ -5,8 +5,9 @@
     python benchmarks/run_all.py --render-only ...      # redraw from benchmarks/_work/*.json
 
 Each benchmark runs in its own process (each well under 5 minutes on 2 cores) with
-``OMP_WAIT_POLICY=PASSIVE`` unless the caller set it (see benchmarks/environment.py
-for why). Only the text between ``<!-- speed:start -->`` and ``<!-- speed:end -->``
+the caller's environment: OpenMP's default wait policy, as a user's ``napari-unet``
+runs, unless ``OMP_WAIT_POLICY`` is set (``PASSIVE`` gives steadier numbers on a
+machine shared with other jobs; see benchmarks/environment.py). Only the text between ``<!-- speed:start -->`` and ``<!-- speed:end -->``
 (``speed-gpu`` for CUDA) is replaced; the rest of the file, such as the Memory
 section, is left as it is. Without the markers the section is appended.
 """
@@ -30,7 +31,6 @@ CPU_ONLY = {"environment", "layers"}
 
 def run(names: list[str], data: Path, device: str) -> dict:
     env = dict(os.environ)
-    env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     loads = [os.getloadavg()[0]]
     started = time.time()
     for name in names:
@@ -54,7 +54,7 @@ def run(names: list[str], data: Path, device: str) -> dict:
         "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
         "torch": torch.__version__,
         "monai": monai.__version__,
-        "omp_wait_policy": env["OMP_WAIT_POLICY"],
+        "omp_wait_policy": env.get("OMP_WAIT_POLICY", "default"),
         "load_averages": loads,
         "minutes": (time.time() - started) / 60,
     }
@@ -89,7 +89,11 @@ def render(device: str) -> str:
         f"Measured {meta.get('date', '?')} on {meta.get('machine', '?')}"
         + (f", {meta.get('device', '?')}" if gpu else "")
         + f"; torch {meta.get('torch', '?')}, MONAI {meta.get('monai', '?')}, "
-        f"`OMP_WAIT_POLICY={meta.get('omp_wait_policy', '?')}`.",
+        + (
+            "OpenMP's default wait policy (as `napari-unet` runs)."
+            if meta.get("omp_wait_policy") == "default"
+            else f"`OMP_WAIT_POLICY={meta.get('omp_wait_policy', '?')}`."
+        ),
     ]
     if loads and not gpu:
         out += [
@@ -408,9 +412,8 @@ def _environment_section(r: dict) -> list[str]:
         "",
         "Read when a process starts, so each run is a fresh process predicting the 2048 x "
         f"2048 image ({r['repeats']} runs each, alternating). Spinning OpenMP threads help "
-        "when the cores are free and hurt when other processes want them; the other tables "
-        "use `PASSIVE` for steadier numbers on the shared machine; napari-unet does not set "
-        "it. With glibc's defaults, large freed feature maps go back to the kernel and the "
+        "when the cores are free and hurt when other processes want them; napari-unet does "
+        "not set the policy. With glibc's defaults, large freed feature maps go back to the kernel and the "
         "next tile pays for page faults and zeroing; the `napari-unet` command therefore "
         "raises glibc's mmap and trim thresholds when it starts (the library does not: it "
         "acts on the whole process), and the other tables run with that setting for every "
