@@ -80,7 +80,7 @@ def keep_freed_memory(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 <
 
     By default glibc serves blocks of more than a few MiB with ``mmap`` and unmaps
     them when freed, so every tile's forward pass faults in and zeroes its feature
-    maps again; prediction ran 1.3x faster with this setting (docs/benchmarks.md,
+    maps again; prediction ran 1.2-1.3x faster with this setting (docs/benchmarks.md,
     "Process settings"). This raises the mmap threshold and the trim
     threshold for the whole process, so it is called by the command line only, never
     by the library, and not at all where the user set ``MALLOC_*`` or
