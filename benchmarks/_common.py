@@ -8,7 +8,9 @@ on confident, realistic outputs rather than on the near-ties of random weights.
 
 from __future__ import annotations
 
+import argparse
 import gc
+import json
 import os
 import platform
 import random
@@ -179,3 +181,23 @@ def reference_labels(network, image: np.ndarray) -> np.ndarray:
     labels = padded_forward(network, image).argmax(0).astype(np.uint8)
     np.save(path, labels)
     return labels
+
+
+def parser(doc: str, *, data: bool = True) -> argparse.ArgumentParser:
+    """The options every benchmark script takes: --data (unless ``data`` is False),
+    --device and --json; scripts add their own."""
+    out = argparse.ArgumentParser(description=doc.splitlines()[0])
+    if data:
+        out.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    out.add_argument("--device", default="cpu")
+    out.add_argument("--json", type=Path, default=None, help="where to write the result")
+    return out
+
+
+def save(result: dict, name: str, device: str, path: Path | None = None) -> Path:
+    """Write a benchmark's result to ``path`` or ``_work/<name>_<device>.json``, where
+    run_all.py reads it."""
+    path = path or WORK / f"{name}_{device.split(':')[0]}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    return path

@@ -96,20 +96,15 @@ def measure(data: Path, *, repeats: int = 3, device: str = "cpu") -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
-    parser.add_argument("--device", default="cpu")
+    parser = common.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(args.data, args.device)
         return
     result = measure(args.data, repeats=args.repeats, device=args.device)
-    path = args.json or common.WORK / f"environment_{args.device.split(':')[0]}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    common.save(result, "environment", args.device, args.json)
     for row in result["rows"]:
         print(f"{row['variant']:48s} {row['mpix_per_s']:.3f} MPix/s")
 

@@ -13,8 +13,6 @@ compared with the untiled fp32 forward pass of the same module over the whole im
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import _common as common
@@ -127,17 +125,12 @@ def measure(data: Path, *, size: int = 2048, repeats: int = 3, device: str = "cp
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
-    parser.add_argument("--device", default="cpu")
+    parser = common.parser(__doc__)
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     result = measure(args.data, size=args.size, repeats=args.repeats, device=args.device)
-    path = args.json or common.WORK / f"inference_{args.device.split(':')[0]}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    common.save(result, "inference", args.device, args.json)
     for name in ("monai", "ours"):
         r = result[name]
         print(

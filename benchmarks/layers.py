@@ -12,10 +12,8 @@ layer's FLOP/s is set against the matmul peak probed right after the passes.
 
 from __future__ import annotations
 
-import argparse
 import collections
 import copy
-import json
 import time
 from pathlib import Path
 
@@ -127,16 +125,13 @@ def measure(data: Path, *, repeats: int = 9) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
-    parser.add_argument("--device", default="cpu", choices=["cpu"])
+    parser = common.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=9)
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.device != "cpu":
+        parser.error("layers.py times the CPU forward pass only (--device cpu)")
     result = measure(args.data, repeats=args.repeats)
-    path = args.json or common.WORK / "layers_cpu.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    common.save(result, "layers", "cpu", args.json)
     peak = result["peak_flops"]
     for kind, entry in sorted(result["by_kind"].items(), key=lambda kv: -kv[1]["seconds"]):
         share = entry["seconds"] / result["pass_seconds"]

@@ -13,8 +13,6 @@ option changed at a time; the baseline is the module as MONAI would call it
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from pathlib import Path
 
@@ -149,17 +147,12 @@ def measure(data: Path, *, device: str = "cpu", repeats: int = 15, batch: int = 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
-    parser.add_argument("--device", default="cpu")
+    parser = common.parser(__doc__)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     result = measure(args.data, device=args.device, repeats=args.repeats, batch=args.batch)
-    path = args.json or common.WORK / f"levers_{args.device.split(':')[0]}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    common.save(result, "levers", args.device, args.json)
     for row in result["rows"]:
         print(
             f"{row['variant']:50s} {row['mpix_per_s']:7.3f} MPix/s "

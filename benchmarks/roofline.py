@@ -11,10 +11,8 @@ share of that ceiling a prediction reaches.
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
-from pathlib import Path
 
 import _common as common
 import torch
@@ -78,14 +76,9 @@ def measure(device: str = "cpu") -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--json", type=Path, default=None)
-    args = parser.parse_args(argv)
+    args = common.parser(__doc__, data=False).parse_args(argv)
     result = measure(args.device)
-    path = args.json or common.WORK / f"roofline_{args.device.split(':')[0]}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    common.save(result, "roofline", args.device, args.json)
     print(json.dumps(result, indent=2))
 
 

@@ -10,8 +10,6 @@ pixels the network processes per image pixel (tiles overlap and cover the border
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import _common as common
@@ -72,17 +70,12 @@ def measure(data: Path, *, size: int = 2048, repeats: int = 3, device: str = "cp
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
-    parser.add_argument("--device", default="cpu")
+    parser = common.parser(__doc__)
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     result = measure(args.data, size=args.size, repeats=args.repeats, device=args.device)
-    path = args.json or common.WORK / f"tiles_{args.device.split(':')[0]}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    common.save(result, "tiles", args.device, args.json)
     for row in result["rows"]:
         print(
             f"tile {row['tile']:5d} batch {row['batch']} overlap {row['overlap']:.4f} "

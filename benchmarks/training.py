@@ -21,8 +21,6 @@ seconds per step, and each run's validation Dice against its own training time.
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import _common as common
@@ -178,13 +176,10 @@ def measure(
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=common.DEFAULT_DATA)
-    parser.add_argument("--device", default="cpu")
+    parser = common.parser(__doc__)
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--every", type=int, default=10)
     parser.add_argument("--target-dice", type=float, default=0.6)
-    parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     result = measure(
         args.data,
@@ -193,9 +188,7 @@ def main(argv: list[str] | None = None) -> None:
         target_dice=args.target_dice,
         device=args.device,
     )
-    path = args.json or common.WORK / f"training_{args.device.split(':')[0]}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
+    common.save(result, "training", args.device, args.json)
     for name in ("ours", "monai"):
         r = result[name]
         print(
