@@ -1,11 +1,12 @@
-"""Where the forward pass spends its time: each layer of the U-Net, timed alone.
+"""Where the forward pass spends its time: each kind of operation of the U-Net.
 
-Runs the forward pass ``predict`` uses (``make_forward``'s network: BatchNorm folded,
-channels-last, bf16 weights where the CPU runs bf16 fast) on one tile of the
-benchmark image and times every convolution, transposed convolution, ReLU and
-pooling layer with forward hooks (the CPU runs them synchronously); the rest of the
-pass (concatenations of the skip connections, the softmax) is the remainder. Each
-layer's FLOP/s is set against the matmul peak probed right after the passes.
+Runs the forward pass ``predict`` uses (``make_forward`` with its defaults: BatchNorm
+folded, channels-last, bf16 weights where the CPU runs bf16 fast, each 3x3
+convolution fused with its ReLU) on one tile of the benchmark image under
+``torch.profiler`` and sums the time of each operator over the pass; the rest of the
+pass (softmax, copies in and out, Python) is the remainder of the wall time of
+passes run without the profiler. Each kind's FLOP/s is set against the matmul peak
+probed right after the passes.
 
     python benchmarks/layers.py --data ../shared/data
 """
@@ -13,7 +14,6 @@ layer's FLOP/s is set against the matmul peak probed right after the passes.
 from __future__ import annotations
 
 import collections
-import copy
 import time
 from pathlib import Path
 
@@ -23,100 +23,105 @@ import roofline
 import torch
 from torch import nn
 
+# profiler operator -> kind of layer
+KINDS = {
+    "mkldnn::_convolution_pointwise": "3x3 convolution + ReLU (fused)",
+    "aten::conv2d": "other convolutions (1x1 head)",
+    "aten::conv_transpose2d": "2x2 up-convolution",
+    "aten::cat": "skip concatenation",
+    "aten::max_pool2d": "max pooling",
+    "aten::relu": "ReLU",
+    "aten::relu_": "ReLU",
+}
 
-def _flops(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    if isinstance(module, nn.ConvTranspose2d):
-        k = module.kernel_size[0] * module.kernel_size[1]
-        return 2.0 * k * module.in_channels * module.out_channels * x.shape[0] * x[0, 0].numel()
-    if isinstance(module, nn.Conv2d):
-        k = module.kernel_size[0] * module.kernel_size[1]
-        return 2.0 * k * module.in_channels * module.out_channels * y.shape[0] * y[0, 0].numel()
-    return 0.0
+
+def _conv_flops(module: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    k = module.kernel_size[0] * module.kernel_size[1]
+    pixels = (x if isinstance(module, nn.ConvTranspose2d) else y)[0, 0].numel() * y.shape[0]
+    return 2.0 * k * module.in_channels * module.out_channels * pixels
 
 
-def _kind(module: nn.Module) -> str:
-    if isinstance(module, nn.ConvTranspose2d):
-        return "2x2 up-convolution"
-    if isinstance(module, nn.Conv2d):
-        return "1x1 head" if module.kernel_size == (1, 1) else "3x3 convolution"
-    if isinstance(module, nn.ReLU):
-        return "ReLU"
-    return "max pooling"
+def layer_flops(network: nn.Module, x: torch.Tensor) -> tuple[dict, dict]:
+    """FLOPs of one pass by kind, and of each 3x3 convolution by input shape."""
+    by_kind: dict[str, float] = collections.defaultdict(float)
+    by_shape: dict[tuple, float] = collections.defaultdict(float)
+
+    def hook(module, args, output):
+        flops = _conv_flops(module, args[0], output)
+        if isinstance(module, nn.ConvTranspose2d):
+            by_kind["2x2 up-convolution"] += flops
+        elif module.kernel_size == (3, 3):
+            by_kind["3x3 convolution + ReLU (fused)"] += flops
+            by_shape[tuple(args[0].shape)] += flops
+        else:
+            by_kind["other convolutions (1x1 head)"] += flops
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in network.modules()
+        if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)
+    ]
+    with torch.inference_mode():
+        network(x)
+    for handle in handles:
+        handle.remove()
+    return dict(by_kind), dict(by_shape)
 
 
 def measure(data: Path, *, repeats: int = 9) -> dict:
     from napari_unet import PredictConfig
     from napari_unet._device import autocast_dtype
-    from napari_unet.model import fuse_batchnorm
+    from napari_unet._inference import make_forward
 
     common.set_threads()
     model = common.trained_model(data)
-    dtype = autocast_dtype(torch.device("cpu"), None) or torch.float32
-    network = fuse_batchnorm(copy.deepcopy(model.network).eval())
-    network = network.to(dtype).to(memory_format=torch.channels_last)
+    device = torch.device("cpu")
+    dtype = autocast_dtype(device, None)
+    forward = make_forward(model.network, device, dtype, softmax=True)
     tile = PredictConfig().tile_size
     image = common.mosaic(data, model)[:tile, :tile]
-    x = torch.from_numpy(np.ascontiguousarray(image, np.float32))[None, None]
-    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    batch = np.ascontiguousarray(image, np.float32)[None, None]
 
-    times: dict[str, list[float]] = collections.defaultdict(list)
-    flops: dict[str, float] = {}
-    kinds: dict[str, str] = {}
-    started: dict[str, float] = {}
-
-    def before(name):
-        def hook(module, args):
-            started[name] = time.perf_counter()
-
-        return hook
-
-    def after(name):
-        def hook(module, args, output):
-            times[name].append(time.perf_counter() - started[name])
-            flops[name] = _flops(module, args[0], output)
-
-        return hook
-
-    layer_types = (nn.Conv2d, nn.ConvTranspose2d, nn.ReLU, nn.MaxPool2d)
-    for name, module in network.named_modules():
-        if isinstance(module, layer_types):
-            kinds[name] = _kind(module)
-            module.register_forward_pre_hook(before(name))
-            module.register_forward_hook(after(name))
     totals = []
-    with torch.inference_mode():
-        for _ in range(repeats + 2):
-            start = time.perf_counter()
-            torch.softmax(network(x).float(), dim=1)
-            totals.append(time.perf_counter() - start)
-    peak = roofline.matmul_peak(dtype, "cpu", repeats=3)
-    # Samples per pass, summed over calls (the pooling layer runs once per level); the
-    # first two passes are warm-up.
-    passes = len(totals)
-    per_pass = {}
-    for name, t in times.items():
-        n = len(t) // passes
-        per_pass[name] = common.median([sum(t[i * n : (i + 1) * n]) for i in range(2, passes)])
+    for _ in range(repeats + 2):
+        start = time.perf_counter()
+        forward(batch)
+        totals.append(time.perf_counter() - start)
+    with torch.profiler.profile(record_shapes=True) as profile:
+        for _ in range(repeats):
+            forward(batch)
+    peak = roofline.matmul_peak(dtype or torch.float32, "cpu", repeats=3)
+
+    seconds: dict[str, float] = collections.defaultdict(float)
+    shapes: dict[tuple, float] = collections.defaultdict(float)
+    for event in profile.key_averages(group_by_input_shape=True):
+        kind = KINDS.get(event.key)
+        if kind is None:
+            continue
+        seconds[kind] += event.cpu_time_total / 1e6 / repeats
+        if event.key == "mkldnn::_convolution_pointwise":
+            shapes[tuple(event.input_shapes[0])] += event.cpu_time_total / 1e6 / repeats
+    x = torch.from_numpy(batch)
+    flops, flops_by_shape = layer_flops(model.network.eval(), x)
+    fused = "3x3 convolution + ReLU (fused)" in seconds
+    if not fused:  # the fused path did not apply: every convolution is an aten::conv2d
+        flops["other convolutions (1x1 head)"] += flops.pop("3x3 convolution + ReLU (fused)")
     total = common.median(totals[2:])
-    by_kind: dict[str, dict] = {}
-    for name, seconds in per_pass.items():
-        entry = by_kind.setdefault(kinds[name], {"seconds": 0.0, "flops": 0.0})
-        entry["seconds"] += seconds
-        entry["flops"] += flops[name] * (len(times[name]) // passes)
-    accounted = sum(entry["seconds"] for entry in by_kind.values())
-    by_kind["rest (skip concatenation, softmax, hooks)"] = {
-        "seconds": max(total - accounted, 0.0),
+    by_kind = {k: {"seconds": v, "flops": flops.get(k, 0.0)} for k, v in seconds.items()}
+    by_kind["rest (softmax, copies, Python)"] = {
+        "seconds": max(total - sum(seconds.values()), 0.0),
         "flops": 0.0,
     }
     convs = {
-        name: {"seconds": per_pass[name], "flops": flops[name]}
-        for name in per_pass
-        if kinds[name] == "3x3 convolution"
+        "x".join(map(str, shape)): {"seconds": t, "flops": flops_by_shape[shape]}
+        for shape, t in shapes.items()
+        if shape in flops_by_shape
     }
     return {
         "tile": tile,
         "dtype": common.dtype_name(dtype),
         "repeats": repeats,
+        "fused": fused,
         "pass_seconds": total,
         "peak_flops": peak,
         "by_kind": by_kind,
@@ -136,7 +141,9 @@ def main(argv: list[str] | None = None) -> None:
     for kind, entry in sorted(result["by_kind"].items(), key=lambda kv: -kv[1]["seconds"]):
         share = entry["seconds"] / result["pass_seconds"]
         rate = entry["flops"] / entry["seconds"] if entry["seconds"] and entry["flops"] else 0
-        print(f"{kind:45s} {1e3 * entry['seconds']:7.1f} ms {share:6.1%} {rate / peak:6.1%} of peak")
+        print(
+            f"{kind:45s} {1e3 * entry['seconds']:7.1f} ms {share:6.1%} {rate / peak:6.1%} of peak"
+        )
 
 
 if __name__ == "__main__":

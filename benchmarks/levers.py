@@ -40,11 +40,17 @@ def variants(network, device: torch.device) -> dict[str, dict]:
 
     low = autocast_dtype(device, True)
     low_name = str(low).replace("torch.", "")
+    separate = {"fuse_relu": False}
     table = {
         "fp32, inference_mode": {"dtype": None, "fuse": False, "channels_last": False},
         "+ BatchNorm folded": {"dtype": None, "fuse": True, "channels_last": False},
-        "+ channels_last": {"dtype": None, "fuse": True, "channels_last": True},
-        f"+ {low_name} (default)": {"dtype": low, "fuse": True, "channels_last": True},
+        "+ channels_last": {"dtype": None, "fuse": True, "channels_last": True, **separate},
+        f"+ {low_name}": {"dtype": low, "fuse": True, "channels_last": True, **separate},
+        "+ convolution and ReLU fused (default)": {
+            "dtype": low,
+            "fuse": True,
+            "channels_last": True,
+        },
         f"{low_name} without channels_last": {"dtype": low, "fuse": True, "channels_last": False},
         f"{low_name} without BatchNorm folding": {
             "dtype": low,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from napari_unet import UNet
-from napari_unet._inference import make_forward
+from napari_unet._inference import fused_unet_forward, make_forward
 from napari_unet.model import fuse_batchnorm
 
 from .conftest import TINY
@@ -115,6 +115,36 @@ def test_bfloat16_weights_give_the_autocast_result(network, batch):
 
     np.testing.assert_allclose(forward(batch), expected, atol=1e-6)
     assert network.encoders[0][0].weight.dtype == torch.float32  # the model is not changed
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_convolution_and_relu_fused_compute_the_same_function(network, batch, dtype):
+    separate = make_forward(network, CPU, dtype, softmax=True, fuse_relu=False)
+    fused = make_forward(network, CPU, dtype, softmax=True, fuse_relu=True)
+
+    with torch.profiler.profile() as profile:
+        probabilities = fused(batch)
+
+    ops = {event.key for event in profile.key_averages()}
+    assert "mkldnn::_convolution_pointwise" in ops  # the fused path ran
+    np.testing.assert_allclose(probabilities, separate(batch), atol=1e-5)
+
+
+def test_fused_forward_applies_only_where_conv_is_followed_by_relu(network):
+    with_instance_norm = UNet(num_classes=2, **{**TINY, "norm": "instance"}).eval()
+    unfolded = network.to(memory_format=torch.channels_last)
+
+    assert fused_unet_forward(with_instance_norm) is None
+    assert fused_unet_forward(fuse_batchnorm(copy.deepcopy(network))) is not None
+    forward = fused_unet_forward(unfolded)  # BatchNorm between conv and ReLU
+    assert forward is None
+
+
+def test_fused_forward_keeps_the_networks_size_check(network):
+    forward = fused_unet_forward(fuse_batchnorm(copy.deepcopy(network)))
+
+    with torch.inference_mode(), pytest.raises(ValueError, match="divisible"):
+        forward(torch.zeros(1, 1, 30, 32))
 
 
 def test_allocator_setting_respects_the_users_environment(monkeypatch):

@@ -7,7 +7,10 @@ fused normalisation, compilation) live in one place and are measured by
 (oneDNN runs bf16 convolutions on AMX only in NHWC: ~2.5-3x), channels-last alone is
 ~1.3-1.4x in fp32, BatchNorm folding ~1.05-1.1x; ``torch.compile`` gained from nothing
 to 1.8x per tile depending on the state of the machine, and its first call takes
-6-15 s for each ``predict`` call, so it is off by default.
+6-15 s for each ``predict`` call, so it is off by default. On the CPU each 3x3
+convolution and the ReLU after it run as one oneDNN call on weights reordered once
+(:func:`fused_unet_forward`), which gets most of what ``torch.compile`` gains
+without compiling.
 """
 
 from __future__ import annotations
@@ -16,9 +19,10 @@ import copy
 
 import numpy as np
 import torch
+from torch import nn
 
 from ._device import autocast
-from .model import UNet, fuse_batchnorm
+from .model import DoubleConv, UNet, fuse_batchnorm
 
 
 def make_forward(
@@ -32,6 +36,7 @@ def make_forward(
     compiled: bool = False,
     cuda_graphs: bool = False,
     tta: bool = False,
+    fuse_relu: bool = True,
 ):
     """Return ``forward(batch)``: (B, C, H, W) float32 numpy -> (B, K, H, W) float32 numpy.
 
@@ -60,6 +65,11 @@ def make_forward(
         Test-time augmentation: average the softmax outputs over the 8 flips and
         90 degree rotations of each tile (4 flips for non-square tiles), as the
         U-Net paper did.
+    fuse_relu
+        On the CPU, run each 3x3 convolution with the ReLU after it as one oneDNN
+        call (:func:`fused_unet_forward`) where the network allows it (BatchNorm
+        folded or no normalisation, channels-last, bf16 or fp32). Same function;
+        ignored where it does not apply.
     """
     network = copy.deepcopy(network).eval()
     if fuse:
@@ -75,6 +85,14 @@ def make_forward(
     if weights_dtype is not None:
         network = network.to(weights_dtype)
     model = network
+    if (
+        fuse_relu
+        and not compiled
+        and channels_last
+        and device.type == "cpu"
+        and (dtype is None or dtype == torch.bfloat16)
+    ):
+        model = fused_unet_forward(network) or network
     if compiled:
         options = {"freezing": True}
         if cuda_graphs and device.type == "cuda":
@@ -114,5 +132,94 @@ def make_forward(
                 y = model(x)
         y = y.float()
         return torch.softmax(y, dim=1) if softmax else y
+
+    return forward
+
+
+def _fusable_convs(block: nn.Module) -> list[nn.Conv2d] | None:
+    """The two convolutions of a DoubleConv that reads (conv, ReLU, conv, ReLU) once
+    its no-ops (folded BatchNorm, dropout in eval mode) are left out; else None."""
+    if not isinstance(block, DoubleConv):
+        return None
+    no_ops = (nn.Identity, nn.Dropout2d, nn.Dropout)
+    layers = [layer for layer in block if not isinstance(layer, no_ops)]
+    kinds = [type(layer) for layer in layers]
+    if kinds != [nn.Conv2d, nn.ReLU, nn.Conv2d, nn.ReLU]:
+        return None  # e.g. instance or group normalisation between conv and ReLU
+    return [layers[0], layers[2]]
+
+
+def fused_unet_forward(network: UNet):
+    """A forward pass of an eval-mode U-Net with each 3x3 convolution and its ReLU fused.
+
+    Each (3x3 convolution, ReLU) pair runs as one oneDNN convolution with a ReLU
+    post-op, on weights reordered into oneDNN's blocked layout once per input shape
+    (what ``torch.compile`` with frozen weights does for convolutions, without
+    compiling). This saves one pass over every feature map; the result is the same
+    function as ``network(x)``. Returns None where it does not apply: no oneDNN, a
+    normalisation between convolution and ReLU (instance, group, unfolded BatchNorm),
+    or a network that is not a :class:`~napari_unet.model.UNet`. If the fused call
+    fails at run time, the returned function falls back to ``network`` for good.
+    """
+    ops = getattr(torch.ops, "mkldnn", None)
+    if not (
+        isinstance(network, UNet)
+        and torch.backends.mkldnn.is_available()
+        and hasattr(ops, "_convolution_pointwise")
+        and hasattr(ops, "_reorder_convolution_weight")
+    ):
+        return None
+    blocks = [*network.encoders, network.bottleneck, *(d.conv for d in network.decoders)]
+    pairs = [_fusable_convs(block) for block in blocks]
+    if any(p is None for p in pairs):
+        return None
+    for conv in (c for p in pairs for c in p):
+        if conv.kernel_size != (3, 3) or conv.padding != (1, 1) or conv.groups != 1:
+            return None
+    packed: dict[tuple, torch.Tensor] = {}
+    broken: list[Exception] = []
+    geometry = ([1, 1], [1, 1], [1, 1], 1)  # padding, stride, dilation, groups
+
+    def conv_relu(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+        key = (id(conv), tuple(x.shape), x.dtype)
+        weight = packed.get(key)
+        if weight is None:
+            if len(packed) > 64 * len(pairs):  # many shapes seen: keep memory bounded
+                packed.clear()
+            weight = ops._reorder_convolution_weight(conv.weight, *geometry[:3], 1, list(x.shape))
+            packed[key] = weight
+        return ops._convolution_pointwise(x, weight, conv.bias, *geometry, "relu", [], "")
+
+    def double(convs, x):
+        return conv_relu(convs[1], conv_relu(convs[0], x))
+
+    def fused(x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        if (
+            height % network.divisor
+            or width % network.divisor
+            or x.dtype != network.head.weight.dtype
+        ):
+            return network(x)  # the module's own checks and messages
+        skips = []
+        for pair in pairs[: len(network.encoders)]:
+            x = double(pair, x)
+            skips.append(x)
+            x = network.pool(x)
+        x = double(pairs[len(network.encoders)], x)
+        for decoder, pair, skip in zip(
+            network.decoders, pairs[len(network.encoders) + 1 :], reversed(skips), strict=True
+        ):
+            x = double(pair, torch.cat([skip, decoder.up(x)], dim=1))
+        return network.head(x)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if broken:
+            return network(x)
+        try:
+            return fused(x)
+        except RuntimeError as error:  # an op this build of torch lacks for this input
+            broken.append(error)
+            return network(x)
 
     return forward
