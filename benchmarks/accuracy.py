@@ -149,15 +149,19 @@ def finish_ours(started, test_images):
     start = time.perf_counter()
     with_tta = [predict(model, image, tta=True) for image in test_images]
     tta_seconds = time.perf_counter() - start
-    return predicted, with_tta, {
-        "train_seconds": round(train_seconds, 1),
-        "predict_seconds": round(predict_seconds, 1),
-        "predict_seconds_tta": round(tta_seconds, 1),
-        "steps": model.history["runs"][-1]["steps"],
-        "base_channels": model.network.config.base_channels,
-        "validation_dice": model.best_score,
-        "command": " ".join(["napari-unet", *command[3:]]).replace(str(WORK), "<work>"),
-    }
+    return (
+        predicted,
+        with_tta,
+        {
+            "train_seconds": round(train_seconds, 1),
+            "predict_seconds": round(predict_seconds, 1),
+            "predict_seconds_tta": round(tta_seconds, 1),
+            "steps": model.history["runs"][-1]["steps"],
+            "base_channels": model.network.config.base_channels,
+            "validation_dice": model.best_score,
+            "command": " ".join(["napari-unet", *command[3:]]).replace(str(WORK), "<work>"),
+        },
+    )
 
 
 # ---------------------------------------------------------------------------

@@ -38,7 +38,11 @@ def dsb_dev(data: Path):
     held = [i for i, n in enumerate(names) if n in dev]
 
     def take(indices):
-        return [images[i] for i in indices], [labels[i] for i in indices], [names[i] for i in indices]
+        return (
+            [images[i] for i in indices],
+            [labels[i] for i in indices],
+            [names[i] for i in indices],
+        )
 
     return take(pick), take(held)
 
