@@ -157,3 +157,35 @@ def test_allocator_setting_respects_the_users_environment(monkeypatch):
     for key in [k for k in os.environ if k.startswith("MALLOC_")]:
         monkeypatch.delenv(key)
     assert keep_freed_memory() is sys.platform.startswith("linux")
+
+
+def test_predict_reuses_its_forward_pass_until_the_weights_change(network):
+    from napari_unet import prediction
+
+    image = np.random.default_rng(1).random((40, 40), dtype=np.float32)
+    prediction._LOCAL_FORWARDS.clear()
+    first = prediction.predict(network, image, output="probabilities")
+    built = next(iter(prediction._LOCAL_FORWARDS.values()))[2]
+
+    again = prediction.predict(network, image, output="probabilities")
+    assert next(iter(prediction._LOCAL_FORWARDS.values()))[2] is built  # reused
+    np.testing.assert_array_equal(again, first)
+
+    with torch.no_grad():  # an in-place update, as an optimiser step or a reload makes
+        network.head.bias.add_(torch.tensor([5.0, 0.0, 0.0]))
+    changed = prediction.predict(network, image, output="probabilities")
+    assert next(iter(prediction._LOCAL_FORWARDS.values()))[2] is not built
+    assert changed[0].mean() > first[0].mean() + 0.1  # the new weights are used
+
+
+def test_two_class_labels_equal_the_argmax():
+    from napari_unet.prediction import _labels_of
+
+    values = np.random.default_rng(2).random((2, 70, 33), dtype=np.float32)
+    values[1, :3] = values[0, :3]  # ties go to the first class, as argmax does
+    class_values = np.array([0, 255])
+
+    labels = _labels_of(values, class_values, np.uint8)
+
+    assert labels.dtype == np.uint8
+    np.testing.assert_array_equal(labels, class_values[values.argmax(0)])

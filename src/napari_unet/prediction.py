@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import threading
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -247,6 +248,35 @@ _MODELS: OrderedDict[str, object] = OrderedDict()
 _FORWARDS: OrderedDict[tuple, object] = OrderedDict()
 
 
+_LOCAL_FORWARDS: OrderedDict[tuple, tuple] = OrderedDict()
+
+
+def _local_forward(network: UNet, device, dtype, tta: bool):
+    """``make_forward`` for this process, reused by the next call on the same network.
+
+    Building a forward pass copies the network, folds BatchNorm and converts the
+    weights; reusing it saves that for every image of a batch. The entry is reused
+    only while it was built from this very network object (a weak reference, so a new
+    network at the same address does not match) with unchanged weights (the version
+    counters of its tensors move with every in-place update, such as a training step
+    or ``load_state_dict``).
+    """
+    tensors = list(network.state_dict(keep_vars=True).values())
+    state = (network.training, *((t.data_ptr(), t._version) for t in tensors))
+    key = (id(network), str(device), dtype, tta)
+    with _CACHE_LOCK:
+        entry = _LOCAL_FORWARDS.get(key)
+    if entry is not None and entry[0]() is network and entry[1] == state:
+        return entry[2]
+    forward = make_forward(network, device, dtype, softmax=True, tta=tta)
+    with _CACHE_LOCK:
+        _LOCAL_FORWARDS[key] = (weakref.ref(network), state, forward)
+        _LOCAL_FORWARDS.move_to_end(key)
+        while len(_LOCAL_FORWARDS) > 2:
+            _LOCAL_FORWARDS.popitem(last=False)
+    return forward
+
+
 def _forward_for(spec: ModelSpec, device: str, mixed_precision: bool | None, tta: bool = False):
     key = (spec.token, device, mixed_precision, tta)
     with _CACHE_LOCK:
@@ -362,6 +392,10 @@ def _plan(model, image, config: PredictConfig, channel_axis, min_size: int) -> _
 def _labels_of(values: np.ndarray, class_values: np.ndarray, dtype) -> np.ndarray:
     """Class probabilities (K, h, w) -> labels (h, w) of ``dtype``, a few rows at a time
     so that the int64 argmax of a wide band stays small."""
+    if len(values) == 2:  # the common two-class case: one comparison, ties to class 0
+        labels = np.full(values.shape[1:], class_values[0], dtype)
+        labels[values[1] > values[0]] = class_values[1]
+        return labels
     labels = np.empty(values.shape[1:], dtype)
     for y in range(0, values.shape[1], 64):
         labels[y : y + 64] = class_values[np.argmax(values[:, y : y + 64], axis=0)]
@@ -411,7 +445,7 @@ def iter_predict(
     if client is None:
         torch_device = resolve_device(config.device)
         dtype = autocast_dtype(torch_device, config.mixed_precision)
-        forward = make_forward(job.network, torch_device, dtype, softmax=True, tta=config.tta)
+        forward = _local_forward(job.network, torch_device, dtype, config.tta)
 
     from .io import open_band_writer
 
