@@ -11,6 +11,7 @@ options) for a given number of minutes and appends a line of JSON to the results
     python benchmarks/accuracy_levers.py train dsb lr5e-3 5 --learning-rate 5e-3
     python benchmarks/accuracy_levers.py train isbi baseline 5
     python benchmarks/accuracy_levers.py seeds <work>/dsb_baseline/model.safetensors
+    python benchmarks/accuracy_levers.py foreground <work>/dsb_baseline/model.safetensors
 """
 
 from __future__ import annotations
@@ -88,28 +89,36 @@ def train(data_name: str, name: str, minutes: float, extra: list[str], data: Pat
     }
 
 
-def seeds(model_path: Path, data: Path, margins: list[float], tta: bool) -> list[dict]:
-    """Score the watershed seed margin on the DSB development images with one model."""
+def postprocess(
+    model_path: Path, data: Path, setting: str, values: list[float], tta: bool
+) -> list[dict]:
+    """Score an instance post-processing setting of ``napari_unet.prediction`` (the
+    watershed seed margin, or the foreground threshold) on the DSB development images
+    with one model."""
     from napari_unet import load_model, predict
     from napari_unet import prediction as p
 
+    constant, label = {
+        "seeds": ("SEED_MARGIN", "seed margin"),
+        "foreground": ("FOREGROUND_BELOW", "foreground: background probability below"),
+    }[setting]
     _, (dev_x, dev_y, _) = dsb_dev(data)
     model = load_model(model_path)
     probabilities = [predict(model, x, output="probabilities", tta=tta) for x in dev_x]
     rows = []
-    default = p.SEED_MARGIN
+    default = getattr(p, constant)
     try:
-        for margin in margins:
-            p.SEED_MARGIN = margin
+        for value in values:
+            setattr(p, constant, value)
             predicted = [p.instances_from_probabilities(q) for q in probabilities]
             scores = score_dsb(predicted, dev_y)
             scores.pop("per_image")
             rows.append(
-                {"data": "dsb", "lever": f"seed margin {margin:g}", "tta": tta,
+                {"data": "dsb", "lever": f"{label} {value:g}", "tta": tta,
                  "model": model_path.parent.name, **{k: round(v, 4) for k, v in scores.items()}}
             )  # fmt: skip
     finally:
-        p.SEED_MARGIN = default
+        setattr(p, constant, default)
     return rows
 
 
@@ -126,13 +135,19 @@ def main() -> None:
     s.add_argument("model", type=Path)
     s.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6])
     s.add_argument("--tta", action="store_true")
+    f = sub.add_parser("foreground", help="score foreground thresholds with a trained model")
+    f.add_argument("model", type=Path)
+    f.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6])
+    f.add_argument("--tta", action="store_true")
     args, extra = parser.parse_known_args()
     torch.set_num_threads(os.cpu_count() or 2)
     started = time.strftime("%Y-%m-%d")
     if args.command == "train":
         rows = [train(args.dataset, args.name, args.minutes, extra, args.data)]
+    elif args.command == "seeds":
+        rows = postprocess(args.model, args.data, "seeds", args.margins, args.tta)
     else:
-        rows = seeds(args.model, args.data, args.margins, args.tta)
+        rows = postprocess(args.model, args.data, "foreground", args.thresholds, args.tta)
     with args.results.open("a") as f:
         for row in rows:
             row["date"] = started

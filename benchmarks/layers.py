@@ -4,8 +4,8 @@ Runs the forward pass ``predict`` uses (``make_forward`` with its defaults: Batc
 folded, channels-last, bf16 weights where the CPU runs bf16 fast, each 3x3
 convolution fused with its ReLU) on one tile of the benchmark image under
 ``torch.profiler`` and sums the time of each operator over the pass; the rest of the
-pass (softmax, copies in and out, Python) is the remainder of the wall time of
-passes run without the profiler. Each kind's FLOP/s is set against the matmul peak
+pass (softmax, copies in and out, Python, the profiler's own bookkeeping) is the
+remainder of the wall time of the profiled passes. Each kind's FLOP/s is set against the matmul peak
 probed right after the passes.
 
     python benchmarks/layers.py --data ../shared/data
@@ -82,14 +82,13 @@ def measure(data: Path, *, repeats: int = 9) -> dict:
     image = common.mosaic(data, model)[:tile, :tile]
     batch = np.ascontiguousarray(image, np.float32)[None, None]
 
-    totals = []
-    for _ in range(repeats + 2):
-        start = time.perf_counter()
+    for _ in range(2):
         forward(batch)
-        totals.append(time.perf_counter() - start)
     with torch.profiler.profile(record_shapes=True) as profile:
+        start = time.perf_counter()
         for _ in range(repeats):
             forward(batch)
+        total = (time.perf_counter() - start) / repeats
     peak = roofline.matmul_peak(dtype or torch.float32, "cpu", repeats=3)
 
     seconds: dict[str, float] = collections.defaultdict(float)
@@ -106,9 +105,8 @@ def measure(data: Path, *, repeats: int = 9) -> dict:
     fused = "3x3 convolution + ReLU (fused)" in seconds
     if not fused:  # the fused path did not apply: every convolution is an aten::conv2d
         flops["other convolutions (1x1 head)"] += flops.pop("3x3 convolution + ReLU (fused)")
-    total = common.median(totals[2:])
     by_kind = {k: {"seconds": v, "flops": flops.get(k, 0.0)} for k, v in seconds.items()}
-    by_kind["rest (softmax, copies, Python)"] = {
+    by_kind["rest (softmax, copies, Python, profiler)"] = {
         "seconds": max(total - sum(seconds.values()), 0.0),
         "flops": 0.0,
     }

@@ -271,7 +271,9 @@ def _levers_section(r: dict) -> list[str]:
     def rate(prefix: str) -> float:
         return next(v["mpix_per_s"] for k, v in by_name.items() if k.startswith(prefix))
 
-    low = next(k.split()[1] for k in by_name if k.split()[:2] in (["+", "bf16"], ["+", "fp16"]))
+    low = next(
+        k.split()[1] for k in by_name if k.split()[:2] in (["+", "bfloat16"], ["+", "float16"])
+    )
     compiled = next(v for k, v in by_name.items() if k.endswith("+ torch.compile"))
     default = rate("+ convolution and ReLU fused (default)")
     notes = [
@@ -393,7 +395,7 @@ def _layers_section(r: dict) -> list[str]:
         f"`predict` runs ({r['dtype']}, channels-last, BatchNorm folded"
         + (", each 3x3 convolution fused with its ReLU" if r.get("fused") else "")
         + f"), operators timed with `torch.profiler` over {r['repeats']} passes; the rest is "
-        f"the remainder of the median wall time of a pass without the profiler. The matmul "
+        f"the remainder of the wall time of those passes. The matmul "
         f"peak probed right after was {peak / 1e9:.0f} GFLOP/s. One pass: {1e3 * total:.0f} ms.",
         "",
         table(
