@@ -227,6 +227,7 @@ def _inference_section(r: dict, roofline: dict | None) -> list[str]:
                 "share of the peak (medians)",
                 "best run / best probe",
                 "median run / best probe",
+                "each run / its round's probe (median)",
             ],
             [
                 [
@@ -236,6 +237,7 @@ def _inference_section(r: dict, roofline: dict | None) -> list[str]:
                     pct(x["roofline_fraction"]),
                     pct(x["best_roofline_fraction"]),
                     pct(x.get("worst_case_roofline_fraction", float("nan"))),
+                    pct(x.get("paired_roofline_fraction", float("nan"))),
                 ]
                 for name, x in (("MONAI", monai), ("napari-unet", ours))
             ],
@@ -447,7 +449,7 @@ def _environment_section(r: dict) -> list[str]:
 
 
 def _roofline_verdict(ours: dict) -> str:
-    if ours["roofline_fraction"] < 0.5:
+    if min(ours["roofline_fraction"], ours.get("paired_roofline_fraction", 0.0)) < 0.5:
         return "**not met**"
     if ours.get("worst_case_roofline_fraction", 0.0) >= 0.5:
         return "met"
@@ -539,8 +541,9 @@ def _targets_section(inference: dict, training: dict) -> list[str]:
         [
             "predict >= 50% of the roofline in its dtype",
             f"{pct(ours['roofline_fraction'])} (median run / median probe); "
-            f"{pct(ours.get('worst_case_roofline_fraction', float('nan')))} against the fastest "
-            "probe of the run",
+            f"{pct(ours.get('paired_roofline_fraction', float('nan')))} (each run / its round's "
+            f"probe, median); {pct(ours.get('worst_case_roofline_fraction', float('nan')))} "
+            "against the fastest probe of the run",
             _roofline_verdict(ours),
         ],
         [
