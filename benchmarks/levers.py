@@ -133,6 +133,7 @@ def measure(data: Path, *, device: str = "cpu", repeats: int = 15, batch: int = 
             {
                 "variant": name,
                 "dtype": dtypes[name],
+                "seconds": seconds,
                 "mpix_per_s": pixels / common.median(seconds),
                 "best_mpix_per_s": pixels / min(seconds),
                 "first_call_s": setup_seconds.get(name),
