@@ -201,8 +201,8 @@ def fused_unet_forward(network: UNet):
             return network.pool(x)
         n, c, h, w = x.shape
         rows = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2 * c)
-        pairs = torch.maximum(rows[:, :, 0], rows[:, :, 1])  # (n, h/2, w/2, 2c)
-        return torch.maximum(pairs[..., :c], pairs[..., c:]).permute(0, 3, 1, 2)
+        columns = torch.maximum(rows[:, :, 0], rows[:, :, 1])  # (n, h/2, w/2, 2c)
+        return torch.maximum(columns[..., :c], columns[..., c:]).permute(0, 3, 1, 2)
 
     def fused(x: torch.Tensor) -> torch.Tensor:
         height, width = x.shape[-2:]
