@@ -296,9 +296,6 @@ def _levers_section(r: dict) -> list[str]:
             ]
         )
 
-    def rate(prefix: str) -> float:
-        return next(v["mpix_per_s"] for k, v in by_name.items() if k.startswith(prefix))
-
     low = next(
         k.split()[1] for k in by_name if k.split()[:2] in (["+", "bfloat16"], ["+", "float16"])
     )
@@ -593,7 +590,8 @@ def write_section(path: Path, name: str, text: str) -> None:
     old = path.read_text() if path.exists() else "# Benchmarks\n"
     if start in old and end in old:
         head, rest = old.split(start, 1)
-        new = head + block + rest.split(end, 1)[1].lstrip("\n")
+        tail = rest.split(end, 1)[1].lstrip("\n")
+        new = head + block + ("\n" + tail if tail else "")
     else:
         new = old.rstrip("\n") + "\n\n" + block
     path.write_text(new)
