@@ -12,6 +12,7 @@ options) for a given number of minutes and appends a line of JSON to the results
     python benchmarks/accuracy_levers.py train isbi baseline 5
     python benchmarks/accuracy_levers.py seeds <work>/dsb_baseline/model.safetensors
     python benchmarks/accuracy_levers.py foreground <work>/dsb_baseline/model.safetensors
+    python benchmarks/accuracy_levers.py min-size <work>/dsb_baseline/model.safetensors
 """
 
 from __future__ import annotations
@@ -101,16 +102,24 @@ def postprocess(
     constant, label = {
         "seeds": ("SEED_MARGIN", "seed margin"),
         "foreground": ("FOREGROUND_BELOW", "foreground: background probability below"),
+        "min-size": (None, "smallest object kept (pixels)"),
     }[setting]
-    _, (dev_x, dev_y, _) = dsb_dev(data)
+    (_, train_labels, _), (dev_x, dev_y, _) = dsb_dev(data)
+    if setting == "min-size" and not values:
+        from napari_unet.data import smallest_object_size
+
+        learned = smallest_object_size(train_labels)  # what training now records
+        values = [2, 5, 10, learned, 2 * learned, 50]
     model = load_model(model_path)
     probabilities = [predict(model, x, output="probabilities", tta=tta) for x in dev_x]
     rows = []
-    default = getattr(p, constant)
+    default = getattr(p, constant) if constant else None
     try:
         for value in values:
-            setattr(p, constant, value)
-            predicted = [p.instances_from_probabilities(q) for q in probabilities]
+            if constant:
+                setattr(p, constant, value)
+            size = int(value) if setting == "min-size" else 10
+            predicted = [p.instances_from_probabilities(q, min_size=size) for q in probabilities]
             scores = score_dsb(predicted, dev_y)
             scores.pop("per_image")
             rows.append(
@@ -118,7 +127,8 @@ def postprocess(
                  "model": model_path.parent.name, **{k: round(v, 4) for k, v in scores.items()}}
             )  # fmt: skip
     finally:
-        setattr(p, constant, default)
+        if constant:
+            setattr(p, constant, default)
     return rows
 
 
@@ -139,6 +149,10 @@ def main() -> None:
     f.add_argument("model", type=Path)
     f.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.6])
     f.add_argument("--tta", action="store_true")
+    m = sub.add_parser("min-size", help="score the smallest object size kept with a model")
+    m.add_argument("model", type=Path)
+    m.add_argument("--sizes", type=float, nargs="*", default=[])
+    m.add_argument("--tta", action="store_true")
     args, extra = parser.parse_known_args()
     torch.set_num_threads(os.cpu_count() or 2)
     started = time.strftime("%Y-%m-%d")
@@ -146,8 +160,10 @@ def main() -> None:
         rows = [train(args.dataset, args.name, args.minutes, extra, args.data)]
     elif args.command == "seeds":
         rows = postprocess(args.model, args.data, "seeds", args.margins, args.tta)
-    else:
+    elif args.command == "foreground":
         rows = postprocess(args.model, args.data, "foreground", args.thresholds, args.tta)
+    else:
+        rows = postprocess(args.model, args.data, "min-size", args.sizes, args.tta)
     with args.results.open("a") as f:
         for row in rows:
             row["date"] = started

@@ -137,3 +137,18 @@ def test_border_weights_mark_the_contact_of_touching_objects():
 
     assert weights[10, 11] > 9 and weights[10, 12] > 9  # the two boundary pixels at the contact
     assert weights[10, 7] == 1  # inside
+
+
+def test_smallest_object_size_follows_the_scale_of_the_annotations():
+    from napari_unet.data import smallest_object_size
+
+    big = np.zeros((200, 200), np.int32)
+    for i in range(20):  # twenty 10 x 10 objects
+        y, x = divmod(i, 5)
+        big[y * 20 : y * 20 + 10, x * 20 : x * 20 + 10] = i + 1
+    spots = np.zeros((50, 50), np.int32)
+    spots[::6, ::6] = np.arange(1, 82).reshape(9, 9)  # one-pixel spots
+
+    assert smallest_object_size([big]) == 50  # half of 100 pixels
+    assert smallest_object_size([spots]) == 2  # never below 2
+    assert smallest_object_size([np.zeros((8, 8), np.int32)]) is None

@@ -189,3 +189,40 @@ def test_two_class_labels_equal_the_argmax():
 
     assert labels.dtype == np.uint8
     np.testing.assert_array_equal(labels, class_values[values.argmax(0)])
+
+
+def test_predict_drops_objects_below_the_learned_size_unless_told_otherwise(monkeypatch):
+    from napari_unet import prediction
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.model import SegmentationModel
+
+    seen = []
+
+    class Planned(Exception):
+        pass
+
+    def plan(model, image, config, channel_axis, min_size):
+        seen.append(min_size)
+        raise Planned
+
+    monkeypatch.setattr(prediction, "_plan", plan)
+    encoding = LabelEncoding("instances", ["background", "interior", "boundary"], [0, 1, 2],
+                             [0, 1, 2], [])  # fmt: skip
+    model = SegmentationModel(
+        UNet(num_classes=3, **TINY), encoding, Normalization(), min_object_size=37
+    )
+    image = np.zeros((32, 32), np.float32)
+    for kwargs in ({}, {"min_size": 5}):
+        with pytest.raises(Planned):
+            prediction.predict(model, image, **kwargs)
+    model.min_object_size = None  # a model saved before the size was recorded
+    with pytest.raises(Planned):
+        prediction.predict(model, image)
+
+    assert seen == [37, 5, prediction.DEFAULT_MIN_SIZE]
+    spec = prediction.ModelSpec.from_model(
+        SegmentationModel(
+            UNet(num_classes=3, **TINY), encoding, Normalization(), min_object_size=9
+        )
+    )
+    assert spec.build().min_object_size == 9  # dask workers and cluster batches get it too

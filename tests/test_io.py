@@ -32,6 +32,7 @@ def test_save_load_round_trip(model, tmp_path):
     assert loaded.mode == "instances" and loaded.class_names == model.class_names
     assert loaded.history["runs"][0]["steps"] == 2
     assert loaded.card()["label mode"] == "instances"
+    assert loaded.min_object_size == model.min_object_size is not None
     image = np.random.default_rng(0).random((48, 40)).astype(np.float32)
     np.testing.assert_array_equal(
         predict(loaded, image, output="probabilities"),

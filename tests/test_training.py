@@ -85,6 +85,22 @@ def test_continue_training_from_a_model_keeps_classes(disk_data):
         train(images, labels, config.model_copy(update={"mode": "semantic"}), model=model)
 
 
+def test_instances_model_learns_the_smallest_object_size_from_its_labels(disk_data):
+    from napari_unet.data import smallest_object_size
+
+    images, labels = disk_data
+    config = TrainConfig(mode="instances", epochs=1, **FAST)
+
+    model = train(images, labels, config, model_config=ModelConfig(**TINY))
+
+    expected = smallest_object_size(labels)
+    assert model.min_object_size == expected and expected > 10  # disks of ~100+ pixels
+    tiny = [label.copy() for label in labels]
+    tiny[0][:2, :2] = labels[0].max() + 1  # a 4-pixel object annotated
+    train(images, tiny, config, model=model)  # continuing never raises the size
+    assert model.min_object_size == min(expected, smallest_object_size(tiny))
+
+
 def test_sparse_scribbles_train_and_predict_painted_values():
     image, instances = disks(96, seed=1)
     scribbles = np.zeros_like(instances, np.uint8)

@@ -270,6 +270,7 @@ def cmd_predict(args) -> int:
         "device": args.device,
         "tta": args.tta,
         "output": "probabilities" if args.probabilities else "labels",
+        "min_size": args.min_size,
     }
 
     def report(record: dict) -> dict:
@@ -504,6 +505,13 @@ def build_parser() -> argparse.ArgumentParser:
         "workers must see the input and output folders",
     )
     tiles(p)
+    p.add_argument(
+        "--min-size",
+        type=int,
+        default=None,
+        help="instances mode: drop objects smaller than this many pixels (default: the size "
+        "the model learned from its training labels)",
+    )
     device(p)
     p.set_defaults(func=cmd_predict)
 

@@ -570,6 +570,7 @@ def save_model(model, path) -> None:
         "normalization": {"low": model.normalization.low, "high": model.normalization.high},
         "convert_channels": model.convert_channels,
         "history": model.history,
+        "min_object_size": model.min_object_size,
     }
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"napari_unet": json.dumps(header)})
@@ -629,4 +630,5 @@ def load_model(path, *, device: str = "cpu"):
         normalization,
         convert_channels=bool(header.get("convert_channels", False)),
         history=header.get("history"),
+        min_object_size=header.get("min_object_size"),
     )

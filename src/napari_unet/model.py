@@ -187,12 +187,16 @@ class SegmentationModel:
         *,
         convert_channels: bool = False,
         history: dict | None = None,
+        min_object_size: int | None = None,
     ):
         self.network = network
         self.encoding = encoding
         self.normalization = normalization
         self.convert_channels = convert_channels
         self.history: dict = history if history is not None else {"runs": []}
+        # instances mode: objects smaller than this are dropped by default when predicting
+        # (napari_unet.data.smallest_object_size of the training labels); None: 10 pixels
+        self.min_object_size = min_object_size
 
     @property
     def mode(self) -> str:
@@ -230,6 +234,11 @@ class SegmentationModel:
             "trained": last.get("finished", "-"),
             "epochs": sum(r.get("epochs", 0) for r in runs),
             "validation score": "-" if self.best_score is None else f"{self.best_score:.3f}",
+            **(
+                {"smallest object kept": f"{self.min_object_size} pixels"}
+                if self.mode == "instances" and self.min_object_size
+                else {}
+            ),
         }
 
     def save(self, path) -> None:

@@ -185,6 +185,7 @@ class ModelSpec:
     normalization: tuple[float, float] | None
     convert_channels: bool
     token: str
+    min_object_size: int | None = None
 
     @classmethod
     def from_model(cls, model: SegmentationModel | UNet) -> ModelSpec:
@@ -199,10 +200,12 @@ class ModelSpec:
             }
             normalization = (model.normalization.low, model.normalization.high)
             convert = model.convert_channels
+            smallest = model.min_object_size
         else:
             network, encoding, normalization, convert = model, None, None, False
+            smallest = None
         state = {k: v.detach().cpu().numpy().copy() for k, v in network.state_dict().items()}
-        digest = hashlib.sha1(repr((network.config.model_dump(), encoding)).encode())
+        digest = hashlib.sha1(repr((network.config.model_dump(), encoding, smallest)).encode())
         for key in sorted(state):
             digest.update(key.encode())
             digest.update(np.ascontiguousarray(state[key]).tobytes())
@@ -213,6 +216,7 @@ class ModelSpec:
             normalization,
             convert,
             digest.hexdigest(),
+            smallest,
         )
 
     def build(self) -> SegmentationModel | UNet:
@@ -235,6 +239,7 @@ class ModelSpec:
                 LabelEncoding(notes=[], **self.encoding),
                 Normalization(*self.normalization),
                 convert_channels=self.convert_channels,
+                min_object_size=self.min_object_size,
             )
         with _CACHE_LOCK:
             _MODELS[self.token] = model
@@ -249,6 +254,8 @@ _FORWARDS: OrderedDict[tuple, object] = OrderedDict()
 
 
 _LOCAL_FORWARDS: OrderedDict[tuple, tuple] = OrderedDict()
+DEFAULT_MIN_SIZE = 10
+"""Smallest object kept (pixels) by a model that has no size learned from its labels."""
 
 
 def _local_forward(network: UNet, device, dtype, tta: bool):
@@ -418,7 +425,7 @@ def iter_predict(
     channel_axis: int | None | str = "auto",
     mixed_precision: bool | None = None,
     tta: bool = False,
-    min_size: int = 10,
+    min_size: int | None = None,
     out=None,
 ) -> Iterator[TileProgress | PredictionFinished]:
     """Generator form of :func:`predict`: yields :class:`TileProgress` after each batch of
@@ -434,6 +441,9 @@ def iter_predict(
         tta=tta,
         output=output,
     )
+    if min_size is None:
+        learned = getattr(model, "min_object_size", None)
+        min_size = DEFAULT_MIN_SIZE if learned is None else int(learned)
     job = _plan(model, image, config, channel_axis, min_size)
     lazy = _is_dask(job.image)
     if lazy and out is None and not job.instances:
@@ -521,7 +531,10 @@ def predict(model: SegmentationModel | UNet, image, **kwargs):
     channel_axis
         ``"auto"`` (trailing axis of 3/4, or the model's channel count), an axis, or None.
     min_size
-        Instances mode: objects smaller than this many pixels are dropped.
+        Instances mode: objects smaller than this many pixels are dropped. None: the
+        size the model learned from its training labels (half the 5th percentile of the
+        annotated objects' areas, :func:`napari_unet.data.smallest_object_size`), or
+        10 for models trained before it was recorded.
     out
         Where the result goes, band by band as it is computed, so that memory does not
         grow with the image: a path ending in ``.tif``/``.tiff`` or ``.zarr`` (written

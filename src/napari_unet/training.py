@@ -31,6 +31,7 @@ from .data import (
     elastic_deform,
     encode_labels,
     iter_planes,
+    smallest_object_size,
     to_cyx,
 )
 from .losses import IGNORE, DiceCELoss
@@ -105,6 +106,7 @@ class PreparedData:
     convert_channels: bool
     notes: list[str]
     description: str
+    min_object_size: int | None = None
 
 
 def _as_list(images) -> list:
@@ -213,7 +215,10 @@ def prepare_data(
     description = f"{len(planes)} plane(s) from {len(images)} image(s), sizes {shapes[:3]}" + (
         "..." if len(shapes) > 3 else ""
     )
-    return PreparedData(train, validation, encoding, in_channels, convert, notes, description)
+    smallest = smallest_object_size(label_planes) if config.mode == "instances" else None
+    return PreparedData(
+        train, validation, encoding, in_channels, convert, notes, description, smallest
+    )
 
 
 def _split(samples: list[Sample], fraction: float) -> tuple[list[Sample], list[Sample]]:
@@ -351,6 +356,9 @@ def iter_train(
             Normalization(config.low_percentile, config.high_percentile),
             convert_channels=data.convert_channels,
         )
+    if data.min_object_size is not None:  # never drop sizes annotated in earlier runs
+        known = [v for v in (model.min_object_size, data.min_object_size) if v is not None]
+        model.min_object_size = min(known)
     network = model.network.to(device).to(memory_format=torch.channels_last)
     dtype = autocast_dtype(device, config.mixed_precision)
     scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
