@@ -285,6 +285,7 @@ def render(results: dict, minutes: float) -> str:
         lines += [
             "## ISBI 2012 membranes (train slices 0-19, score slices 20-24)",
             "",
+            *([r["note"], ""] if r.get("note") else []),
             "| method | pixel error | Rand error | training steps | predict (s) |",
             "| --- | --- | --- | --- | --- |",
         ]
@@ -307,6 +308,7 @@ def render(results: dict, minutes: float) -> str:
             "## DSB 2018 nuclei, instances (every fourth image held out: "
             f"{len(r['split']['test'])} test, {len(r['split']['train'])} training images)",
             "",
+            *([r["note"], ""] if r.get("note") else []),
             "| method | foreground Dice | F1@0.5 | DSB score | training steps | predict (s) |",
             "| --- | --- | --- | --- | --- | --- |",
         ]
@@ -514,6 +516,11 @@ def main() -> None:
         print(json.dumps(results["isbi"], indent=1), flush=True)
     if args.only in (None, "dsb"):
         results["dsb"] = study_dsb(*run)
+    if args.only:
+        results[args.only]["note"] = (
+            f"Rerun alone (`--only {args.only}`) on {date.today().isoformat()}; the other data "
+            "set's results are from the run before."
+        )
         print(
             json.dumps({k: v for k, v in results["dsb"].items() if k != "split"}, indent=1),
             flush=True,
