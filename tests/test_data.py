@@ -152,3 +152,13 @@ def test_smallest_object_size_follows_the_scale_of_the_annotations():
     assert smallest_object_size([big]) == 50  # half of 100 pixels
     assert smallest_object_size([spots]) == 2  # never below 2
     assert smallest_object_size([np.zeros((8, 8), np.int32)]) is None
+
+
+def test_smallest_object_size_accepts_large_sparse_ids():
+    from napari_unet.data import smallest_object_size
+
+    label = np.zeros((40, 40), np.uint32)
+    label[:10, :10] = 4_000_000_000  # ids such as hashes: no array of that length is made
+    label[20:30, 20:30] = 7
+
+    assert smallest_object_size([label]) == 50
