@@ -183,13 +183,14 @@ def reference_labels(network, image: np.ndarray) -> np.ndarray:
     return labels
 
 
-def parser(doc: str, *, data: bool = True) -> argparse.ArgumentParser:
+def parser(doc: str, *, data: bool = True, cpu_only: bool = False) -> argparse.ArgumentParser:
     """The options every benchmark script takes: --data (unless ``data`` is False),
-    --device and --json; scripts add their own."""
+    --device (only ``cpu`` for scripts that measure the CPU alone) and --json; scripts
+    add their own."""
     out = argparse.ArgumentParser(description=doc.splitlines()[0])
     if data:
         out.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    out.add_argument("--device", default="cpu")
+    out.add_argument("--device", default="cpu", choices=["cpu"] if cpu_only else None)
     out.add_argument("--json", type=Path, default=None, help="where to write the result")
     return out
 

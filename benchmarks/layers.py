@@ -128,11 +128,9 @@ def measure(data: Path, *, repeats: int = 9) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = common.parser(__doc__)
+    parser = common.parser(__doc__, cpu_only=True)
     parser.add_argument("--repeats", type=int, default=9)
     args = parser.parse_args(argv)
-    if args.device != "cpu":
-        parser.error("layers.py times the CPU forward pass only (--device cpu)")
     result = measure(args.data, repeats=args.repeats)
     common.save(result, "layers", "cpu", args.json)
     peak = result["peak_flops"]

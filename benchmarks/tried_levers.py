@@ -200,11 +200,9 @@ def render(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = common.parser(__doc__)
+    parser = common.parser(__doc__, cpu_only=True)
     parser.add_argument("--rounds", type=int, default=100)
     args = parser.parse_args(argv)
-    if args.device != "cpu":
-        parser.error("tried_levers.py measures the CPU forward pass only (--device cpu)")
     result = measure(args.data, rounds=args.rounds)
     common.save(result, "tried_levers", "cpu", args.json)
     print(render(result))
