@@ -421,23 +421,27 @@ def _tta_section(results: dict) -> list[str]:
 def _earlier_section(results: dict) -> list[str]:
     """The last earlier run of each data set, for comparison (e.g. another schedule)."""
     rows = []
-    for earlier in results.get("earlier_runs", [])[-1:]:
-        for data, metrics in METRICS.items():
-            r = earlier.get(data) or {}
-            for method in ("napari-unet", "MONAI"):
-                if method in r:
-                    m = r[method]
-                    values = " / ".join(f"{m[key]:.4f}" for key, _ in metrics)
-                    rows.append(
-                        f"| {data} | {method} | {_schedule_short(earlier)} | "
-                        f"{' / '.join(name for _, name in metrics)} | {values} | {m['steps']} |"
-                    )
+    history = results.get("earlier_runs", [])
+    for data, metrics in METRICS.items():
+        earlier = next((run for run in reversed(history) if run.get(data)), None)
+        if earlier is None:
+            continue
+        r = earlier[data]
+        for method in ("napari-unet", "MONAI"):
+            if method in r:
+                m = r[method]
+                values = " / ".join(f"{m[key]:.4f}" for key, _ in metrics)
+                rows.append(
+                    f"| {data} | {method} | {_schedule_short(earlier)} | "
+                    f"{' / '.join(name for _, name in metrics)} | {values} | {m['steps']} |"
+                )
     if not rows:
         return []
     return [
         "### The run before this one",
         "",
-        "The study as it ran last time, with the defaults of that time.",
+        "Each data set as the study ran it last time before the run above, with the defaults "
+        "of that time.",
         "",
         "| data | method | schedule | metrics | values | training steps |",
         "| --- | --- | --- | --- | --- | --- |",
