@@ -520,21 +520,27 @@ def main() -> None:
         print(json.dumps(results["isbi"], indent=1), flush=True)
     if args.only in (None, "dsb"):
         results["dsb"] = study_dsb(*run)
-    if args.only:
-        results[args.only]["note"] = (
-            f"Rerun alone (`--only {args.only}`) on {date.today().isoformat()}; the other data "
-            "set's results are from the run before."
-        )
         print(
             json.dumps({k: v for k, v in results["dsb"].items() if k != "split"}, indent=1),
             flush=True,
         )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    json_path = args.out.with_suffix(".json")
+    write_results(results, args.only, args.out, args.minutes)
+
+
+def write_results(results: dict, only: str | None, out: Path, minutes: float) -> None:
+    """Write the JSON and the markdown; a partial run (``only``) keeps the other data
+    set's last result and is marked as such."""
+    if only:
+        results[only]["note"] = (
+            f"Rerun alone (`--only {only}`) on {date.today().isoformat()}; the other data "
+            "set's results are from the run before."
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    json_path = out.with_suffix(".json")
     if json_path.exists():  # keep the record of earlier runs (levers, other schedules)
         earlier = json.loads(json_path.read_text())
         history = earlier.pop("earlier_runs", [])
-        other = {"isbi": "dsb", "dsb": "isbi"}.get(args.only)
+        other = {"isbi": "dsb", "dsb": "isbi"}.get(only)
         if other in earlier:  # a partial run keeps the other data set's last result
             results[other] = earlier.pop(other)
         levers = {k: v for k, v in earlier.items() if k.startswith(("dsb_without", "dsb_with_"))}
@@ -545,7 +551,7 @@ def main() -> None:
         history.append({k: v for k, v in earlier.items() if k not in levers})
         results["earlier_runs"] = history
     json_path.write_text(json.dumps(results, indent=1))
-    args.out.write_text(render(results, args.minutes))
+    out.write_text(render(results, minutes))
 
 
 def rerender(json_path: Path, minutes: float) -> str:
