@@ -269,7 +269,7 @@ def _local_forward(network: UNet, device, dtype, tta: bool):
     or ``load_state_dict``).
     """
     tensors = list(network.state_dict(keep_vars=True).values())
-    state = (network.training, *((t.data_ptr(), t._version) for t in tensors))
+    state = tuple((t.data_ptr(), t._version) for t in tensors)
     key = (id(network), str(device), dtype, tta)
     with _CACHE_LOCK:
         entry = _LOCAL_FORWARDS.get(key)
@@ -741,7 +741,7 @@ class InstanceStitcher:
         self,
         height: int,
         width: int,
-        min_size: int = 10,
+        min_size: int = DEFAULT_MIN_SIZE,
         *,
         band: int | None = None,
         block: int = 1024,
@@ -851,7 +851,9 @@ class InstanceStitcher:
         return table
 
 
-def instances_from_probabilities(probabilities: np.ndarray, min_size: int = 10) -> np.ndarray:
+def instances_from_probabilities(
+    probabilities: np.ndarray, min_size: int = DEFAULT_MIN_SIZE
+) -> np.ndarray:
     """Background / interior / boundary probabilities (3, Y, X) -> instance ids (Y, X) int32.
 
     Seeds are the connected regions of confident interior (:data:`SEED_MARGIN`); a
