@@ -247,3 +247,24 @@ def test_the_command_line_lets_glibc_keep_freed_memory(monkeypatch, tmp_path, ca
 
     assert code == 2 and calls == [True]
     assert "none.safetensors" in capsys.readouterr().err
+
+
+def test_train_options_reach_the_training_configuration(monkeypatch, folders, tmp_path):
+    import napari_unet.cli as cli
+
+    seen = {}
+
+    def fake_training(images, labels, config, **kwargs):
+        seen["config"] = config
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "run_training", fake_training)
+    images, labels = folders
+    with pytest.raises(SystemExit):
+        main(["train", "--images", str(images), "--labels", str(labels), "--mode", "instances",
+              "--out", str(tmp_path / "m.safetensors"), "--minutes", "1", "--elastic",
+              "--border-weight", "0", "--dice-weight", "0.5", "--ce-weight", "2"])  # fmt: skip
+
+    config = seen["config"]
+    assert config.elastic and config.border_weight == 0 and config.minutes == 1
+    assert config.dice_weight == 0.5 and config.ce_weight == 2

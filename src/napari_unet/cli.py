@@ -103,6 +103,10 @@ def cmd_train(args) -> int:
         device=args.device,
         seed=args.seed,
         validation_fraction=args.validation_fraction,
+        elastic=args.elastic,
+        border_weight=args.border_weight,
+        dice_weight=args.dice_weight,
+        ce_weight=args.ce_weight,
         **budget,
     )
     model = load_model(args.resume) if args.resume else None
@@ -472,6 +476,29 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=train_defaults.batch_size)
     t.add_argument("--learning-rate", type=float, default=train_defaults.learning_rate)
     t.add_argument("--validation-fraction", type=float, default=train_defaults.validation_fraction)
+    t.add_argument(
+        "--elastic",
+        action="store_true",
+        help="also deform patches elastically, as the U-Net paper did (slower steps)",
+    )
+    t.add_argument(
+        "--border-weight",
+        type=float,
+        default=train_defaults.border_weight,
+        help="instances: extra weight (w0) of the pixels between touching objects; 0 turns it off",
+    )
+    t.add_argument(
+        "--dice-weight",
+        type=float,
+        default=train_defaults.dice_weight,
+        help="weight of the Dice term of the loss",
+    )
+    t.add_argument(
+        "--ce-weight",
+        type=float,
+        default=train_defaults.ce_weight,
+        help="weight of the cross-entropy term of the loss",
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", help="continue training this model file")
     device(t)
