@@ -226,3 +226,18 @@ def test_predict_drops_objects_below_the_learned_size_unless_told_otherwise(monk
         )
     )
     assert spec.build().min_object_size == 9  # dask workers and cluster batches get it too
+
+
+def test_prediction_caches_keep_the_most_recently_used_entries():
+    from collections import OrderedDict
+
+    from napari_unet import prediction
+
+    cache = OrderedDict()
+    prediction._remember(cache, "a", 1)
+    prediction._remember(cache, "b", 2)
+    assert prediction._recall(cache, "a") == 1  # "a" is now the most recent
+    prediction._remember(cache, "c", 3)
+
+    assert list(cache) == ["a", "c"]  # "b", least recently used, was dropped
+    assert prediction._recall(cache, "b") is None

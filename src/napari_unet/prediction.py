@@ -221,8 +221,7 @@ class ModelSpec:
 
     def build(self) -> SegmentationModel | UNet:
         """The model, built once per process and then reused."""
-        with _CACHE_LOCK:
-            cached = _MODELS.get(self.token)
+        cached = _recall(_MODELS, self.token)
         if cached is not None:
             return cached
         import torch
@@ -241,19 +240,37 @@ class ModelSpec:
                 convert_channels=self.convert_channels,
                 min_object_size=self.min_object_size,
             )
-        with _CACHE_LOCK:
-            _MODELS[self.token] = model
-            while len(_MODELS) > 2:
-                _MODELS.popitem(last=False)
+        _remember(_MODELS, self.token, model)
         return model
 
 
+# Per-process caches, each holding the two most recently used entries: models built
+# from a spec and their forward passes (dask workers), forward passes of the networks
+# this process predicts with.
 _CACHE_LOCK = threading.Lock()
 _MODELS: OrderedDict[str, object] = OrderedDict()
 _FORWARDS: OrderedDict[tuple, object] = OrderedDict()
-
-
 _LOCAL_FORWARDS: OrderedDict[tuple, tuple] = OrderedDict()
+
+
+def _recall(cache: OrderedDict, key):
+    """The entry of ``key`` (marked as just used), or None."""
+    with _CACHE_LOCK:
+        value = cache.get(key)
+        if value is not None:
+            cache.move_to_end(key)
+        return value
+
+
+def _remember(cache: OrderedDict, key, value, keep: int = 2) -> None:
+    """Store ``value`` under ``key``, dropping the least recently used beyond ``keep``."""
+    with _CACHE_LOCK:
+        cache[key] = value
+        cache.move_to_end(key)
+        while len(cache) > keep:
+            cache.popitem(last=False)
+
+
 DEFAULT_MIN_SIZE = 10
 """Smallest object kept (pixels) by a model that has no size learned from its labels."""
 
@@ -271,33 +288,24 @@ def _local_forward(network: UNet, device, dtype, tta: bool):
     tensors = list(network.state_dict(keep_vars=True).values())
     state = tuple((t.data_ptr(), t._version) for t in tensors)
     key = (id(network), str(device), dtype, tta)
-    with _CACHE_LOCK:
-        entry = _LOCAL_FORWARDS.get(key)
+    entry = _recall(_LOCAL_FORWARDS, key)
     if entry is not None and entry[0]() is network and entry[1] == state:
         return entry[2]
     forward = make_forward(network, device, dtype, softmax=True, tta=tta)
-    with _CACHE_LOCK:
-        _LOCAL_FORWARDS[key] = (weakref.ref(network), state, forward)
-        _LOCAL_FORWARDS.move_to_end(key)
-        while len(_LOCAL_FORWARDS) > 2:
-            _LOCAL_FORWARDS.popitem(last=False)
+    _remember(_LOCAL_FORWARDS, key, (weakref.ref(network), state, forward))
     return forward
 
 
 def _forward_for(spec: ModelSpec, device: str, mixed_precision: bool | None, tta: bool = False):
     key = (spec.token, device, mixed_precision, tta)
-    with _CACHE_LOCK:
-        forward = _FORWARDS.get(key)
+    forward = _recall(_FORWARDS, key)
     if forward is None:
         model = spec.build()
         network = model.network if isinstance(model, SegmentationModel) else model
         torch_device = resolve_device(device)
         dtype = autocast_dtype(torch_device, mixed_precision)
         forward = make_forward(network, torch_device, dtype, softmax=True, tta=tta)
-        with _CACHE_LOCK:
-            _FORWARDS[key] = forward
-            while len(_FORWARDS) > 2:
-                _FORWARDS.popitem(last=False)
+        _remember(_FORWARDS, key, forward)
     return forward
 
 
