@@ -255,7 +255,7 @@ def test_train_options_reach_the_training_configuration(monkeypatch, folders, tm
     seen = {}
 
     def fake_training(images, labels, config, **kwargs):
-        seen["config"] = config
+        seen["config"], seen["model_config"] = config, kwargs["model_config"]
         raise SystemExit(0)
 
     monkeypatch.setattr(cli, "run_training", fake_training)
@@ -263,8 +263,9 @@ def test_train_options_reach_the_training_configuration(monkeypatch, folders, tm
     with pytest.raises(SystemExit):
         main(["train", "--images", str(images), "--labels", str(labels), "--mode", "instances",
               "--out", str(tmp_path / "m.safetensors"), "--minutes", "1", "--elastic",
-              "--border-weight", "0", "--dice-weight", "0.5", "--ce-weight", "2"])  # fmt: skip
+              "--border-weight", "0", "--dice-weight", "0.5", "--ce-weight", "2", "--dropout", "0.5"])  # fmt: skip
 
     config = seen["config"]
     assert config.elastic and config.border_weight == 0 and config.minutes == 1
     assert config.dice_weight == 0.5 and config.ce_weight == 2
+    assert seen["model_config"].dropout == 0.5

@@ -110,7 +110,9 @@ def cmd_train(args) -> int:
         **budget,
     )
     model = load_model(args.resume) if args.resume else None
-    model_config = ModelConfig(depth=args.depth, base_channels=args.base_channels)
+    model_config = ModelConfig(
+        depth=args.depth, base_channels=args.base_channels, dropout=args.dropout
+    )
     trained = run_training(
         images, labels, config, model=model, model_config=model_config, out=args.out
     )
@@ -427,7 +429,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import PredictConfig, TrainConfig
+    from .config import ModelConfig, PredictConfig, TrainConfig
 
     train_defaults, predict_defaults = TrainConfig(), PredictConfig()
     parser = argparse.ArgumentParser(
@@ -471,6 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-channels",
         type=int,
         help="width of the first level (default: 16 on the CPU, 32 on a GPU)",
+    )
+    t.add_argument(
+        "--dropout",
+        type=float,
+        default=ModelConfig().dropout,
+        help="dropout at the end of the contracting path, as in the paper (new models)",
     )
     t.add_argument("--patch-size", type=int, default=train_defaults.patch_size)
     t.add_argument("--batch-size", type=int, default=train_defaults.batch_size)
