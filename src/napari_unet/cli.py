@@ -111,7 +111,7 @@ def cmd_train(args) -> int:
     )
     model = load_model(args.resume) if args.resume else None
     model_config = ModelConfig(
-        depth=args.depth, base_channels=args.base_channels, dropout=args.dropout
+        depth=args.depth, base_channels=args.base_channels, norm=args.norm, dropout=args.dropout
     )
     trained = run_training(
         images, labels, config, model=model, model_config=model_config, out=args.out
@@ -473,6 +473,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--base-channels",
         type=int,
         help="width of the first level (default: 16 on the CPU, 32 on a GPU)",
+    )
+    t.add_argument(
+        "--norm",
+        choices=["batch", "instance", "group", "none"],
+        default=ModelConfig().norm,
+        help="normalisation after each 3x3 convolution (new models)",
     )
     t.add_argument(
         "--dropout",
