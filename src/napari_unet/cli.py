@@ -104,6 +104,7 @@ def cmd_train(args) -> int:
         seed=args.seed,
         validation_fraction=args.validation_fraction,
         elastic=args.elastic,
+        foreground_sampling=args.foreground_sampling,
         border_weight=args.border_weight,
         dice_weight=args.dice_weight,
         ce_weight=args.ce_weight,
@@ -494,6 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--elastic",
         action="store_true",
         help="also deform patches elastically, as the U-Net paper did (slower steps)",
+    )
+    t.add_argument(
+        "--foreground-sampling",
+        type=float,
+        default=train_defaults.foreground_sampling,
+        help="share of patches centred on a labelled object or rare-class pixel",
     )
     t.add_argument(
         "--border-weight",
