@@ -356,7 +356,9 @@ def render(results: dict, minutes: float) -> str:
     lines += [
         "Levers are now tried on a development split inside the training part, not on the "
         "held-out images above: see [accuracy-levers.md](accuracy-levers.md) (seed margin, "
-        "learning rate, width). The border weight map was adopted earlier from the two "
+        "smallest object, foreground threshold, learning rate, width, loss weights, "
+        "elastic deformation, dropout, normalisation, patch size and sampling). The "
+        "border weight map was adopted earlier from the two "
         "runs of the study itself in the table above.",
         "",
     ]
