@@ -89,6 +89,16 @@ def run_training(images, labels, config, *, model=None, model_config=None, out=N
     return trained
 
 
+_TRAIN_NUMBERS = {
+    "foreground_sampling": "share of patches centred on a labelled object or rare-class pixel",
+    "border_weight": "instances: extra weight (w0) of the pixels between touching objects; "
+    "0 turns it off",
+    "dice_weight": "weight of the Dice term of the loss",
+    "ce_weight": "weight of the cross-entropy term of the loss",
+}
+"""Training options given as plain numbers on the command line: field -> help."""
+
+
 def cmd_train(args) -> int:
     from .config import ModelConfig, TrainConfig
     from .io import load_model
@@ -104,10 +114,7 @@ def cmd_train(args) -> int:
         seed=args.seed,
         validation_fraction=args.validation_fraction,
         elastic=args.elastic,
-        foreground_sampling=args.foreground_sampling,
-        border_weight=args.border_weight,
-        dice_weight=args.dice_weight,
-        ce_weight=args.ce_weight,
+        **{field: getattr(args, field) for field in _TRAIN_NUMBERS},
         **budget,
     )
     model = load_model(args.resume) if args.resume else None
@@ -496,30 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also deform patches elastically, as the U-Net paper did (slower steps)",
     )
-    t.add_argument(
-        "--foreground-sampling",
-        type=float,
-        default=train_defaults.foreground_sampling,
-        help="share of patches centred on a labelled object or rare-class pixel",
-    )
-    t.add_argument(
-        "--border-weight",
-        type=float,
-        default=train_defaults.border_weight,
-        help="instances: extra weight (w0) of the pixels between touching objects; 0 turns it off",
-    )
-    t.add_argument(
-        "--dice-weight",
-        type=float,
-        default=train_defaults.dice_weight,
-        help="weight of the Dice term of the loss",
-    )
-    t.add_argument(
-        "--ce-weight",
-        type=float,
-        default=train_defaults.ce_weight,
-        help="weight of the cross-entropy term of the loss",
-    )
+    for field, text in _TRAIN_NUMBERS.items():
+        flag = "--" + field.replace("_", "-")
+        t.add_argument(flag, type=float, default=getattr(train_defaults, field), help=text)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", help="continue training this model file")
     device(t)
