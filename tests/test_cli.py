@@ -271,3 +271,32 @@ def test_train_options_reach_the_training_configuration(monkeypatch, folders, tm
     assert config.dice_weight == 0.5 and config.ce_weight == 2
     assert config.foreground_sampling == 0.9
     assert seen["model_config"].dropout == 0.5 and seen["model_config"].norm == "none"
+
+
+def test_resuming_says_that_architecture_options_do_not_apply(monkeypatch, folders, tmp_path,
+                                                             capsys):  # fmt: skip
+    import napari_unet.cli as cli
+    from napari_unet.config import ModelConfig
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.model import SegmentationModel, UNet
+
+    saved = tmp_path / "m.safetensors"
+    network = UNet.from_config(ModelConfig(depth=2, base_channels=4, num_classes=3))
+    encoding = LabelEncoding("instances", ["background", "interior", "boundary"], [0, 1, 2],
+                             [0, 1, 2], [])  # fmt: skip
+    SegmentationModel(network, encoding, Normalization()).save(saved)
+
+    def stop(*args, **kwargs):
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "run_training", stop)
+    images, labels = folders
+    command = ["train", "--images", str(images), "--labels", str(labels), "--mode", "instances",
+               "--out", str(tmp_path / "n.safetensors"), "--resume", str(saved)]  # fmt: skip
+
+    with pytest.raises(SystemExit):
+        main(command)
+    assert "new models only" not in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([*command, "--norm", "none"])
+    assert "new models only" in capsys.readouterr().err

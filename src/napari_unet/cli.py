@@ -12,6 +12,7 @@ import json
 import math
 import sys
 import time
+import typing
 from pathlib import Path
 
 from .data import InputError
@@ -117,10 +118,18 @@ def cmd_train(args) -> int:
         **{field: getattr(args, field) for field in _TRAIN_NUMBERS},
         **budget,
     )
-    model = load_model(args.resume) if args.resume else None
     model_config = ModelConfig(
         depth=args.depth, base_channels=args.base_channels, norm=args.norm, dropout=args.dropout
     )
+    model = None
+    if args.resume:
+        model = load_model(args.resume)
+        if model_config != ModelConfig():
+            print(
+                "Note: --depth, --base-channels, --norm and --dropout shape new models only; "
+                f"training continues the network saved in {args.resume} as it is.",
+                file=sys.stderr,
+            )
     trained = run_training(
         images, labels, config, model=model, model_config=model_config, out=args.out
     )
@@ -437,9 +446,10 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import ModelConfig, PredictConfig, TrainConfig
+    from .config import ModelConfig, Norm, PredictConfig, TrainConfig
 
     train_defaults, predict_defaults = TrainConfig(), PredictConfig()
+    model_defaults = ModelConfig()
     parser = argparse.ArgumentParser(
         prog="napari-unet", description="Train and run a 2D U-Net on microscopy images."
     )
@@ -476,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, help="time budget in minutes")
     budget.add_argument("--epochs", type=int, help="number of epochs (default 50)")
-    t.add_argument("--depth", type=int, default=4)
+    t.add_argument("--depth", type=int, default=model_defaults.depth)
     t.add_argument(
         "--base-channels",
         type=int,
@@ -484,14 +494,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--norm",
-        choices=["batch", "instance", "group", "none"],
-        default=ModelConfig().norm,
+        choices=typing.get_args(Norm),
+        default=model_defaults.norm,
         help="normalisation after each 3x3 convolution (new models)",
     )
     t.add_argument(
         "--dropout",
         type=float,
-        default=ModelConfig().dropout,
+        default=model_defaults.dropout,
         help="dropout at the end of the contracting path, as in the paper (new models)",
     )
     t.add_argument("--patch-size", type=int, default=train_defaults.patch_size)
