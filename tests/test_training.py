@@ -132,6 +132,40 @@ def test_mixed_channel_counts_are_converted_with_a_note(disk_data):
     assert predict(started.model, images[2]).shape == images[2].shape  # grey accepted
 
 
+def test_an_axis_the_labels_lack_is_read_as_channels(disk_data):
+    images, labels = disk_data
+    two = [np.stack([image, image.max() - image]) for image in images[:2]]  # (C, Y, X)
+    config = TrainConfig(mode="instances", epochs=1, **FAST)
+
+    events = iter_train(two, labels[:2], config, model_config=ModelConfig(**TINY))
+    started = next(events)
+    events.close()
+
+    assert started.model.in_channels == 2
+    assert any("read as 2 channels (axis 0)" in note for note in started.notes)
+    assert predict(started.model, two[0]).shape == labels[0].shape
+    stack = np.stack(two)  # (Z, C, Y, X): the channels of every plane are found again
+    assert predict(started.model, stack).shape == (2, *labels[0].shape)
+
+
+@pytest.mark.parametrize(
+    ("image", "label", "expected"),
+    [
+        ((2, 40, 50), (40, 50), 0),  # channels first
+        ((40, 50, 2), (40, 50), 2),  # channels last, not RGB
+        ((5, 2, 40, 50), (5, 40, 50), 1),  # a stack of two-channel planes
+        ((40, 50, 3), (40, 50), 2),  # RGB, as without labels
+        ((5, 40, 50), (5, 40, 50), None),  # a stack with a label plane per plane
+        ((5, 40, 50), (40, 50, 7), None),  # no axis to drop: left to the shape check
+    ],
+)
+def test_channel_axis_from_the_labels_shape(image, label, expected):
+    from napari_unet.data import channel_axis_from_labels
+
+    assert channel_axis_from_labels(image, label) == expected
+    assert channel_axis_from_labels(image, label, None) is None  # an explicit choice wins
+
+
 @pytest.mark.parametrize(
     ("labels", "message"),
     [

@@ -133,6 +133,9 @@ def _resolve_layout(shape, in_channels: int, channel_axis):
             return len(shape) - 1
         if shape[0] == in_channels and shape[-1] not in (3, 4):
             return 0
+        leading = [i for i in range(len(shape) - 2) if shape[i] == in_channels]
+        if leading and shape[-1] not in (3, 4):
+            return leading[-1]  # (Z, C, Y, X), as a model trained on such stacks reads them
     return channel_axis_of(shape)
 
 

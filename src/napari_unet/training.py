@@ -25,6 +25,7 @@ from .data import (
     PatchSampler,
     Sample,
     border_weights,
+    channel_axis_from_labels,
     channel_axis_of,
     check_pairs,
     convert_channels,
@@ -115,12 +116,21 @@ def _as_list(images) -> list:
     return list(images)
 
 
-def _planes(images, channel_axis) -> tuple[list[np.ndarray], list[int]]:
-    """Split images and stacks into 2-D planes (C, Y, X); also return each plane's image index."""
+def _planes(images, labels, channel_axis, notes: list[str]) -> tuple[list[np.ndarray], list[int]]:
+    """Split images and stacks into 2-D planes (C, Y, X); also return each plane's image index.
+
+    With ``channel_axis="auto"``, an image with one axis more than its labels has its
+    channels on that axis (:func:`channel_axis_from_labels`); a note says so.
+    """
     planes, owners = [], []
-    for i, image in enumerate(images):
+    for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         image = np.asarray(image)
-        axis = channel_axis_of(image.shape, channel_axis)
+        axis = channel_axis_from_labels(image.shape, np.shape(label), channel_axis)
+        if axis is not None and axis != channel_axis_of(image.shape, channel_axis):
+            notes.append(
+                f"Image #{i} {image.shape} has one axis more than its labels "
+                f"{tuple(np.shape(label))}: read as {image.shape[axis]} channels (axis {axis})."
+            )
         for _, plane in iter_planes(image, axis):
             planes.append(to_cyx(plane, None if axis is None else plane.ndim - 1))
             owners.append(i)
@@ -157,10 +167,10 @@ def prepare_data(
         raise InputError(
             f"Got {len(images)} images but {len(labels)} label images; give one labels per image."
         )
-    planes, owners = _planes(images, channel_axis)
+    notes: list[str] = []
+    planes, owners = _planes(images, labels, channel_axis, notes)
     label_planes = _label_planes(labels)
     check_pairs(planes, label_planes)
-    notes: list[str] = []
     counts = sorted({p.shape[0] for p in planes})
     convert = False
     if model is not None:
