@@ -172,6 +172,12 @@ def test_bad_inputs_give_one_line_errors_and_nonzero_exit(
         (train + ["--images", str(broken), "--labels", str(image)], "Cannot read"),
         (train + ["--images", str(nan), "--labels", str(nan)], "NaN"),
         (
+            train
+            + ["--images", str(image), "--labels", str(image), "--dice-weight", "0"]
+            + ["--ce-weight", "0"],
+            "nothing would be learned",
+        ),
+        (
             [
                 "predict",
                 "--model",

@@ -88,6 +88,11 @@ class TrainConfig(_Config):
     def _one_budget(self) -> TrainConfig:
         if self.epochs is None and self.minutes is None:
             self.__dict__["epochs"] = 50
+        if self.dice_weight == 0 and self.ce_weight == 0:
+            raise ValueError(
+                "dice_weight and ce_weight are both 0, so nothing would be learned; "
+                "give at least one of them a positive weight."
+            )
         return self
 
 

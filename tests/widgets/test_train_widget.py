@@ -253,6 +253,30 @@ def test_form_follows_the_config_defaults_and_bounds(viewer):
     assert train.train_config().minutes == train.minutes.value
 
 
+def test_advanced_settings_reach_the_configs(viewer):
+    train = TrainWidget(viewer)
+    train.mode.value = "semantic"
+    assert not train.border_weight.enabled  # only instances mode has touching objects
+    train.mode.value = "instances"
+    assert train.border_weight.enabled
+    train.augment.value = False
+    assert not train.elastic.enabled  # elastic deformation is part of augmentation
+    train.augment.value = True
+
+    train.elastic.value = True
+    train.foreground_sampling.value = 0.8
+    train.border_weight.value = 3.0
+    train.dice_weight.value = 0.5
+    train.ce_weight.value = 2.0
+    train.norm.value = "group"
+    train.dropout.value = 0.3
+    config, model_config = train.train_config(), train.model_config()
+
+    assert config.elastic and config.foreground_sampling == pytest.approx(0.8)
+    assert (config.border_weight, config.dice_weight, config.ce_weight) == (3.0, 0.5, 2.0)
+    assert (model_config.norm, model_config.dropout) == ("group", pytest.approx(0.3))
+
+
 def test_format_duration():
     assert format_duration(65) == "1:05"
     assert format_duration(3723) == "1:02:03"

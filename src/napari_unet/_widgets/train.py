@@ -144,10 +144,29 @@ class TrainWidget(QWidget):
         )
         self.learning_rate = config_field(TrainConfig, "learning_rate", step=1e-4)
         self.augment = config_field(TrainConfig, "augment", label="augmentation")
+        self.elastic = config_field(TrainConfig, "elastic", label="elastic deformation")
+        self.foreground_sampling = config_field(TrainConfig, "foreground_sampling", step=0.05)
+        self.border_weight = config_field(TrainConfig, "border_weight", step=1.0)
+        self.dice_weight = config_field(TrainConfig, "dice_weight", step=0.1)
+        self.ce_weight = config_field(TrainConfig, "ce_weight", step=0.1, label="CE weight")
         self.validation_fraction = config_field(TrainConfig, "validation_fraction", step=0.05)
         self.device = config_field(TrainConfig, "device", choices=device_choices())
+        self.norm = config_field(ModelConfig, "norm", label="normalisation")
+        self.dropout = config_field(ModelConfig, "dropout", step=0.1)
         self.advanced = Container(
-            widgets=[self.learning_rate, self.augment, self.validation_fraction, self.device]
+            widgets=[
+                self.learning_rate,
+                self.augment,
+                self.elastic,
+                self.foreground_sampling,
+                self.border_weight,
+                self.dice_weight,
+                self.ce_weight,
+                self.validation_fraction,
+                self.device,
+                self.norm,
+                self.dropout,
+            ]
         )
         for field in (self.form, self.advanced):
             field.margins = (0, 0, 0, 0)
@@ -185,12 +204,15 @@ class TrainWidget(QWidget):
         layout.addStretch(1)
 
         self.budget.changed.connect(self._update_budget)
+        self.mode.changed.connect(self._update_mode_fields)
+        self.augment.changed.connect(self._update_mode_fields)
         self.continue_training.changed.connect(self._update_model_fields)
         self.image.changed.connect(self._match_labels)
         self.registry.changed.connect(self._update_model_fields)
         watch_layers(self.viewer, self.reset_choices)
         self.reset_choices()
         self._update_budget()
+        self._update_mode_fields()
         self._update_model_fields()
         self._set_running(False)
 
@@ -215,6 +237,10 @@ class TrainWidget(QWidget):
         self.minutes.visible = by_time
         self.epochs.visible = not by_time
 
+    def _update_mode_fields(self, *_) -> None:
+        self.border_weight.enabled = self.mode.value == "instances"
+        self.elastic.enabled = self.augment.value
+
     def _update_model_fields(self, *_) -> None:
         active = self.registry.active
         self.continue_training.enabled = active is not None and self._worker is None
@@ -226,12 +252,15 @@ class TrainWidget(QWidget):
             else f"continue training '{active.name}'"
         )
         resume = self.continue_training.value and active is not None
-        for field in (self.mode, self.depth, self.base_channels):
+        for field in (self.mode, self.depth, self.base_channels, self.norm, self.dropout):
             field.enabled = not resume
         if resume:
+            network = active.model.network.config
             self.mode.value = active.model.mode
-            self.depth.value = active.model.network.config.depth
-            self.base_channels.value = active.model.network.config.base_channels
+            self.depth.value = network.depth
+            self.base_channels.value = network.base_channels
+            self.norm.value = network.norm
+            self.dropout.value = network.dropout
 
     def train_config(self) -> TrainConfig:
         """The :class:`TrainConfig` the form describes."""
@@ -244,13 +273,23 @@ class TrainWidget(QWidget):
             batch_size=self.batch_size.value,
             learning_rate=self.learning_rate.value,
             augment=self.augment.value,
+            elastic=self.elastic.value,
+            foreground_sampling=self.foreground_sampling.value,
+            border_weight=self.border_weight.value,
+            dice_weight=self.dice_weight.value,
+            ce_weight=self.ce_weight.value,
             validation_fraction=self.validation_fraction.value,
             device=self.device.value,
         )
 
     def model_config(self) -> ModelConfig:
         """The architecture of a new model as the form describes it."""
-        return ModelConfig(depth=self.depth.value, base_channels=self.base_channels.value)
+        return ModelConfig(
+            depth=self.depth.value,
+            base_channels=self.base_channels.value,
+            norm=self.norm.value,
+            dropout=self.dropout.value,
+        )
 
     # ------------------------------------------------------------------ jobs
 
