@@ -361,6 +361,9 @@ def render(results: dict, minutes: float) -> str:
         "border weight map was adopted earlier from the two "
         "runs of the study itself in the table above.",
         "",
+        "Scribbles instead of full labels, and the scores per image type (fluorescence, "
+        "brightfield/H&E): [generality.md](generality.md).",
+        "",
     ]
     lines += _tta_section(results)
     lines += _earlier_section(results)
