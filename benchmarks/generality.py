@@ -6,19 +6,23 @@ script measures both on the study's data and splits, with default settings:
 
 1. Scribbles. The study's training images get a few strokes instead of full labels,
    drawn from the full labels the way a napari user paints them (mode ``sparse``:
-   1 = background, 2 = object, 0 = not painted):
+   1 = background, 2 = object, 0 = not painted), in two ways:
 
-   - DSB 2018 nuclei: a brush dab (radius 3) inside one nucleus in three, and four
-     straight background strokes (40 pixels long, 3 wide) at least 5 pixels from any
-     nucleus, per image;
-   - ISBI 2012 membranes: on each training slice, fifteen strokes along the middle of
-     a membrane (up to 25 pixels long) and fifteen dabs (radius 4) in cells, at least
-     6 pixels from any membrane.
+   - away from the edges: on the DSB 2018 images a brush dab (radius 3) inside one
+     nucleus in three, and four straight background strokes (up to 40 pixels long, 3
+     wide, stopping where they would come within 5 pixels of a nucleus) per image; on
+     each ISBI 2012 training slice, fifteen strokes along the middle of a membrane (the
+     piece of membrane skeleton within a 25 x 25 window) and fifteen dabs (radius 4) in
+     cells, at least 6 pixels from any membrane;
+   - along the edges: the same, plus background arcs 2-3.5 pixels outside half the
+     outline of each dabbed nucleus (DSB), and cell pixels 3-4.5 pixels from the
+     membrane beside each membrane stroke (ISBI).
 
-   A model trains on the scribbles (``--mode sparse``) and, for reference, another on
-   the full labels as plain foreground/background (``--mode semantic``), for the same
-   minutes each, one after the other. Both are scored on the study's held-out images
-   against the full labels: foreground Dice (DSB), pixel and Rand error (ISBI).
+   A model trains on each (``--mode sparse``) and, for reference, another on the full
+   labels as plain foreground/background (``--mode semantic``), for the same minutes
+   each, one after the other. All are scored on the study's held-out images against the
+   full labels: foreground Dice (DSB), pixel and Rand error (ISBI), and the predicted
+   over the annotated foreground area.
 
 2. Image types (no training): the DSB held-out images of the study's last run, split by
    the type given in dsb2018/index.csv (grey fluorescence or colour brightfield/H&E),
@@ -277,14 +281,15 @@ def render(results: dict) -> str:
         "1 = background, 2 = object, 0 = not painted), in two ways:",
         "",
         "- *away from the edges*: on the DSB images a brush dab (radius 3) inside one nucleus "
-        "in three and four background strokes (40 x 3 pixels, at least 5 pixels from any "
-        "nucleus) per image; on the ISBI slices fifteen strokes along the middle of membranes "
-        "(up to 25 pixels) and fifteen dabs (radius 4) in cells, at least 6 pixels from any "
-        "membrane, per slice;",
+        "in three and four straight background strokes (up to 40 pixels long and 3 wide, "
+        "stopping where they would come within 5 pixels of a nucleus) per image; on the ISBI "
+        "slices fifteen strokes along the middle of membranes (the piece of membrane skeleton "
+        "within a 25 x 25 window) and fifteen dabs (radius 4) in cells, at least 6 pixels "
+        "from any membrane, per slice;",
         "- *along the edges*: the same, plus background where a user outlines an object from "
-        "outside: on the DSB images an arc 2-3 pixels outside half the outline of each dabbed "
-        "nucleus, on the ISBI slices cell pixels 3-4.5 pixels from the membrane beside each "
-        "membrane stroke.",
+        "outside: on the DSB images an arc 2-3.5 pixels outside half the outline of each "
+        "dabbed nucleus, on the ISBI slices cell pixels 3-4.5 pixels from the membrane beside "
+        "each membrane stroke.",
         "",
         f"Each model trains for {minutes:g} minutes (the Train widget's default budget), one "
         "after the other; the reference trains on the full labels as foreground/background "

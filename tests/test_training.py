@@ -140,12 +140,36 @@ def test_an_axis_the_labels_lack_is_read_as_channels(disk_data):
     events = iter_train(two, labels[:2], config, model_config=ModelConfig(**TINY))
     started = next(events)
     events.close()
+    model = started.model
 
-    assert started.model.in_channels == 2
+    assert model.in_channels == 2
     assert any("read as 2 channels (axis 0)" in note for note in started.notes)
-    assert predict(started.model, two[0]).shape == labels[0].shape
-    stack = np.stack(two)  # (Z, C, Y, X): the channels of every plane are found again
-    assert predict(started.model, stack).shape == (2, *labels[0].shape)
+    singles = [predict(model, image) for image in two]
+    assert singles[0].shape == labels[0].shape
+    # (Z, C, Y, X) with Z == C: prediction reads the channels where training would
+    stack = predict(model, np.stack(two))
+    np.testing.assert_array_equal(stack, np.stack(singles))
+
+
+def test_four_channels_first_are_channels_not_rgba(disk_data):
+    images, labels = disk_data
+    four = [np.stack([image, image.max() - image, image, image]) for image in images[:2]]
+    config = TrainConfig(mode="semantic", epochs=1, **FAST)
+    binary = [(label > 0).astype(np.uint8) for label in labels[:2]]
+
+    events = iter_train(four, binary, config, model_config=ModelConfig(**TINY))
+    model = next(events).model
+    events.close()
+
+    assert model.in_channels == 4
+    assert predict(model, four[0]).shape == binary[0].shape
+
+
+def test_a_stack_with_labels_for_one_plane_is_refused():
+    image, label = disks(64)
+    stack = np.stack([image] * 20)
+    with pytest.raises(InputError, match="20 plane"):
+        train(stack, label, TrainConfig(epochs=1, **FAST))
 
 
 @pytest.mark.parametrize(
@@ -154,8 +178,10 @@ def test_an_axis_the_labels_lack_is_read_as_channels(disk_data):
         ((2, 40, 50), (40, 50), 0),  # channels first
         ((40, 50, 2), (40, 50), 2),  # channels last, not RGB
         ((5, 2, 40, 50), (5, 40, 50), 1),  # a stack of two-channel planes
+        ((2, 2, 40, 50), (2, 40, 50), 1),  # either axis fits: the one nearest Y, X
         ((40, 50, 3), (40, 50), 2),  # RGB, as without labels
         ((5, 40, 50), (5, 40, 50), None),  # a stack with a label plane per plane
+        ((20, 40, 50), (40, 50), None),  # too long for channels: a stack, refused later
         ((5, 40, 50), (40, 50, 7), None),  # no axis to drop: left to the shape check
     ],
 )
@@ -164,6 +190,17 @@ def test_channel_axis_from_the_labels_shape(image, label, expected):
 
     assert channel_axis_from_labels(image, label) == expected
     assert channel_axis_from_labels(image, label, None) is None  # an explicit choice wins
+
+
+def test_prediction_reads_channels_as_training_does():
+    from napari_unet.prediction import _resolve_layout
+
+    assert _resolve_layout((2, 64, 64), 2, "auto") == 0
+    assert _resolve_layout((2, 2, 64, 64), 2, "auto") == 1
+    assert _resolve_layout((64, 64, 2), 2, "auto") == 2
+    # a model that also takes grey images reads a grey (T, 3, Y, X) stack plane by plane
+    assert _resolve_layout((10, 3, 64, 64), 3, "auto", convert=True) is None
+    assert _resolve_layout((10, 3, 64, 64), 3, "auto") == 1
 
 
 @pytest.mark.parametrize(
@@ -184,3 +221,17 @@ def test_nan_only_image_is_refused():
     _, label = disks(64)
     with pytest.raises(InputError, match="NaN"):
         train(np.full((64, 64), np.nan), label, TrainConfig(mode="instances", epochs=1, **FAST))
+
+
+def test_configuration_errors_read_as_one_line():
+    from pydantic import ValidationError
+
+    from napari_unet.config import describe_error
+
+    with pytest.raises(ValidationError) as both_zero:
+        TrainConfig(dice_weight=0, ce_weight=0)
+    with pytest.raises(ValidationError) as too_small:
+        TrainConfig(patch_size=8)
+
+    assert describe_error(both_zero.value).startswith("dice_weight and ce_weight are both 0")
+    assert describe_error(too_small.value).startswith("patch_size: Input should be greater")

@@ -218,7 +218,7 @@ def _as_dask(image, model):
     from .prediction import _resolve_layout
 
     shape = tuple(image.shape)
-    axis = _resolve_layout(shape, model.in_channels, "auto")
+    axis = _resolve_layout(shape, model.in_channels, "auto", model.convert_channels)
     spatial = [a for a in range(len(shape)) if a != axis]
     chunks = [1] * len(shape)
     if axis is not None:
@@ -581,6 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from pydantic import ValidationError
 
+    from .config import describe_error
+
     args = build_parser().parse_args(argv)
     if args.command != "demo" or not getattr(args, "gui", False):
         from ._device import keep_freed_memory
@@ -589,14 +591,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (InputError, ValidationError) as error:
-        message = str(error).splitlines()[0] if isinstance(error, InputError) else _pydantic(error)
+        message = (
+            str(error).splitlines()[0] if isinstance(error, InputError) else describe_error(error)
+        )
         print(f"napari-unet {args.command}: error: {message}", file=sys.stderr)
         return 2
-
-
-def _pydantic(error) -> str:
-    parts = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()]
-    return "; ".join(parts)
 
 
 if __name__ == "__main__":

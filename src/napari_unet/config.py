@@ -9,11 +9,21 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 LabelMode = Literal["semantic", "sparse", "instances"]
 Norm = Literal["batch", "instance", "group", "none"]
 Device = str  # "auto", "cpu", "cuda", "cuda:1", "mps"
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line for a user: ``field: message`` for each problem of a configuration."""
+    parts = []
+    for problem in error.errors():
+        where = ".".join(map(str, problem["loc"]))
+        parts.append(f"{where}: {problem['msg']}" if where else problem["msg"])
+    return "; ".join(parts)
 
 
 class _Config(BaseModel):
@@ -89,9 +99,10 @@ class TrainConfig(_Config):
         if self.epochs is None and self.minutes is None:
             self.__dict__["epochs"] = 50
         if self.dice_weight == 0 and self.ce_weight == 0:
-            raise ValueError(
+            raise PydanticCustomError(
+                "loss_weights",
                 "dice_weight and ce_weight are both 0, so nothing would be learned; "
-                "give at least one of them a positive weight."
+                "give at least one of them a positive weight.",
             )
         return self
 

@@ -45,25 +45,32 @@ def channel_axis_of(shape: Sequence[int], channel_axis: int | None | str = "auto
     return None
 
 
+MAX_CHANNELS_READ = 8
+"""Longest image axis that training reads as channels because the labels lack it."""
+
+
 def channel_axis_from_labels(
     shape: Sequence[int], label_shape: Sequence[int], channel_axis: int | None | str = "auto"
 ) -> int | None:
     """Channel axis of a training image, using the shape of its labels where it helps.
 
     As :func:`channel_axis_of`, except that when ``"auto"`` finds no colour axis and the
-    image has exactly one axis more than its labels, the axis the labels lack holds the
-    channels: a (C, Y, X) or (Y, X, C) image of any C with (Y, X) labels, or a
-    (Z, C, Y, X) stack with (Z, Y, X) labels. Of several such axes the smallest (then
-    the one nearest Y, X) is taken.
+    image has exactly one axis more than its labels, of at most :data:`MAX_CHANNELS_READ`
+    entries, that axis holds the channels: a (C, Y, X) or (Y, X, C) image with (Y, X)
+    labels, or a (Z, C, Y, X) stack with (Z, Y, X) labels. Of several such axes the one
+    nearest Y, X is taken, as prediction does. A longer axis is more likely a stack with
+    labels for one plane, which stays an error.
     """
     axis = channel_axis_of(shape, channel_axis)
     shape, label_shape = tuple(shape), tuple(label_shape)
     if channel_axis != "auto" or axis is not None or len(shape) != len(label_shape) + 1:
         return axis
-    candidates = [i for i in range(len(shape)) if shape[:i] + shape[i + 1 :] == label_shape]
-    if not candidates:
-        return None
-    return min(candidates, key=lambda i: (shape[i], -i))
+    candidates = [
+        i
+        for i in range(len(shape))
+        if shape[:i] + shape[i + 1 :] == label_shape and shape[i] <= MAX_CHANNELS_READ
+    ]
+    return max(candidates) if candidates else None
 
 
 def stack_shape(shape: Sequence[int], channel_axis: int | None) -> tuple[int, ...]:

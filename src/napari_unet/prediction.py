@@ -125,17 +125,21 @@ class PlaneView:
         return self.convert(self.image[self.key(ys, xs)])
 
 
-def _resolve_layout(shape, in_channels: int, channel_axis):
+def _resolve_layout(shape, in_channels: int, channel_axis, convert: bool = False):
+    """The channel axis of an image for a model of ``in_channels`` channels.
+
+    A trailing axis of that size first; then, for a model that does not also accept grey
+    images (``convert``), the leading axis of that size nearest Y, X, as training reads
+    an axis its labels lack: (C, Y, X) and (Z, C, Y, X).
+    """
     if channel_axis != "auto":
         return channel_axis_of(shape, channel_axis)
     if in_channels > 1 and len(shape) >= 3:
         if shape[-1] == in_channels:
             return len(shape) - 1
-        if shape[0] == in_channels and shape[-1] not in (3, 4):
-            return 0
         leading = [i for i in range(len(shape) - 2) if shape[i] == in_channels]
-        if leading and shape[-1] not in (3, 4):
-            return leading[-1]  # (Z, C, Y, X), as a model trained on such stacks reads them
+        if leading and shape[-1] not in (3, 4) and (len(shape) == 3 or not convert):
+            return leading[-1]
     return channel_axis_of(shape)
 
 
@@ -382,7 +386,7 @@ def _plan(model, image, config: PredictConfig, channel_axis, min_size: int) -> _
         image = np.asarray(image)
     shape = tuple(image.shape)
     in_channels = network.config.in_channels
-    axis = _resolve_layout(shape, in_channels, channel_axis)
+    axis = _resolve_layout(shape, in_channels, channel_axis, convert)
     image_channels = 1 if axis is None else shape[axis]
     _check_channels(in_channels, image_channels, convert)
     lead = stack_shape(shape, axis)

@@ -20,6 +20,7 @@ import torch
 from ._device import autocast, autocast_dtype, default_base_channels, resolve_device
 from .config import ModelConfig, TrainConfig
 from .data import (
+    MAX_CHANNELS_READ,
     InputError,
     Normalization,
     PatchSampler,
@@ -116,25 +117,44 @@ def _as_list(images) -> list:
     return list(images)
 
 
-def _planes(images, labels, channel_axis, notes: list[str]) -> tuple[list[np.ndarray], list[int]]:
-    """Split images and stacks into 2-D planes (C, Y, X); also return each plane's image index.
+def _planes(images, labels, channel_axis, notes: list[str]):
+    """Split images and stacks into 2-D planes (C, Y, X).
 
-    With ``channel_axis="auto"``, an image with one axis more than its labels has its
+    Returns the planes, each plane's image index, and whether a 4-channel image was read
+    as RGBA (a trailing colour axis) rather than as channels its labels lack. With
+    ``channel_axis="auto"``, an image with one short axis more than its labels has its
     channels on that axis (:func:`channel_axis_from_labels`); a note says so.
     """
-    planes, owners = [], []
+    planes, owners, rgba = [], [], False
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         image = np.asarray(image)
+        colour = channel_axis_of(image.shape, channel_axis)
         axis = channel_axis_from_labels(image.shape, np.shape(label), channel_axis)
-        if axis is not None and axis != channel_axis_of(image.shape, channel_axis):
+        if axis is not None and axis != colour and image.shape[axis] > 1:
             notes.append(
                 f"Image #{i} {image.shape} has one axis more than its labels "
                 f"{tuple(np.shape(label))}: read as {image.shape[axis]} channels (axis {axis})."
             )
+        rgba |= axis is not None and axis == colour and image.shape[axis] == 4
+        first = len(planes)
         for _, plane in iter_planes(image, axis):
             planes.append(to_cyx(plane, None if axis is None else plane.ndim - 1))
             owners.append(i)
-    return planes, owners
+        _check_plane_count(i, len(planes) - first, label)
+    return planes, owners, rgba
+
+
+def _check_plane_count(index: int, planes: int, label) -> None:
+    shape = tuple(np.shape(label))
+    if len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4:
+        return  # an RGB picture as labels: _label_planes says so
+    count = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
+    if count != planes:
+        raise InputError(
+            f"Image #{index} has {planes} plane(s) but its labels {shape} have {count}; give "
+            "labels for every plane of a stack (an image axis of at most "
+            f"{MAX_CHANNELS_READ} that the labels lack is read as channels)."
+        )
 
 
 def _label_planes(labels) -> list[np.ndarray]:
@@ -168,7 +188,7 @@ def prepare_data(
             f"Got {len(images)} images but {len(labels)} label images; give one labels per image."
         )
     notes: list[str] = []
-    planes, owners = _planes(images, labels, channel_axis, notes)
+    planes, owners, rgba = _planes(images, labels, channel_axis, notes)
     label_planes = _label_planes(labels)
     check_pairs(planes, label_planes)
     counts = sorted({p.shape[0] for p in planes})
@@ -182,7 +202,7 @@ def prepare_data(
                 "continue with images like the first training data, or train a new model."
             )
     else:
-        in_channels = counts[-1] if counts[-1] != 4 else 3
+        in_channels = 3 if counts[-1] == 4 and rgba else counts[-1]  # RGBA: alpha dropped
         if len(counts) > 1:
             convert = True
             notes.append(

@@ -269,6 +269,8 @@ def test_advanced_settings_reach_the_configs(viewer):
     train.dice_weight.value = 0.5
     train.ce_weight.value = 2.0
     train.norm.value = "group"
+    train.dropout.value = 0.95  # the command line allows up to 0.99; so does the form
+    assert train.dropout.value == pytest.approx(0.95)
     train.dropout.value = 0.3
     config, model_config = train.train_config(), train.model_config()
 

@@ -11,7 +11,7 @@ from napari.utils.notifications import show_error
 from pydantic import ValidationError
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from ..config import PredictConfig
+from ..config import PredictConfig, describe_error
 from ..data import InputError
 from ..prediction import TileProgress
 from ._form import config_field, device_choices
@@ -194,8 +194,11 @@ class SegmentWidget(QWidget):
                 device=self.device.value,
                 output=self.output.value,
             )
-        except (InputError, ValidationError) as error:
+        except InputError as error:
             show_error(str(error))
+            return
+        except ValidationError as error:
+            show_error(describe_error(error))
             return
 
         stacked = len(spatial_shape(image)) > 2

@@ -23,7 +23,7 @@ from qtpy.QtWidgets import (
 from superqt import QCollapsible
 
 from .._device import default_base_channels, resolve_device
-from ..config import ModelConfig, TrainConfig
+from ..config import ModelConfig, TrainConfig, describe_error
 from ..data import InputError
 from ..model import SegmentationModel
 from ..training import EpochEnded, StepEnded, TrainingFinished, TrainingStarted
@@ -152,7 +152,7 @@ class TrainWidget(QWidget):
         self.validation_fraction = config_field(TrainConfig, "validation_fraction", step=0.05)
         self.device = config_field(TrainConfig, "device", choices=device_choices())
         self.norm = config_field(ModelConfig, "norm", label="normalisation")
-        self.dropout = config_field(ModelConfig, "dropout", step=0.1)
+        self.dropout = config_field(ModelConfig, "dropout", step=0.01)
         self.advanced = Container(
             widgets=[
                 self.learning_rate,
@@ -330,8 +330,11 @@ class TrainWidget(QWidget):
                     raise InputError(f"'{entry.name}' is busy; wait for its job to end.")
                 model = entry.model
             model_config = None if model is not None else self.model_config()
-        except (InputError, ValidationError) as error:
+        except InputError as error:
             show_error(str(error))
+            return
+        except ValidationError as error:
+            show_error(describe_error(error))
             return
 
         axis = channel_axis(image)
