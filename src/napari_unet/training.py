@@ -144,10 +144,15 @@ def _planes(images, labels, channel_axis, notes: list[str]):
     return planes, owners, rgba
 
 
+def _looks_rgb(shape) -> bool:
+    """A (Y, X, 3/4) label image: a picture, not one integer per pixel."""
+    return len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4
+
+
 def _check_plane_count(index: int, planes: int, label) -> None:
     shape = tuple(np.shape(label))
-    if len(shape) == 3 and shape[-1] in (3, 4) and min(shape[:2]) > 4:
-        return  # an RGB picture as labels: _label_planes says so
+    if _looks_rgb(shape):
+        return  # _label_planes says what is wrong
     count = int(np.prod(shape[:-2])) if len(shape) > 2 else 1
     if count != planes:
         raise InputError(
@@ -163,7 +168,7 @@ def _label_planes(labels) -> list[np.ndarray]:
         label = np.asarray(label)
         if label.ndim == 2:
             planes.append(label)
-        elif label.ndim == 3 and label.shape[-1] in (3, 4) and min(label.shape[:2]) > 4:
+        elif _looks_rgb(label.shape):
             raise InputError(
                 f"Labels of shape {label.shape} look like an RGB picture; labels must be one "
                 "integer value per pixel (save the mask as a single-channel image)."

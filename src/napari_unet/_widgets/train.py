@@ -147,7 +147,7 @@ class TrainWidget(QWidget):
         self.elastic = config_field(TrainConfig, "elastic", label="elastic deformation")
         self.foreground_sampling = config_field(TrainConfig, "foreground_sampling", step=0.05)
         self.border_weight = config_field(TrainConfig, "border_weight", step=1.0)
-        self.dice_weight = config_field(TrainConfig, "dice_weight", step=0.1)
+        self.dice_weight = config_field(TrainConfig, "dice_weight", step=0.1, label="Dice weight")
         self.ce_weight = config_field(TrainConfig, "ce_weight", step=0.1, label="CE weight")
         self.validation_fraction = config_field(TrainConfig, "validation_fraction", step=0.05)
         self.device = config_field(TrainConfig, "device", choices=device_choices())
