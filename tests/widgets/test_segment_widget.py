@@ -151,6 +151,21 @@ def test_bad_inputs_become_notifications(viewer, qtbot, notifications):
     assert [lay.name for lay in viewer.layers] == ["rgb"]
 
 
+def test_a_multichannel_layer_that_is_not_rgb_gets_advice(viewer, qtbot, notifications):
+    layer = viewer.add_image(np.zeros((2, 32, 32), np.float32), name="two channels")
+    registry_for(viewer).add(untrained_model(in_channels=2), "two", "test")
+    widget = SegmentWidget(viewer)
+    widget.image.value = layer
+
+    widget.start()
+
+    assert not widget.running
+    assert len(notifications.errors) == 1
+    assert "stack of planes" in notifications.errors[0]
+    assert "napari-unet predict" in notifications.errors[0]
+    assert [lay.name for lay in viewer.layers] == ["two channels"]
+
+
 def test_test_time_augmentation_checkbox_is_passed_on(viewer, qtbot):
     from napari_unet import predict
 

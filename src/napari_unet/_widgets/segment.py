@@ -39,6 +39,22 @@ def foreground_probabilities(probabilities: np.ndarray) -> np.ndarray:
     return foreground[0] if foreground.shape[0] == 1 else foreground
 
 
+def _check_channel_layout(entry: ModelEntry, image: Image) -> None:
+    """Refuse, with what to do instead, a multi-channel layer that this widget would read
+    as a stack of grey planes (it reads a leading axis as channels only for RGB layers)."""
+    model = entry.model
+    channels = model.in_channels
+    if channels == 1 or model.convert_channels or channel_axis(image) is not None:
+        return
+    if channels in spatial_shape(image)[:-2]:
+        raise InputError(
+            f"'{entry.name}' takes {channels} channels and '{image.name}' has an axis of "
+            f"{channels}, but this widget reads the leading axes of a layer that is not RGB "
+            "as a stack of planes. Segment the image with `napari-unet predict` or "
+            "`napari_unet.predict(model, image)`, which read that axis as channels."
+        )
+
+
 class SegmentWidget(QWidget):
     """Segment an image layer with a trained or loaded model.
 
@@ -186,6 +202,7 @@ class SegmentWidget(QWidget):
                 raise InputError(
                     f"'{entry.name}' is being trained; stop training or wait until it ends."
                 )
+            _check_channel_layout(entry, image)
             config = PredictConfig(
                 tile_size=self.tile_size.value,
                 overlap=self.overlap.value,
