@@ -98,6 +98,10 @@ class TrainConfig(_Config):
     def _one_budget(self) -> TrainConfig:
         if self.epochs is None and self.minutes is None:
             self.__dict__["epochs"] = 50
+        return self
+
+    @model_validator(mode="after")
+    def _something_to_learn(self) -> TrainConfig:
         if self.dice_weight == 0 and self.ce_weight == 0:
             raise PydanticCustomError(
                 "loss_weights",

@@ -151,8 +151,9 @@ def test_bad_inputs_become_notifications(viewer, qtbot, notifications):
     assert [lay.name for lay in viewer.layers] == ["rgb"]
 
 
-def test_a_multichannel_layer_that_is_not_rgb_gets_advice(viewer, qtbot, notifications):
-    layer = viewer.add_image(np.zeros((2, 32, 32), np.float32), name="two channels")
+@pytest.mark.parametrize("shape", [(2, 32, 32), (32, 32, 2)])
+def test_a_multichannel_layer_that_is_not_rgb_gets_advice(viewer, notifications, shape):
+    layer = viewer.add_image(np.zeros(shape, np.float32), name="two channels")
     registry_for(viewer).add(untrained_model(in_channels=2), "two", "test")
     widget = SegmentWidget(viewer)
     widget.image.value = layer
@@ -161,7 +162,7 @@ def test_a_multichannel_layer_that_is_not_rgb_gets_advice(viewer, qtbot, notific
 
     assert not widget.running
     assert len(notifications.errors) == 1
-    assert "stack of planes" in notifications.errors[0]
+    assert "stack of grey planes" in notifications.errors[0]
     assert "napari-unet predict" in notifications.errors[0]
     assert [lay.name for lay in viewer.layers] == ["two channels"]
 

@@ -13,7 +13,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBox
 
 from ..config import PredictConfig, describe_error
 from ..data import InputError
-from ..prediction import TileProgress
+from ..prediction import TileProgress, _resolve_layout
 from ._form import config_field, device_choices
 from ._layers import (
     channel_axis,
@@ -44,13 +44,14 @@ def _check_channel_layout(entry: ModelEntry, image: Image) -> None:
     as a stack of grey planes (it reads a leading axis as channels only for RGB layers)."""
     model = entry.model
     channels = model.in_channels
-    if channels == 1 or model.convert_channels or channel_axis(image) is not None:
+    if channels == 1 or channel_axis(image) is not None:
         return
-    if channels in spatial_shape(image)[:-2]:
+    shape = tuple(full_resolution(image).shape)
+    if _resolve_layout(shape, channels, "auto", model.convert_channels) is not None:
         raise InputError(
             f"'{entry.name}' takes {channels} channels and '{image.name}' has an axis of "
-            f"{channels}, but this widget reads the leading axes of a layer that is not RGB "
-            "as a stack of planes. Segment the image with `napari-unet predict` or "
+            f"{channels}, but this widget reads a layer that is not RGB as a stack of grey "
+            "planes. Segment the image with `napari-unet predict` or "
             "`napari_unet.predict(model, image)`, which read that axis as channels."
         )
 
