@@ -151,20 +151,74 @@ def test_bad_inputs_become_notifications(viewer, qtbot, notifications):
     assert [lay.name for lay in viewer.layers] == ["rgb"]
 
 
-@pytest.mark.parametrize("shape", [(2, 32, 32), (32, 32, 2)])
-def test_a_multichannel_layer_that_is_not_rgb_gets_advice(viewer, notifications, shape):
-    layer = viewer.add_image(np.zeros(shape, np.float32), name="two channels")
+def test_a_channel_axis_of_a_layer_that_is_not_rgb(viewer, qtbot, notifications):
+    from napari_unet import predict
+
+    data = np.random.default_rng(1).random((2, 40, 48)).astype(np.float32)
+    layer = viewer.add_image(
+        data, name="two stains", scale=(1.0, 0.5, 0.25), axis_labels=("c", "y", "x")
+    )
+    model = untrained_model(in_channels=2)
+
+    widget = segment_with(viewer, qtbot, layer, model, output="probabilities")
+
+    assert not widget.channels.native.isHidden() and widget.planes.native.isHidden()
+    assert widget.channel_axis(layer) == 0  # auto: the axis of the model's channel count
+    result = viewer.layers["two stains probabilities"]
+    expected = predict(
+        model, data, channel_axis=0, tile_size=64, device="cpu", output="probabilities"
+    )
+    swapped = predict(
+        model, data[::-1], channel_axis=0, tile_size=64, device="cpu", output="probabilities"
+    )
+    np.testing.assert_allclose(result.data, expected[1], atol=1e-5)
+    assert np.abs(result.data - swapped[1]).max() > 1e-3
+    assert tuple(result.scale) == (0.5, 0.25)
+    assert tuple(result.axis_labels) == ("y", "x")
+    assert not notifications.errors
+
+
+def test_current_plane_of_a_stack_with_a_channel_axis(viewer, qtbot):
+    from napari_unet import predict
+
+    data = np.random.default_rng(2).random((3, 2, 40, 48)).astype(np.float32)
+    layer = viewer.add_image(data, name="timelapse", axis_labels=("t", "c", "y", "x"))
+    viewer.dims.set_current_step(0, 1)
+    model = untrained_model(in_channels=2)
+
+    segment_with(viewer, qtbot, layer, model, planes=CURRENT_PLANE, output="probabilities")
+
+    result = viewer.layers["timelapse probabilities"]
+    assert result.data.shape == (3, 40, 48)
+    assert tuple(result.axis_labels) == ("t", "y", "x")
+    expected = predict(
+        model, data[1], channel_axis=0, tile_size=64, device="cpu", output="probabilities"
+    )
+    np.testing.assert_allclose(result.data[1], expected[1], atol=1e-5)
+    assert not result.data[0].any() and not result.data[2].any()
+
+
+def test_channel_layouts_the_model_cannot_read_get_advice(viewer, notifications):
+    grey_stack = viewer.add_image(np.zeros((3, 32, 32), np.float32), name="three planes")
+    last = viewer.add_image(np.zeros((32, 32, 2), np.float32), name="channels last")
     registry_for(viewer).add(untrained_model(in_channels=2), "two", "test")
     widget = SegmentWidget(viewer)
-    widget.image.value = layer
 
+    widget.image.value = grey_stack
+    widget.start()  # auto finds no axis of 2: grey planes
+    widget.channels.value = 0
+    widget.start()
+    widget.image.value = last
+    assert widget.channels.native.isHidden()
     widget.start()
 
     assert not widget.running
-    assert len(notifications.errors) == 1
-    assert "stack of grey planes" in notifications.errors[0]
-    assert "napari-unet predict" in notifications.errors[0]
-    assert [lay.name for lay in viewer.layers] == ["two channels"]
+    errors = notifications.errors
+    assert len(errors) == 3
+    assert "read as grey planes" in errors[0] and "'channels' field" in errors[0]
+    assert "axis 0" in errors[1] and "has 3" in errors[1]
+    assert "napari-unet predict" in errors[2]
+    assert [lay.name for lay in viewer.layers] == ["three planes", "channels last"]
 
 
 def test_test_time_augmentation_checkbox_is_passed_on(viewer, qtbot):

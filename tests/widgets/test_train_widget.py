@@ -163,6 +163,72 @@ def test_rgb_image_trains_a_three_channel_model(make_napari_viewer, qtbot):
     assert viewer.layers["he preview"].data.shape == (128, 128)
 
 
+def test_a_channel_axis_the_labels_lack_trains_a_multichannel_model(
+    make_napari_viewer, qtbot, sample, notifications
+):
+    viewer = make_napari_viewer()
+    (image, labels), _ = sample
+    stains = viewer.add_image(
+        np.stack([image, image.max() - image]), name="stains", axis_labels=("c", "y", "x")
+    )
+    viewer.add_labels(np.zeros((64, 64), np.uint8), name="other size")
+    viewer.add_labels(labels, name="nuclei labels")
+    viewer.layers.selection.active = stains
+    train = TrainWidget(viewer)
+    train.image.value = stains
+    set_tiny(train)
+    train.mode.value = "instances"
+
+    assert train.labels.value.name == "nuclei labels"
+    assert not train.channels.native.isHidden()
+    assert train.channel_axis(stains, train.labels.value) == 0
+    train.start()
+    wait_for(qtbot, train)
+
+    assert not notifications.errors
+    assert train.model.in_channels == 2
+    assert any("axis 0" in note and "2 channels" in note for note in notifications.infos)
+    assert viewer.layers["stains preview"].data.shape == (256, 256)
+    assert tuple(viewer.layers["stains preview"].axis_labels) == ("y", "x")
+
+
+def test_labels_painted_on_a_channel_plane(make_napari_viewer, qtbot, sample, notifications):
+    viewer = make_napari_viewer()
+    (image, labels), _ = sample
+    stains = viewer.add_image(np.stack([image, image[::-1]]), name="stains")
+    painted = np.zeros(stains.data.shape, np.uint8)
+    painted[1] = scribbles(labels)
+    viewer.add_labels(painted, name="scribbles")
+    train = TrainWidget(viewer)
+    set_tiny(train)
+    train.mode.value = "sparse"
+    train.preview.value = False
+
+    assert train.channel_axis(stains, train.labels.value) is None  # auto: a stack of 2 planes
+    train.channels.value = 0
+    train.start()
+    wait_for(qtbot, train)
+
+    assert not notifications.errors
+    assert train.model.in_channels == 2
+    assert train.model.history["runs"][-1]["data"].startswith("1 plane(s)")
+
+
+def test_labels_that_differ_between_channel_planes_are_refused():
+    from napari_unet._widgets._workers import _collapse_channels
+    from napari_unet.data import InputError
+
+    labels = np.zeros((2, 4, 5), np.uint8)
+    labels[0, 1, 1] = 2
+    labels[1, 2, 2] = 1
+    labels[1, 1, 1] = 2  # the same value on both planes is fine
+    merged = _collapse_channels(labels, 0)
+    assert merged[1, 1] == 2 and merged[2, 2] == 1 and merged.sum() == 3
+    labels[1, 1, 1] = 1
+    with pytest.raises(InputError, match="differ between channel planes"):
+        _collapse_channels(labels, 0)
+
+
 def test_continue_training_a_loaded_model(viewer, qtbot, model_file):
     load = LoadWidget(viewer)
     train = TrainWidget(viewer)

@@ -26,7 +26,7 @@ from ..data import InputError
 from ..model import SegmentationModel
 from ..prediction import PredictionFinished, iter_predict, predict
 from ..training import EpochEnded, TrainingStarted, iter_train
-from ._layers import annotated_planes
+from ._layers import annotated_planes, plane_of
 
 logger = logging.getLogger(__name__)
 
@@ -82,9 +82,31 @@ def _guarded(events: Iterator):
         return None
 
 
+def _collapse_channels(labels: np.ndarray, axis: int) -> np.ndarray:
+    """Labels painted on the channel planes of a (.., C, .., Y, X) layer -> one set of
+    labels without that axis: a pixel takes the value painted on any plane."""
+    planes = np.moveaxis(labels, axis, 0)
+    painted = planes != 0
+    merged = np.take_along_axis(planes, painted.argmax(axis=0)[None], 0)[0]
+    if np.any(painted & (planes != merged[None])):
+        raise InputError(
+            "The labels differ between channel planes at some pixels; paint each pixel on "
+            "one channel plane only (or on all of them alike)."
+        )
+    return merged
+
+
 def _training_data(image, labels, channel_axis: int | None):
-    """The planes of a (stacked) image and its labels that hold labels, read into memory."""
+    """The planes of a (stacked) image and its labels that hold labels, read into memory,
+    and the channel axis of those planes (``channel_axis`` is that of ``image``)."""
     labels = np.array(labels, copy=True)  # painting during training must not change the targets
+    if (
+        channel_axis is not None
+        and channel_axis != -1
+        and labels.shape == tuple(image.shape)
+        and labels.ndim > 2
+    ):
+        labels = _collapse_channels(labels, channel_axis)
     planes = annotated_planes(labels)
     if not planes:
         raise InputError(
@@ -92,11 +114,14 @@ def _training_data(image, labels, channel_axis: int | None):
             "at least two classes) before training."
         )
     if labels.ndim == 2:
-        return np.asarray(image), labels, PlanesSelected(1, 1)
+        return np.asarray(image), labels, PlanesSelected(1, 1), channel_axis
     total = int(np.prod(labels.shape[:-2]))
-    images = [np.asarray(image[index]) for index in planes]
+    images, plane_axis = [], channel_axis
+    for index in planes:
+        plane, plane_axis = plane_of(image, index, channel_axis)
+        images.append(np.asarray(plane))
     targets = [labels[index] for index in planes]
-    return images, targets, PlanesSelected(len(planes), total)
+    return images, targets, PlanesSelected(len(planes), total), plane_axis
 
 
 def _train(
@@ -109,7 +134,7 @@ def _train(
     preview: Preview | None,
     stop: threading.Event,
 ):
-    images, targets, selected = _training_data(image, labels, channel_axis)
+    images, targets, selected, plane_axis = _training_data(image, labels, channel_axis)
     yield selected
     events = iter_train(
         images,
@@ -117,7 +142,7 @@ def _train(
         config,
         model=model,
         model_config=model_config,
-        channel_axis=channel_axis,
+        channel_axis=plane_axis,
     )
     trained = None
     try:
@@ -128,10 +153,8 @@ def _train(
             if stop.is_set():
                 break
             if preview is not None and isinstance(event, EpochEnded):
-                plane = preview.image[preview.index] if preview.index else preview.image
-                labels = predict(
-                    trained, plane, channel_axis=preview.channel_axis, device=preview.device
-                )
+                plane, axis = plane_of(preview.image, preview.index, preview.channel_axis)
+                labels = predict(trained, plane, channel_axis=axis, device=preview.device)
                 yield PreviewReady(preview.index, labels)
     finally:
         events.close()  # restores the best weights when training was stopped early
@@ -163,10 +186,15 @@ def train_worker(
 
 
 def _segment(
-    model: SegmentationModel, image, index: tuple[int, ...], stop: threading.Event, **options
+    model: SegmentationModel,
+    image,
+    index: tuple[int, ...],
+    stop: threading.Event,
+    channel_axis: int | None = None,
+    **options,
 ):
-    plane = image[index] if index else image
-    events = iter_predict(model, plane, **options)
+    plane, axis = plane_of(image, index, channel_axis)
+    events = iter_predict(model, plane, channel_axis=axis, **options)
     try:
         for event in events:
             if isinstance(event, PredictionFinished):
@@ -189,7 +217,8 @@ def segment_worker(
 ) -> GeneratorWorker:
     """A worker (not started) that segments ``image`` (or its plane ``index``).
 
-    ``options`` go to :func:`~napari_unet.prediction.iter_predict`. Yields
+    ``channel_axis`` is that of ``image`` (the plane's follows from it); ``options`` go
+    to :func:`~napari_unet.prediction.iter_predict`. Yields
     :class:`~napari_unet.prediction.TileProgress` or :class:`JobFailed`; returns the
     result, or None when cancelled or failed.
     """

@@ -16,10 +16,13 @@ from ..data import InputError
 from ..prediction import TileProgress, _resolve_layout
 from ._form import config_field, device_choices
 from ._layers import (
-    channel_axis,
+    AUTO,
+    channel_choices,
+    chosen_axis,
     current_index,
     full_resolution,
     layers_of,
+    leading_axis,
     output_layer,
     spatial_shape,
     watch_layers,
@@ -39,20 +42,39 @@ def foreground_probabilities(probabilities: np.ndarray) -> np.ndarray:
     return foreground[0] if foreground.shape[0] == 1 else foreground
 
 
-def _check_channel_layout(entry: ModelEntry, image: Image) -> None:
-    """Refuse, with what to do instead, a multi-channel layer that this widget would read
-    as a stack of grey planes (it reads a leading axis as channels only for RGB layers)."""
+def auto_channel_axis(entry: ModelEntry | None, image: Image) -> int | None:
+    """The leading axis of a layer that is not RGB that holds a model's channels, as
+    prediction reads an image (an axis of the model's channel count), or None."""
+    if entry is None or getattr(image, "rgb", False) or entry.model.in_channels == 1:
+        return None
     model = entry.model
-    channels = model.in_channels
-    if channels == 1 or channel_axis(image) is not None:
-        return
     shape = tuple(full_resolution(image).shape)
-    if _resolve_layout(shape, channels, "auto", model.convert_channels) is not None:
+    axis = _resolve_layout(shape, model.in_channels, "auto", model.convert_channels)
+    return leading_axis(shape, axis)
+
+
+def _check_channels(entry: ModelEntry, image: Image, axis: int | None) -> None:
+    """Refuse, with what to do instead, a layer whose channels do not match the model."""
+    channels = entry.model.in_channels
+    if axis is not None and axis != -1:
+        found = full_resolution(image).shape[axis]
+        if found != channels and not entry.model.convert_channels:
+            raise InputError(
+                f"'{entry.name}' takes {channels} channel(s) but axis {axis} of "
+                f"'{image.name}' has {found}; choose the axis that holds the channels in "
+                "the 'channels' field, or a model trained on such images."
+            )
+    elif channels > 1 and axis is None and not entry.model.convert_channels:
+        advice = (
+            "choose the axis that holds its channels in the 'channels' field."
+            if channel_choices(image)
+            else "this widget reads channels from an axis before Y, X (one with a slider) "
+            "or from an RGB layer; segment other layouts with `napari-unet predict` or "
+            "`napari_unet.predict(model, image)`."
+        )
         raise InputError(
-            f"'{entry.name}' takes {channels} channels and '{image.name}' has an axis of "
-            f"{channels}, but this widget reads a layer that is not RGB as a stack of grey "
-            "planes. Segment the image with `napari-unet predict` or "
-            "`napari_unet.predict(model, image)`, which read that axis as channels."
+            f"'{entry.name}' takes {channels} channels but '{image.name}' is read as grey "
+            f"planes; {advice}"
         )
 
 
@@ -85,6 +107,14 @@ class SegmentWidget(QWidget):
             choices=lambda _: layers_of(self.viewer, Image),
             tooltip="The image to segment (2-D, a Z/T stack, RGB; multiscale at full resolution).",
         )
+        self.channels = ComboBox(
+            name="channels",
+            label="channels",
+            choices=lambda _: channel_choices(self.image.value),
+            tooltip="Which axis of the image holds its channels. auto: an axis with as many "
+            "entries as the model has input channels. none: every axis is a stack of grey "
+            "planes.",
+        )
         self.planes = ComboBox(
             name="planes",
             label="stack",
@@ -106,6 +136,7 @@ class SegmentWidget(QWidget):
             widgets=[
                 self.model,
                 self.image,
+                self.channels,
                 self.planes,
                 self.output,
                 self.tile_size,
@@ -142,6 +173,8 @@ class SegmentWidget(QWidget):
 
         self.registry.changed.connect(self._select_active_model)
         self.image.changed.connect(self._update_planes)
+        self.channels.changed.connect(self._update_planes)
+        self.model.changed.connect(self._update_planes)
         watch_layers(self.viewer, self.reset_choices)
         self.reset_choices()
         self._select_active_model()
@@ -162,7 +195,19 @@ class SegmentWidget(QWidget):
 
     def _update_planes(self, *_) -> None:
         image = self.image.value
-        self.planes.visible = image is not None and len(spatial_shape(image)) > 2
+        choices = channel_choices(image)
+        if [value for _, value in choices] != list(self.channels.choices):
+            self.channels.reset_choices()
+        self.channels.visible = bool(choices)
+        self.planes.visible = (
+            image is not None and len(spatial_shape(image, self.channel_axis(image))) > 2
+        )
+
+    def channel_axis(self, image: Image) -> int | None:
+        """The axis of ``image``'s data that holds channels, as the "channels" field says
+        (auto: as the model reads images; -1 for an RGB layer; None: grey planes)."""
+        choice = self.channels.value if channel_choices(image) else AUTO
+        return chosen_axis(image, choice, auto_channel_axis(self.model.value, image))
 
     def _update_status(self) -> None:
         if self.running:
@@ -203,7 +248,8 @@ class SegmentWidget(QWidget):
                 raise InputError(
                     f"'{entry.name}' is being trained; stop training or wait until it ends."
                 )
-            _check_channel_layout(entry, image)
+            axis = self.channel_axis(image)
+            _check_channels(entry, image, axis)
             config = PredictConfig(
                 tile_size=self.tile_size.value,
                 overlap=self.overlap.value,
@@ -219,11 +265,17 @@ class SegmentWidget(QWidget):
             show_error(describe_error(error))
             return
 
-        stacked = len(spatial_shape(image)) > 2
-        index = current_index(self.viewer, image) if self.planes.value == CURRENT_PLANE else ()
-        if not stacked:
-            index = ()
-        self._job = {"image": image, "index": index, "output": config.output, "entry": entry}
+        stacked = len(spatial_shape(image, axis)) > 2
+        index = ()
+        if stacked and self.planes.value == CURRENT_PLANE:
+            index = current_index(self.viewer, image, axis)
+        self._job = {
+            "image": image,
+            "index": index,
+            "output": config.output,
+            "entry": entry,
+            "axis": axis,
+        }
         self._stop.clear()
         self._worker = segment_worker(
             entry.model,
@@ -236,7 +288,7 @@ class SegmentWidget(QWidget):
             tta=config.tta,
             device=config.device,
             output=config.output,
-            channel_axis=channel_axis(image),
+            channel_axis=axis,
         )
         self._worker.yielded.connect(self._on_event)
         self._worker.returned.connect(self._on_returned)
@@ -277,18 +329,18 @@ class SegmentWidget(QWidget):
             self.status.setText(f"The image layer '{image.name}' was removed meanwhile.")
             return
         if job["output"] == "labels":
-            layer = self._write(image, result, job["index"], "labels", "segmentation")
+            layer = self._write(image, result, job["index"], "labels", "segmentation", job["axis"])
         else:
             data = foreground_probabilities(result)
-            layer = self._write(image, data, job["index"], "image", "probabilities")
+            layer = self._write(image, data, job["index"], "image", "probabilities", job["axis"])
         self.progress.setValue(1000)
         self.progress.setFormat("done")
         self.status.setText(f"Wrote the layer '{layer.name}'.")
 
-    def _write(self, image: Image, result: np.ndarray, index: tuple, kind: str, suffix: str):
+    def _write(self, image: Image, result: np.ndarray, index: tuple, kind: str, suffix: str, axis):
         if not index:
-            return write_layer(self.viewer, image, result, kind, suffix)
-        shape = spatial_shape(image)
+            return write_layer(self.viewer, image, result, kind, suffix, axis)
+        shape = spatial_shape(image, axis)
         extra = result.shape[:-2]  # the class axis of probabilities, if any
         full_shape = (*extra, *shape)
         existing = output_layer(self.viewer, image, suffix)
@@ -300,7 +352,7 @@ class SegmentWidget(QWidget):
         if data is None:
             data = np.zeros(full_shape, result.dtype)
         data[(*(slice(None),) * len(extra), *index)] = result
-        return write_layer(self.viewer, image, data, kind, suffix)
+        return write_layer(self.viewer, image, data, kind, suffix, axis)
 
     def _on_finished(self) -> None:
         entry = self._job.get("entry")

@@ -24,16 +24,19 @@ from superqt import QCollapsible
 
 from .._device import default_base_channels, resolve_device
 from ..config import ModelConfig, TrainConfig, describe_error
-from ..data import InputError
+from ..data import InputError, channel_axis_from_labels
 from ..model import SegmentationModel
 from ..training import EpochEnded, StepEnded, TrainingFinished, TrainingStarted
 from ._form import config_field, device_choices
 from ._layers import (
-    channel_axis,
+    AUTO,
+    channel_choices,
     check_pair,
+    chosen_axis,
     current_index,
     full_resolution,
     layers_of,
+    leading_axis,
     spatial_shape,
     watch_layers,
     write_layer,
@@ -71,6 +74,7 @@ class TrainWidget(QWidget):
         self._stop = threading.Event()
         self._preview_layer_source: Image | None = None
         self._preview_data: np.ndarray | None = None
+        self._preview_axis: int | None = None
         self._busy_model: SegmentationModel | None = None
         self._image_name = ""
         self._planes_note = ""
@@ -86,6 +90,14 @@ class TrainWidget(QWidget):
             label="labels",
             choices=lambda _: layers_of(self.viewer, Labels),
             tooltip="Labels of the same size: dense labels or sparse scribbles.",
+        )
+        self.channels = ComboBox(
+            name="channels",
+            label="channels",
+            choices=lambda _: channel_choices(self.image.value),
+            tooltip="Which axis of the image holds its channels (e.g. a nuclear and a "
+            "membrane stain). auto: an axis the labels lack. none: every axis is a stack "
+            "of grey planes.",
         )
         self.mode = config_field(TrainConfig, "mode", label="label mode")
         self.mode.tooltip = (
@@ -130,6 +142,7 @@ class TrainWidget(QWidget):
             widgets=[
                 self.image,
                 self.labels,
+                self.channels,
                 self.mode,
                 self.continue_training,
                 self.depth,
@@ -224,13 +237,35 @@ class TrainWidget(QWidget):
         self._match_labels()
 
     def _match_labels(self, *_) -> None:
+        self._update_channels()
         image, labels = self.image.value, self.labels.value
-        if image is None or (labels is not None and spatial_shape(labels) == spatial_shape(image)):
+        if image is None or (labels is not None and self._fits(image, labels)):
             return
         for _, layer in layers_of(self.viewer, Labels):
-            if spatial_shape(layer) == spatial_shape(image):
+            if self._fits(image, layer):
                 self.labels.value = layer
                 return
+
+    def _update_channels(self, *_) -> None:
+        self.channels.reset_choices()
+        self.channels.visible = bool(channel_choices(self.image.value))
+
+    def _fits(self, image: Image, labels: Labels) -> bool:
+        try:
+            check_pair(image, labels, self.channel_axis(image, labels))
+        except InputError:
+            return False
+        return True
+
+    def channel_axis(self, image: Image, labels: Labels | None) -> int | None:
+        """The axis of ``image``'s data that holds channels, as the "channels" field says
+        (auto: an axis that the labels lack; -1 for an RGB layer; None: grey)."""
+        auto = None
+        if labels is not None and not getattr(image, "rgb", False):
+            shape = tuple(full_resolution(image).shape)
+            auto = leading_axis(shape, channel_axis_from_labels(shape, spatial_shape(labels)))
+        choice = self.channels.value if channel_choices(image) else AUTO
+        return chosen_axis(image, choice, auto)
 
     def _update_budget(self, *_) -> None:
         by_time = self.budget.value == "minutes"
@@ -319,7 +354,8 @@ class TrainWidget(QWidget):
                     "Add a labels layer with the image's size and paint some labels "
                     "(Layers > New labels layer)."
                 )
-            check_pair(image, labels)
+            axis = self.channel_axis(image, labels)
+            check_pair(image, labels, axis)
             config = self.train_config()
             model = None
             if self.continue_training.value:
@@ -337,13 +373,16 @@ class TrainWidget(QWidget):
             show_error(describe_error(error))
             return
 
-        axis = channel_axis(image)
         preview = None
         if self.preview.value:
-            index = current_index(self.viewer, image)
+            index = current_index(self.viewer, image, axis)
             preview = Preview(full_resolution(image), index, axis, config.device)
             self._preview_layer_source = image
+            self._preview_axis = axis
             self._preview_data = None
+        if axis is not None and axis != -1:
+            channels = full_resolution(image).shape[axis]
+            show_info(f"Training reads axis {axis} of '{image.name}' as {channels} channels.")
         self._stop.clear()
         self._worker = train_worker(
             full_resolution(image),
@@ -420,7 +459,7 @@ class TrainWidget(QWidget):
         source = self._preview_layer_source
         if source is None or source not in self.viewer.layers:
             return
-        shape = spatial_shape(source)
+        shape = spatial_shape(source, self._preview_axis)
         if event.index:
             if self._preview_data is None or self._preview_data.dtype != event.labels.dtype:
                 self._preview_data = np.zeros(shape, event.labels.dtype)
@@ -428,7 +467,7 @@ class TrainWidget(QWidget):
             data = self._preview_data
         else:
             data = event.labels
-        write_layer(self.viewer, source, data, "labels", "preview")
+        write_layer(self.viewer, source, data, "labels", "preview", self._preview_axis)
 
     def _on_returned(self, model: SegmentationModel | None) -> None:
         if model is None:
