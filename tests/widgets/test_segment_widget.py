@@ -178,24 +178,68 @@ def test_a_channel_axis_of_a_layer_that_is_not_rgb(viewer, qtbot, notifications)
     assert not notifications.errors
 
 
-def test_current_plane_of_a_stack_with_a_channel_axis(viewer, qtbot):
+def test_a_channel_axis_after_a_stack_axis_keeps_the_result_on_its_slider(viewer, qtbot):
     from napari_unet import predict
 
     data = np.random.default_rng(2).random((3, 2, 40, 48)).astype(np.float32)
-    layer = viewer.add_image(data, name="timelapse", axis_labels=("t", "c", "y", "x"))
+    layer = viewer.add_image(
+        data, name="timelapse", axis_labels=("t", "c", "y", "x"), scale=(1.0, 0.5, 1.0, 1.0)
+    )
     viewer.dims.set_current_step(0, 1)
     model = untrained_model(in_channels=2)
 
     segment_with(viewer, qtbot, layer, model, planes=CURRENT_PLANE, output="probabilities")
 
     result = viewer.layers["timelapse probabilities"]
-    assert result.data.shape == (3, 40, 48)
-    assert tuple(result.axis_labels) == ("t", "y", "x")
+    # napari lines layers up by their last axes: the result keeps a one-plane "c" axis
+    # that spans both channels, so the "t" slider moves both layers
+    assert result.data.shape == (3, 1, 40, 48)
+    assert tuple(result.axis_labels) == ("t", "c", "y", "x")
+    for t in range(3):
+        for c in range(2):
+            shown = np.round(result.world_to_data(layer.data_to_world((t, c, 5, 7))))
+            assert tuple(shown.astype(int)) == (t, 0, 5, 7)
+    assert viewer.dims.range[1].stop == layer.data_to_world((0, 1, 0, 0))[1]
     expected = predict(
         model, data[1], channel_axis=0, tile_size=64, device="cpu", output="probabilities"
     )
-    np.testing.assert_allclose(result.data[1], expected[1], atol=1e-5)
+    np.testing.assert_allclose(result.data[1, 0], expected[1], atol=1e-5)
     assert not result.data[0].any() and not result.data[2].any()
+
+    viewer.dims.set_current_step(0, 2)  # the next plane goes into the same layer
+    widget = SegmentWidget(viewer)
+    widget.image.value = layer
+    widget.tile_size.value = 64
+    widget.device.value = "cpu"
+    widget.planes.value = CURRENT_PLANE
+    widget.output.value = "probabilities"
+    widget.start()
+    wait_for(qtbot, widget)
+    assert viewer.layers["timelapse probabilities"] is result
+    assert result.data[1].any() and result.data[2].any() and not result.data[0].any()
+
+
+def test_the_channels_field_follows_the_image(viewer):
+    first = viewer.add_image(np.zeros((4, 2, 16, 16), np.float32), name="first")
+    second = viewer.add_image(
+        np.zeros((2, 5, 16, 16), np.float32), name="second", axis_labels=("c", "z", "y", "x")
+    )
+    registry_for(viewer).add(untrained_model(in_channels=2), "two", "test")
+    widget = SegmentWidget(viewer)
+    widget.image.value = first
+    widget.channels.value = 1
+
+    widget.image.value = second
+
+    assert widget.channels.value == "auto"
+    assert widget.channel_axis(second) == 0
+    names = [widget.channels.native.itemText(i) for i in range(widget.channels.native.count())]
+    assert names == [
+        "auto",
+        "none: grey planes",
+        "axis 0 'c' (2 channels)",
+        "axis 1 'z' (5 channels)",
+    ]
 
 
 def test_channel_layouts_the_model_cannot_read_get_advice(viewer, notifications):

@@ -205,6 +205,10 @@ def test_labels_painted_on_a_channel_plane(make_napari_viewer, qtbot, sample, no
     train.preview.value = False
 
     assert train.channel_axis(stains, train.labels.value) is None  # auto: a stack of 2 planes
+    train.start()
+    wait_for(qtbot, train)
+    assert train.model.in_channels == 1
+    assert any("'channels' field" in note for note in notifications.infos)
     train.channels.value = 0
     train.start()
     wait_for(qtbot, train)
@@ -212,6 +216,52 @@ def test_labels_painted_on_a_channel_plane(make_napari_viewer, qtbot, sample, no
     assert not notifications.errors
     assert train.model.in_channels == 2
     assert train.model.history["runs"][-1]["data"].startswith("1 plane(s)")
+
+
+def test_labels_of_the_images_own_shape_come_first(make_napari_viewer):
+    viewer = make_napari_viewer()
+    stack = viewer.add_image(np.zeros((3, 32, 32), np.float32), name="z stack")
+    viewer.add_labels(np.zeros((3, 32, 32), np.uint8), name="stack labels")
+    flat = viewer.add_image(np.zeros((32, 32), np.float32), name="flat")
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="flat labels")
+    train = TrainWidget(viewer)
+
+    train.image.value = flat
+    assert train.labels.value.name == "flat labels"
+    train.image.value = stack  # (32, 32) labels would fit as channels; its own shape wins
+    assert train.labels.value.name == "stack labels"
+    assert train.channel_axis(stack, train.labels.value) is None
+
+    train.labels.value = viewer.layers["flat labels"]  # chosen by hand: three channels
+    viewer.add_points(name="unrelated layer")
+    assert train.labels.value.name == "flat labels"
+    assert train.channel_axis(stack, train.labels.value) == 0
+
+
+def test_a_corrected_result_with_a_one_plane_channel_axis_trains(
+    make_napari_viewer, qtbot, sample, notifications
+):
+    viewer = make_napari_viewer()
+    (image, labels), _ = sample
+    movie = viewer.add_image(
+        np.stack([np.stack([image, image[::-1]])] * 2), name="movie"
+    )  # (T, C, Y, X)
+    corrected = np.zeros((2, 1, *image.shape), np.int32)  # as the Segment widget writes it
+    corrected[1, 0] = labels
+    viewer.add_labels(corrected, name="movie segmentation")
+    train = TrainWidget(viewer)
+    set_tiny(train)
+    train.mode.value = "instances"
+
+    assert train.channel_axis(movie, train.labels.value) == 1
+    train.start()
+    wait_for(qtbot, train)
+
+    assert not notifications.errors
+    assert train.model.in_channels == 2
+    assert train.model.history["runs"][-1]["data"].startswith("1 plane(s)")
+    preview = viewer.layers["movie preview"]
+    assert preview.data.shape == (2, 1, *image.shape)
 
 
 def test_labels_that_differ_between_channel_planes_are_refused():

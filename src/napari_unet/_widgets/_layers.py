@@ -37,12 +37,18 @@ def channel_choices(layer: Layer | None) -> list[tuple[str, object]]:
     axes = [k for k in range(len(shape) - 2) if 2 <= shape[k] <= MAX_CHANNELS_READ]
     if not axes:
         return []
-    names = tuple(layer.axis_labels)
+    names = [_named(name) for name in layer.axis_labels]
     return [
         (AUTO, AUTO),
         ("none: grey planes", GREY),
-        *[(f"axis {k} '{names[k]}' ({shape[k]} channels)", k) for k in axes],
+        *[(f"axis {k}{names[k]} ({shape[k]} channels)", k) for k in axes],
     ]
+
+
+def _named(axis_label: str) -> str:
+    """ " 'c'" for an axis name the user gave, "" for napari's default ("-3")."""
+    label = str(axis_label)
+    return "" if label.lstrip("-").isdigit() else f" '{label}'"
 
 
 def chosen_axis(layer: Image, choice, auto: int | None) -> int | None:
@@ -55,6 +61,20 @@ def chosen_axis(layer: Image, choice, auto: int | None) -> int | None:
     if isinstance(choice, int) and not isinstance(choice, bool):
         return choice
     return auto
+
+
+def single_plane_axis(shape, label_shape) -> int | None:
+    """The leading axis on which labels of ``label_shape`` are one plane long and an
+    image of ``shape`` has 2 to :data:`~napari_unet.data.MAX_CHANNELS_READ` entries,
+    the shapes being equal otherwise (results of this plugin keep a channel axis after
+    a stack axis so), or None."""
+    shape, label_shape = tuple(shape), tuple(label_shape)
+    if len(shape) != len(label_shape):
+        return None
+    differ = [k for k, (a, b) in enumerate(zip(shape, label_shape, strict=True)) if a != b]
+    if len(differ) == 1 and differ[0] < len(shape) - 2 and label_shape[differ[0]] == 1:
+        return differ[0] if 2 <= shape[differ[0]] <= MAX_CHANNELS_READ else None
+    return None
 
 
 def leading_axis(shape, axis: int | None) -> int | None:
@@ -105,14 +125,16 @@ def current_index(viewer, layer: Layer, axis: int | None = None) -> tuple[int, .
 def check_pair(image: Image, labels: Labels, axis: int | None = None) -> None:
     """Raise :class:`InputError` unless ``labels`` covers ``image`` pixel for pixel.
 
-    With a channel ``axis`` the labels may lack that axis or have it too (labels
-    painted on one or more channel planes).
+    With a channel ``axis`` the labels may lack that axis, have it too (labels painted
+    on one or more channel planes) or have it one plane long (a result of this plugin,
+    corrected).
     """
     image_shape, label_shape = spatial_shape(image, axis), spatial_shape(labels)
     if image_shape == label_shape:
         return
-    if leading_axis(tuple(full_resolution(image).shape), axis) is not None:
-        if label_shape == tuple(full_resolution(image).shape):
+    full = tuple(full_resolution(image).shape)
+    if leading_axis(full, axis) is not None:
+        if label_shape in (full, full[:axis] + (1,) + full[axis + 1 :]):
             return
     raise InputError(
         f"The labels layer '{labels.name}' has shape {label_shape} but the image layer "
@@ -131,23 +153,47 @@ def annotated_planes(labels: np.ndarray) -> list[tuple[int, ...]]:
     return [np.unravel_index(i, lead) for i in painted]
 
 
+def _spanned(source: Layer, axis: int | None) -> bool:
+    """Whether results keep ``source``'s channel ``axis`` as one plane spanning it.
+
+    napari lines layers up by their last axes, so a result without a channel axis that
+    has stack axes before it ((T, C, Y, X) -> (T, Y, X)) would slide with the wrong
+    slider; such results keep the axis, one plane long, stretched over every channel.
+    A first axis can simply be left out.
+    """
+    return axis is not None and axis > 0 and not getattr(source, "rgb", False)
+
+
 def _copy_placement(
     source: Layer, target: Layer, extra_leading: int = 0, axis: int | None = None
 ) -> None:
-    """Give ``target`` the scale, translate, axis names and units of ``source``, less
-    the source's channel ``axis`` (a leading axis of its data), if any."""
+    """Give ``target`` the scale, translate, axis names and units of ``source``; its
+    channel ``axis`` is left out, or, where :func:`_spanned`, one plane covering it."""
     pad = extra_leading
+    scale, translate = list(source.scale), list(source.translate)
+    names, units = list(source.axis_labels), list(source.units)
+    if _spanned(source, axis):
+        channels = full_resolution(source).shape[axis]
+        translate[axis] += (channels - 1) * scale[axis] / 2  # centred on the channels
+        scale[axis] *= channels
+    elif axis is not None and axis != -1 and not getattr(source, "rgb", False):
+        for values in (scale, translate, names, units):
+            del values[axis]
+    target.scale = (1.0,) * pad + tuple(scale)
+    target.translate = (0.0,) * pad + tuple(translate)
+    target.axis_labels = ("class",) * pad + tuple(names)
+    target.units = ("pixel",) * pad + tuple(units)
 
-    def kept(values) -> tuple:
-        values = tuple(values)
-        if axis is None or axis == -1 or getattr(source, "rgb", False):
-            return values
-        return values[:axis] + values[axis + 1 :]
 
-    target.scale = (1.0,) * pad + kept(source.scale)
-    target.translate = (0.0,) * pad + kept(source.translate)
-    target.axis_labels = ("class",) * pad + kept(source.axis_labels)
-    target.units = ("pixel",) * pad + kept(source.units)
+def layer_result(layer: Layer, source: Layer, axis: int | None) -> np.ndarray:
+    """The data of a result ``layer`` of ``source`` as it was given to :func:`write_layer`
+    (without the spanning channel plane), a view."""
+    data = np.asarray(layer.data)
+    if _spanned(source, axis):
+        position = data.ndim - len(full_resolution(source).shape) + axis
+        if 0 <= position < data.ndim and data.shape[position] == 1:
+            data = np.squeeze(data, axis=position)
+    return data
 
 
 OUTPUT_KEY = "napari-unet output"
@@ -168,12 +214,15 @@ def write_layer(
 ) -> Layer:
     """Show ``data`` in the layer "<source name> <suffix>", creating it or replacing its data.
 
-    ``kind`` is "labels" or "image"; the layer gets the placement (scale, translate,
-    axis names, units) of ``source``, less its channel ``axis``. An extra leading axis in
-    ``data`` (probabilities of several classes) is named "class".
+    ``kind`` is "labels" or "image"; ``data`` has the axes of ``source`` less its channel
+    ``axis``. The layer gets the placement (scale, translate, axis names, units) of
+    ``source`` (see :func:`_copy_placement` for the channel axis). An extra leading axis
+    in ``data`` (probabilities of several classes) is named "class".
     """
     layer_type = Labels if kind == "labels" else Image
     extra = data.ndim - len(spatial_shape(source, axis))
+    if _spanned(source, axis):
+        data = np.expand_dims(data, extra + axis)
     existing = output_layer(viewer, source, suffix)
     if existing is not None and isinstance(existing, layer_type) and existing.ndim == data.ndim:
         existing.data = data

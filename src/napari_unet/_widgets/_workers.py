@@ -100,13 +100,11 @@ def _training_data(image, labels, channel_axis: int | None):
     """The planes of a (stacked) image and its labels that hold labels, read into memory,
     and the channel axis of those planes (``channel_axis`` is that of ``image``)."""
     labels = np.array(labels, copy=True)  # painting during training must not change the targets
-    if (
-        channel_axis is not None
-        and channel_axis != -1
-        and labels.shape == tuple(image.shape)
-        and labels.ndim > 2
-    ):
-        labels = _collapse_channels(labels, channel_axis)
+    if channel_axis is not None and channel_axis != -1 and labels.ndim == len(image.shape):
+        if labels.shape[channel_axis] == 1 and image.shape[channel_axis] != 1:
+            labels = labels.squeeze(channel_axis)  # one plane spanning the channels
+        else:
+            labels = _collapse_channels(labels, channel_axis)
     planes = annotated_planes(labels)
     if not planes:
         raise InputError(

@@ -21,6 +21,7 @@ from ._layers import (
     chosen_axis,
     current_index,
     full_resolution,
+    layer_result,
     layers_of,
     leading_axis,
     output_layer,
@@ -172,7 +173,7 @@ class SegmentWidget(QWidget):
         layout.addStretch(1)
 
         self.registry.changed.connect(self._select_active_model)
-        self.image.changed.connect(self._update_planes)
+        self.image.changed.connect(self._image_changed)
         self.channels.changed.connect(self._update_planes)
         self.model.changed.connect(self._update_planes)
         watch_layers(self.viewer, self.reset_choices)
@@ -193,12 +194,15 @@ class SegmentWidget(QWidget):
             self.model.value = self.registry.active
         self._update_status()
 
+    def _image_changed(self, *_) -> None:
+        self.channels.reset_choices()
+        if channel_choices(self.image.value):
+            self.channels.value = AUTO  # an axis chosen for another layer means nothing here
+        self._update_planes()
+
     def _update_planes(self, *_) -> None:
         image = self.image.value
-        choices = channel_choices(image)
-        if [value for _, value in choices] != list(self.channels.choices):
-            self.channels.reset_choices()
-        self.channels.visible = bool(choices)
+        self.channels.visible = bool(channel_choices(image))
         self.planes.visible = (
             image is not None and len(spatial_shape(image, self.channel_axis(image))) > 2
         )
@@ -345,8 +349,10 @@ class SegmentWidget(QWidget):
         full_shape = (*extra, *shape)
         existing = output_layer(self.viewer, image, suffix)
         data = None
-        if existing is not None and existing.data.shape == full_shape:
-            data = np.asarray(existing.data)
+        if existing is not None:
+            data = layer_result(existing, image, axis)
+            data = data if data.shape == full_shape else None
+        if data is not None:
             if np.result_type(data.dtype, result.dtype) != data.dtype:
                 data = data.astype(np.result_type(data.dtype, result.dtype))
         if data is None:

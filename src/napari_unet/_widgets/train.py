@@ -37,6 +37,7 @@ from ._layers import (
     full_resolution,
     layers_of,
     leading_axis,
+    single_plane_axis,
     spatial_shape,
     watch_layers,
     write_layer,
@@ -220,10 +221,11 @@ class TrainWidget(QWidget):
         self.mode.changed.connect(self._update_mode_fields)
         self.augment.changed.connect(self._update_mode_fields)
         self.continue_training.changed.connect(self._update_model_fields)
-        self.image.changed.connect(self._match_labels)
+        self.image.changed.connect(self._image_changed)
         self.registry.changed.connect(self._update_model_fields)
         watch_layers(self.viewer, self.reset_choices)
         self.reset_choices()
+        self._image_changed()
         self._update_budget()
         self._update_mode_fields()
         self._update_model_fields()
@@ -236,15 +238,24 @@ class TrainWidget(QWidget):
         self.form.reset_choices()
         self._match_labels()
 
-    def _match_labels(self, *_) -> None:
+    def _image_changed(self, *_) -> None:
+        self._match_labels(keep_fitting=False)
+
+    def _match_labels(self, *_, keep_fitting: bool = True) -> None:
+        """Pick a labels layer for the image: one of its own shape first (the one chosen,
+        if it is), then one that lacks a channel axis of the image. With
+        ``keep_fitting`` (layers were added or removed), a chosen layer that fits stays."""
         self._update_channels()
         image, labels = self.image.value, self.labels.value
-        if image is None or (labels is not None and self._fits(image, labels)):
+        if image is None:
             return
-        for _, layer in layers_of(self.viewer, Labels):
-            if self._fits(image, layer):
-                self.labels.value = layer
-                return
+        candidates = [layer for _, layer in layers_of(self.viewer, Labels)]
+        same = [layer for layer in candidates if spatial_shape(layer) == spatial_shape(image)]
+        if labels in same or (keep_fitting and labels is not None and self._fits(image, labels)):
+            return
+        fitting = same or [layer for layer in candidates if self._fits(image, layer)]
+        if fitting and labels not in fitting:
+            self.labels.value = fitting[0]
 
     def _update_channels(self, *_) -> None:
         self.channels.reset_choices()
@@ -262,8 +273,10 @@ class TrainWidget(QWidget):
         (auto: an axis that the labels lack; -1 for an RGB layer; None: grey)."""
         auto = None
         if labels is not None and not getattr(image, "rgb", False):
-            shape = tuple(full_resolution(image).shape)
-            auto = leading_axis(shape, channel_axis_from_labels(shape, spatial_shape(labels)))
+            shape, label_shape = tuple(full_resolution(image).shape), spatial_shape(labels)
+            auto = leading_axis(shape, channel_axis_from_labels(shape, label_shape))
+            if auto is None:
+                auto = single_plane_axis(shape, label_shape)
         choice = self.channels.value if channel_choices(image) else AUTO
         return chosen_axis(image, choice, auto)
 
@@ -383,6 +396,11 @@ class TrainWidget(QWidget):
         if axis is not None and axis != -1:
             channels = full_resolution(image).shape[axis]
             show_info(f"Training reads axis {axis} of '{image.name}' as {channels} channels.")
+        elif axis is None and self.channels.value == AUTO and channel_choices(image):
+            show_info(
+                f"Training reads '{image.name}' as a stack of grey planes; if one of its "
+                "axes holds channels, choose it in the 'channels' field."
+            )
         self._stop.clear()
         self._worker = train_worker(
             full_resolution(image),
