@@ -85,23 +85,6 @@ def test_border_weights_peak_between_touching_objects():
     assert weights[10, 5] == 1  # inside an object
 
 
-def test_class_border_weights_mark_a_thin_line_between_two_regions_of_a_class():
-    from napari_unet.data import class_border_weights
-
-    target = np.zeros((20, 30), np.int64)  # two cells (class 0) ...
-    target[:, 14:16] = 1  # ... parted by a 2-pixel membrane (class 1)
-    target[:, 27:] = 1  # and a wide membrane band at the edge
-    target[0, 0] = -1  # an ignored pixel changes nothing
-
-    weights = class_border_weights(target, w0=10, sigma=3)
-
-    assert weights[10, 14] > 6 and weights[10, 15] > 6  # 1 + 10 * exp(-(1 + 2)^2 / 18)
-    assert weights[10, 5] == 1  # inside a cell, far from the other
-    assert weights[10, 21] < 1.01  # a cell pixel far between the two membrane regions
-    assert weights[10, 29] == 1  # membrane beside a single cell
-    assert weights.dtype == np.float32
-
-
 def test_labels_must_be_integers():
     with pytest.raises(InputError, match="whole numbers"):
         encode_labels([np.full((4, 4), 0.5)], "semantic")

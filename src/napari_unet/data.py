@@ -357,10 +357,18 @@ def smallest_object_size(labels: Sequence[np.ndarray]) -> int | None:
     return max(2, int(round(0.5 * float(np.percentile(areas, 5)))))
 
 
-def _gaps(label: np.ndarray, sigma: float) -> np.ndarray:
-    """``exp(-(d1 + d2)^2 / (2 sigma^2))`` with ``d1``, ``d2`` the distances of each pixel
-    to the nearest and second-nearest object of ``label`` (ids > 0), computed per object
-    in a window of 3 sigma around it (0 where fewer than two objects are that near)."""
+def border_weights(label: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
+    """The U-Net paper's weight map ``1 + w0 * exp(-(d1 + d2)^2 / (2 sigma^2))``.
+
+    ``d1`` and ``d2`` are the distances of a pixel to the nearest and second-nearest
+    object. The map weights the pixels that separate objects: background and, since
+    :func:`instance_targets` parts touching objects by their boundary pixels, those
+    too; the narrow gaps and contacts between objects get the highest weights.
+    Computed per object in a window of 3 sigma around it.
+    """
+    from skimage.segmentation import find_boundaries
+
+    label = np.asarray(label)
     height, width = label.shape
     d1 = np.full(label.shape, np.inf, np.float32)
     d2 = np.full(label.shape, np.inf, np.float32)
@@ -375,44 +383,10 @@ def _gaps(label: np.ndarray, sigma: float) -> np.ndarray:
         closer = distance < a
         b[:] = np.where(closer, a, np.minimum(b, distance))
         a[:] = np.where(closer, distance, a)
-    return np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
-
-
-def border_weights(label: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
-    """The U-Net paper's weight map ``1 + w0 * exp(-(d1 + d2)^2 / (2 sigma^2))``.
-
-    ``d1`` and ``d2`` are the distances of a pixel to the nearest and second-nearest
-    object. The map weights the pixels that separate objects: background and, since
-    :func:`instance_targets` parts touching objects by their boundary pixels, those
-    too; the narrow gaps and contacts between objects get the highest weights.
-    Computed per object in a window of 3 sigma around it.
-    """
-    from skimage.segmentation import find_boundaries
-
-    label = np.asarray(label)
+    gap = np.exp(-((d1 + d2) ** 2) / (2 * sigma**2))
     separating = (label == 0) | find_boundaries(label, mode="inner")
-    weight = 1.0 + w0 * np.where(separating, _gaps(label, sigma), 0.0)
+    weight = 1.0 + w0 * np.where(separating, gap, 0.0)
     return weight.astype(np.float32)
-
-
-def class_border_weights(target: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
-    """The paper's weight map for class targets (Y, X) (semantic mode).
-
-    The objects are the connected regions of each class, background included: a pixel
-    close to two separate regions of one class and in neither (a thin membrane between
-    two cells of an EM section, the background between two touching nuclei) gets the
-    weight ``1 + w0 * exp(-(d1 + d2)^2 / (2 sigma^2))`` of the nearer pair.
-    """
-    target = np.asarray(target)
-    gap = np.zeros(target.shape, np.float32)
-    for value in np.unique(target):
-        if value < 0:  # ignored pixels
-            continue
-        regions, count = ndi.label(target == value)
-        if count < 2:
-            continue
-        gap = np.maximum(gap, np.where(regions == 0, _gaps(regions, sigma), 0.0))
-    return (1.0 + w0 * gap).astype(np.float32)
 
 
 # ---------------------------------------------------------------------------

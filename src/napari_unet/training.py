@@ -29,7 +29,6 @@ from .data import (
     channel_axis_from_labels,
     channel_axis_of,
     check_pairs,
-    class_border_weights,
     convert_channels,
     elastic_deform,
     encode_labels,
@@ -238,8 +237,6 @@ def prepare_data(
     weights = None
     if config.mode == "instances" and config.border_weight > 0:
         weights = [border_weights(label, w0=config.border_weight) for label in label_planes]
-    elif config.mode == "semantic" and config.border_weight > 0:
-        weights = [class_border_weights(target, w0=config.border_weight) for target in targets]
     samples = [
         Sample(image, target, None if weights is None else weights[i])
         for i, (image, target) in enumerate(zip(normalized, targets, strict=True))
