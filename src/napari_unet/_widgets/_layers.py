@@ -51,6 +51,20 @@ def _named(axis_label: str) -> str:
     return "" if label.lstrip("-").isdigit() else f" '{label}'"
 
 
+def channel_field(image_field, auto: str):
+    """The "channels" ComboBox of a widget whose image layer is chosen in ``image_field``;
+    ``auto`` says what its auto choice does."""
+    from magicgui.widgets import ComboBox
+
+    return ComboBox(
+        name="channels",
+        label="channels",
+        choices=lambda _: channel_choices(image_field.value),
+        tooltip=f"Which axis of the image holds its channels (a nuclear and a membrane "
+        f"stain, say). auto: {auto}. none: every axis is a stack of grey planes.",
+    )
+
+
 def chosen_axis(layer: Image, choice, auto: int | None) -> int | None:
     """The channel axis of ``layer``'s data for a "channels" ``choice`` (``auto``: what
     the widget found), -1 for an RGB layer."""

@@ -18,6 +18,7 @@ from ._form import config_field, device_choices
 from ._layers import (
     AUTO,
     channel_choices,
+    channel_field,
     chosen_axis,
     current_index,
     full_resolution,
@@ -108,13 +109,8 @@ class SegmentWidget(QWidget):
             choices=lambda _: layers_of(self.viewer, Image),
             tooltip="The image to segment (2-D, a Z/T stack, RGB; multiscale at full resolution).",
         )
-        self.channels = ComboBox(
-            name="channels",
-            label="channels",
-            choices=lambda _: channel_choices(self.image.value),
-            tooltip="Which axis of the image holds its channels. auto: an axis with as many "
-            "entries as the model has input channels. none: every axis is a stack of grey "
-            "planes.",
+        self.channels = channel_field(
+            self.image, "an axis with as many entries as the model has input channels"
         )
         self.planes = ComboBox(
             name="planes",

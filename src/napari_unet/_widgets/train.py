@@ -31,6 +31,7 @@ from ._form import config_field, device_choices
 from ._layers import (
     AUTO,
     channel_choices,
+    channel_field,
     check_pair,
     chosen_axis,
     current_index,
@@ -92,13 +93,8 @@ class TrainWidget(QWidget):
             choices=lambda _: layers_of(self.viewer, Labels),
             tooltip="Labels of the same size: dense labels or sparse scribbles.",
         )
-        self.channels = ComboBox(
-            name="channels",
-            label="channels",
-            choices=lambda _: channel_choices(self.image.value),
-            tooltip="Which axis of the image holds its channels (e.g. a nuclear and a "
-            "membrane stain). auto: an axis the labels lack. none: every axis is a stack "
-            "of grey planes.",
+        self.channels = channel_field(
+            self.image, "an axis the labels lack, or have one plane long"
         )
         self.mode = config_field(TrainConfig, "mode", label="label mode")
         self.mode.tooltip = (
