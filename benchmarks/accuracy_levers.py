@@ -10,6 +10,7 @@ options) for a given number of minutes and appends a line of JSON to the results
     python benchmarks/accuracy_levers.py train dsb baseline 5
     python benchmarks/accuracy_levers.py train dsb lr5e-3 5 --learning-rate 5e-3
     python benchmarks/accuracy_levers.py train isbi baseline 5
+    python benchmarks/accuracy_levers.py train isbi constant-lr 5 --lr-schedule constant
     python benchmarks/accuracy_levers.py seeds <work>/dsb_baseline/model.safetensors
     python benchmarks/accuracy_levers.py foreground <work>/dsb_baseline/model.safetensors
     python benchmarks/accuracy_levers.py min-size <work>/dsb_baseline/model.safetensors
@@ -55,7 +56,37 @@ def isbi_dev(data: Path):
     return ([volume[:15]], [labels[:15]], ["train"]), (list(volume[15:]), list(labels[15:]))
 
 
-def train(data_name: str, name: str, minutes: float, extra: list[str], data: Path) -> dict:
+SCHEDULES = {
+    # learning-rate factor against the share of the budget used, after the same warm-up
+    "constant": lambda t: 1.0,
+    "steps": lambda t: 1.0 if t < 0.6 else (0.1 if t < 0.9 else 0.01),
+}
+"""Learning-rate schedules tried against the default (linear warm-up, cosine decay to 2%)."""
+
+
+def run_cli_with_schedule(schedule: str, argv: list[str]) -> int:
+    """``napari-unet`` with :data:`SCHEDULES` ``[schedule]`` in place of the default one."""
+    from napari_unet import cli, training
+
+    default = training._schedule
+
+    def patched(progress: float, warmup: float = 0.03) -> float:
+        if progress < warmup:
+            return default(progress, warmup)
+        return SCHEDULES[schedule]((progress - warmup) / (1 - warmup))
+
+    training._schedule = patched
+    return cli.main(argv)
+
+
+def train(
+    data_name: str,
+    name: str,
+    minutes: float,
+    extra: list[str],
+    data: Path,
+    schedule: str | None = None,
+) -> dict:
     from napari_unet import load_model, predict
 
     if data_name == "dsb":
@@ -66,8 +97,11 @@ def train(data_name: str, name: str, minutes: float, extra: list[str], data: Pat
         mode = "semantic"
     folder = WORK / f"{data_name}_{name}"
     model_path = folder / "model.safetensors"
+    runner = ["-m", "napari_unet.cli"]
+    if schedule:
+        runner = [__file__, "--schedule-run", schedule]
     command = [
-        sys.executable, "-m", "napari_unet.cli", "train",
+        sys.executable, *runner, "train",
         "--images", str(write_folder(folder / "images", names, images)),
         "--labels", str(write_folder(folder / "labels", names, labels)),
         "--mode", mode, "--minutes", str(minutes), "--out", str(model_path), *extra,
@@ -84,7 +118,7 @@ def train(data_name: str, name: str, minutes: float, extra: list[str], data: Pat
     return {
         "data": data_name,
         "lever": name,
-        "options": extra,
+        "options": extra + ([f"learning-rate schedule: {schedule}"] if schedule else []),
         "minutes": minutes,
         "steps": model.history["runs"][-1]["steps"],
         **{k: round(v, 4) for k, v in scores.items()},
@@ -189,6 +223,8 @@ def split(model_paths: list[Path], data: Path, heights: list[float]) -> list[dic
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["--schedule-run"]:
+        sys.exit(run_cli_with_schedule(sys.argv[2], sys.argv[3:]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data", type=Path)
     parser.add_argument("--results", type=Path, default=Path("docs/accuracy-levers.jsonl"))
@@ -197,6 +233,7 @@ def main() -> None:
     t.add_argument("dataset", choices=["dsb", "isbi"])
     t.add_argument("name")
     t.add_argument("minutes", type=float)
+    t.add_argument("--lr-schedule", choices=sorted(SCHEDULES), help="instead of the default")
     s = sub.add_parser("seeds", help="score watershed seed margins with a trained model")
     s.add_argument("model", type=Path)
     s.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6])
@@ -216,7 +253,7 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 2)
     started = time.strftime("%Y-%m-%d")
     if args.command == "train":
-        rows = [train(args.dataset, args.name, args.minutes, extra, args.data)]
+        rows = [train(args.dataset, args.name, args.minutes, extra, args.data, args.lr_schedule)]
     elif args.command == "seeds":
         rows = postprocess(args.model, args.data, "seeds", args.margins, args.tta)
     elif args.command == "foreground":
