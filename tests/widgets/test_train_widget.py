@@ -226,9 +226,12 @@ def test_labels_of_the_images_own_shape_come_first(make_napari_viewer):
     viewer.add_labels(np.zeros((32, 32), np.uint8), name="flat labels")
     train = TrainWidget(viewer)
 
+    train.image.value = stack
+    train.channels.value = 0
     train.image.value = flat
     assert train.labels.value.name == "flat labels"
     train.image.value = stack  # (32, 32) labels would fit as channels; its own shape wins
+    assert train.channels.value == "auto"  # the axis chosen before is forgotten
     assert train.labels.value.name == "stack labels"
     assert train.channel_axis(stack, train.labels.value) is None
 

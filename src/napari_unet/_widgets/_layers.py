@@ -13,11 +13,6 @@ def full_resolution(layer: Layer):
     return layer.data[0] if layer.multiscale else layer.data
 
 
-def channel_axis(layer: Image) -> int | None:
-    """-1 for RGB(A) layers, whose colour axis napari keeps last; None otherwise."""
-    return -1 if getattr(layer, "rgb", False) else None
-
-
 AUTO = "auto"
 """Choice of the widgets' "channels" field: let the widget find the channel axis."""
 GREY = "grey"

@@ -235,6 +235,9 @@ class TrainWidget(QWidget):
         self._match_labels()
 
     def _image_changed(self, *_) -> None:
+        self.channels.reset_choices()
+        if channel_choices(self.image.value):
+            self.channels.value = AUTO  # an axis chosen for another layer means nothing here
         self._match_labels(keep_fitting=False)
 
     def _match_labels(self, *_, keep_fitting: bool = True) -> None:
