@@ -219,6 +219,18 @@ def test_a_channel_axis_after_a_stack_axis_keeps_the_result_on_its_slider(viewer
     assert result.data[1].any() and result.data[2].any() and not result.data[0].any()
 
 
+def test_the_first_result_layer_does_not_move_the_sliders(viewer, qtbot):
+    data = np.random.default_rng(4).random((3, 40, 48)).astype(np.float32)
+    layer = viewer.add_image(data, name="placed", scale=(2.0, 1.0, 1.0), translate=(10, 0, 0))
+    viewer.dims.set_current_step(0, 1)
+
+    segment_with(viewer, qtbot, layer, untrained_model(), planes=CURRENT_PLANE)
+
+    assert viewer.dims.current_step[0] == 1
+    result = viewer.layers["placed segmentation"]
+    assert tuple(result.translate) == (10, 0, 0) and tuple(result.scale) == (2, 1, 1)
+
+
 def test_the_channels_field_follows_the_image(viewer):
     first = viewer.add_image(np.zeros((4, 2, 16, 16), np.float32), name="first")
     second = viewer.add_image(

@@ -267,6 +267,22 @@ def test_a_corrected_result_with_a_one_plane_channel_axis_trains(
     assert preview.data.shape == (2, 1, *image.shape)
 
 
+def test_painted_labels_come_before_the_plugins_results(make_napari_viewer):
+    from napari_unet._widgets._layers import write_layer
+
+    viewer = make_napari_viewer()
+    cells = viewer.add_image(np.zeros((2, 32, 32), np.float32), name="cells")
+    viewer.add_labels(np.zeros((2, 32, 32), np.uint8), name="painted")
+    other = viewer.add_image(np.zeros((16, 16), np.float32), name="other")
+    write_layer(viewer, cells, np.zeros((2, 32, 32), np.int32), "labels", "segmentation")
+    train = TrainWidget(viewer)
+
+    train.image.value = other
+    train.image.value = cells
+
+    assert train.labels.value.name == "painted"  # not "cells segmentation", on top
+
+
 def test_labels_that_differ_between_channel_planes_are_refused():
     from napari_unet._widgets._workers import _collapse_channels
     from napari_unet.data import InputError

@@ -173,10 +173,8 @@ def _spanned(source: Layer, axis: int | None) -> bool:
     return axis is not None and axis > 0 and not getattr(source, "rgb", False)
 
 
-def _copy_placement(
-    source: Layer, target: Layer, extra_leading: int = 0, axis: int | None = None
-) -> None:
-    """Give ``target`` the scale, translate, axis names and units of ``source``; its
+def _placement(source: Layer, extra_leading: int = 0, axis: int | None = None) -> dict:
+    """The scale, translate, axis names and units of ``source`` for a result layer; its
     channel ``axis`` is left out, or, where :func:`_spanned`, one plane covering it."""
     pad = extra_leading
     scale, translate = list(source.scale), list(source.translate)
@@ -188,10 +186,12 @@ def _copy_placement(
     elif axis is not None and axis != -1 and not getattr(source, "rgb", False):
         for values in (scale, translate, names, units):
             del values[axis]
-    target.scale = (1.0,) * pad + tuple(scale)
-    target.translate = (0.0,) * pad + tuple(translate)
-    target.axis_labels = ("class",) * pad + tuple(names)
-    target.units = ("pixel",) * pad + tuple(units)
+    return {
+        "scale": (1.0,) * pad + tuple(scale),
+        "translate": (0.0,) * pad + tuple(translate),
+        "axis_labels": ("class",) * pad + tuple(names),
+        "units": ("pixel",) * pad + tuple(units),
+    }
 
 
 def layer_result(layer: Layer, source: Layer, axis: int | None) -> np.ndarray:
@@ -225,7 +225,7 @@ def write_layer(
 
     ``kind`` is "labels" or "image"; ``data`` has the axes of ``source`` less its channel
     ``axis``. The layer gets the placement (scale, translate, axis names, units) of
-    ``source`` (see :func:`_copy_placement` for the channel axis). An extra leading axis
+    ``source`` (see :func:`_placement` for the channel axis). An extra leading axis
     in ``data`` (probabilities of several classes) is named "class".
     """
     layer_type = Labels if kind == "labels" else Image
@@ -233,17 +233,20 @@ def write_layer(
     if _spanned(source, axis):
         data = np.expand_dims(data, extra + axis)
     existing = output_layer(viewer, source, suffix)
+    placement = _placement(source, extra, axis)
     if existing is not None and isinstance(existing, layer_type) and existing.ndim == data.ndim:
         existing.data = data
-        _copy_placement(source, existing, extra, axis)
+        for name, value in placement.items():
+            setattr(existing, name, value)
         if kind == "image":
             existing.contrast_limits = (0.0, 1.0)
         return existing
     if existing is not None:
         viewer.layers.remove(existing)
-    options = {
+    options = {  # placed when added: a layer added unplaced would move the sliders
         "name": f"{source.name} {suffix}",
         "metadata": {OUTPUT_KEY: {"source": source.name, "kind": suffix}},
+        **placement,
     }
     if kind == "labels":
         layer = viewer.add_labels(data, opacity=0.6, **options)
@@ -251,8 +254,12 @@ def write_layer(
         layer = viewer.add_image(
             data, colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", **options
         )
-    _copy_placement(source, layer, extra, axis)
     return layer
+
+
+def made_here(layer: Layer) -> bool:
+    """Whether ``layer`` is a result or preview this plugin wrote."""
+    return OUTPUT_KEY in layer.metadata
 
 
 def layers_of(viewer, layer_type) -> list[tuple[str, Layer]]:

@@ -38,6 +38,7 @@ from ._layers import (
     full_resolution,
     layers_of,
     leading_axis,
+    made_here,
     single_plane_axis,
     spatial_shape,
     watch_layers,
@@ -242,18 +243,23 @@ class TrainWidget(QWidget):
 
     def _match_labels(self, *_, keep_fitting: bool = True) -> None:
         """Pick a labels layer for the image: one of its own shape first (the one chosen,
-        if it is), then one that lacks a channel axis of the image. With
+        if it is), then one that lacks a channel axis of the image; the user's layers
+        before this plugin's results and previews. With
         ``keep_fitting`` (layers were added or removed), a chosen layer that fits stays."""
         self._update_channels()
         image, labels = self.image.value, self.labels.value
         if image is None:
             return
-        candidates = [layer for _, layer in layers_of(self.viewer, Labels)]
+        candidates = sorted(  # the user's own layers before this plugin's results
+            (layer for _, layer in layers_of(self.viewer, Labels)), key=made_here
+        )
         same = [layer for layer in candidates if spatial_shape(layer) == spatial_shape(image)]
-        if labels in same or (keep_fitting and labels is not None and self._fits(image, labels)):
+        if keep_fitting and labels is not None and self._fits(image, labels):
+            return
+        if labels in same and not made_here(labels):
             return
         fitting = same or [layer for layer in candidates if self._fits(image, layer)]
-        if fitting and labels not in fitting:
+        if fitting:
             self.labels.value = fitting[0]
 
     def _update_channels(self, *_) -> None:
