@@ -283,6 +283,21 @@ def test_painted_labels_come_before_the_plugins_results(make_napari_viewer):
     assert train.labels.value.name == "painted"  # not "cells segmentation", on top
 
 
+def test_labels_without_a_later_channel_axis_are_refused(make_napari_viewer, notifications):
+    viewer = make_napari_viewer()
+    movie = viewer.add_image(np.zeros((3, 2, 32, 32), np.float32), name="movie")
+    labels = viewer.add_labels(np.ones((3, 32, 32), np.uint8), name="t labels")
+    train = TrainWidget(viewer)
+    train.labels.value = labels  # napari shows these on the image's "c" slider
+
+    train.start()
+
+    assert not train.running
+    assert train.channel_axis(movie, labels) == 1
+    assert "lacks axis 1" in notifications.errors[0]
+    assert "own shape" in notifications.errors[0] and "'channels'" in notifications.errors[0]
+
+
 def test_labels_that_differ_between_channel_planes_are_refused():
     from napari_unet._widgets._workers import _collapse_channels
     from napari_unet.data import InputError

@@ -134,17 +134,29 @@ def current_index(viewer, layer: Layer, axis: int | None = None) -> tuple[int, .
 def check_pair(image: Image, labels: Labels, axis: int | None = None) -> None:
     """Raise :class:`InputError` unless ``labels`` covers ``image`` pixel for pixel.
 
-    With a channel ``axis`` the labels may lack that axis, have it too (labels painted
-    on one or more channel planes) or have it one plane long (a result of this plugin,
-    corrected).
+    With a channel ``axis`` the labels may have it too (labels painted on one or more
+    channel planes) or have it one plane long (a result of this plugin, corrected); they
+    may lack it only where it is the first axis: napari lines layers up by their last
+    axes, so labels without a later channel axis are shown on the wrong planes.
     """
     image_shape, label_shape = spatial_shape(image, axis), spatial_shape(labels)
-    if image_shape == label_shape:
-        return
     full = tuple(full_resolution(image).shape)
-    if leading_axis(full, axis) is not None:
-        if label_shape in (full, full[:axis] + (1,) + full[axis + 1 :]):
+    if leading_axis(full, axis) is None:
+        if image_shape == label_shape:
             return
+    else:
+        fitting = [full, full[:axis] + (1,) + full[axis + 1 :]]
+        if axis == 0:
+            fitting.append(image_shape)
+        if label_shape in fitting:
+            return
+        if label_shape == image_shape:
+            raise InputError(
+                f"The labels layer '{labels.name}' lacks axis {axis} of '{image.name}' (its "
+                f"{full[axis]} channels), so napari shows it on the wrong planes of the "
+                "image; paint on a labels layer of the image's own shape (Layers > New "
+                f"labels layer with the image selected) and choose axis {axis} in 'channels'."
+            )
     raise InputError(
         f"The labels layer '{labels.name}' has shape {label_shape} but the image layer "
         f"'{image.name}' has shape {image_shape}; paint labels on a layer of the image's "

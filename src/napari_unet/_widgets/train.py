@@ -95,7 +95,7 @@ class TrainWidget(QWidget):
             tooltip="Labels of the same size: dense labels or sparse scribbles.",
         )
         self.channels = channel_field(
-            self.image, "an axis the labels lack, or have one plane long"
+            self.image, "the first axis if the labels lack it, or an axis they have one plane long"
         )
         self.mode = config_field(TrainConfig, "mode", label="label mode")
         self.mode.tooltip = (
