@@ -51,8 +51,9 @@ def test_dask_stack_every_plane(viewer, qtbot):
     )
     layer = viewer.add_image(data, name="lazy", axis_labels=("t", "y", "x"))
 
-    segment_with(viewer, qtbot, layer, untrained_model())
+    widget = segment_with(viewer, qtbot, layer, untrained_model())
 
+    assert widget.channels.native.isHidden()  # a grey model reads the planes
     result = viewer.layers["lazy segmentation"]
     assert result.data.shape == (3, 70, 90)
     assert tuple(result.axis_labels) == ("t", "y", "x")

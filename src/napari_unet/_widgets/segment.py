@@ -198,15 +198,21 @@ class SegmentWidget(QWidget):
 
     def _update_planes(self, *_) -> None:
         image = self.image.value
-        self.channels.visible = bool(channel_choices(image))
+        self.channels.visible = self._channels_apply(image)
         self.planes.visible = (
             image is not None and len(spatial_shape(image, self.channel_axis(image))) > 2
         )
 
+    def _channels_apply(self, image: Image | None) -> bool:
+        """Whether the "channels" field means anything: a layer with an axis that could
+        hold channels, and a model that takes several (a grey model reads planes)."""
+        entry = self.model.value
+        return bool(channel_choices(image)) and entry is not None and entry.model.in_channels > 1
+
     def channel_axis(self, image: Image) -> int | None:
         """The axis of ``image``'s data that holds channels, as the "channels" field says
         (auto: as the model reads images; -1 for an RGB layer; None: grey planes)."""
-        choice = self.channels.value if channel_choices(image) else AUTO
+        choice = self.channels.value if self._channels_apply(image) else AUTO
         return chosen_axis(image, choice, auto_channel_axis(self.model.value, image))
 
     def _update_status(self) -> None:
