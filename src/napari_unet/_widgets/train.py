@@ -233,10 +233,11 @@ class TrainWidget(QWidget):
     def reset_choices(self, *_) -> None:
         """Refresh the layer choices (napari calls this when layers change)."""
         self.form.reset_choices()
+        self._update_channels()
         self._match_labels()
 
     def _image_changed(self, *_) -> None:
-        self.channels.reset_choices()
+        self._update_channels()
         if channel_choices(self.image.value):
             self.channels.value = AUTO  # an axis chosen for another layer means nothing here
         self._match_labels(keep_fitting=False)
@@ -246,16 +247,13 @@ class TrainWidget(QWidget):
         if it is), then one that lacks a channel axis of the image; the user's layers
         before this plugin's results and previews. With
         ``keep_fitting`` (layers were added or removed), a chosen layer that fits stays."""
-        self._update_channels()
         image, labels = self.image.value, self.labels.value
-        if image is None:
+        if image is None or (keep_fitting and labels is not None and self._fits(image, labels)):
             return
         candidates = sorted(  # the user's own layers before this plugin's results
             (layer for _, layer in layers_of(self.viewer, Labels)), key=made_here
         )
         same = [layer for layer in candidates if spatial_shape(layer) == spatial_shape(image)]
-        if keep_fitting and labels is not None and self._fits(image, labels):
-            return
         if labels in same and not made_here(labels):
             return
         fitting = same or [layer for layer in candidates if self._fits(image, layer)]
@@ -275,7 +273,8 @@ class TrainWidget(QWidget):
 
     def channel_axis(self, image: Image, labels: Labels | None) -> int | None:
         """The axis of ``image``'s data that holds channels, as the "channels" field says
-        (auto: an axis that the labels lack; -1 for an RGB layer; None: grey)."""
+        (auto: an axis the labels lack, which :func:`check_pair` accepts only as the first
+        one, or an axis they have one plane long; -1 for an RGB layer; None: grey)."""
         auto = None
         if labels is not None and not getattr(image, "rgb", False):
             shape, label_shape = tuple(full_resolution(image).shape), spatial_shape(labels)
