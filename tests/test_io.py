@@ -92,3 +92,46 @@ def test_labels_are_matched_by_file_name(tmp_path):
     labels = match_labels(images, tmp_path / "lab")
 
     assert [p.name for p in labels] == ["a_labels.tif", "b.tif"]
+
+
+def test_a_model_whose_header_length_looks_like_a_pickle_still_loads(model, tmp_path):
+    # a safetensors file starts with its header length (little-endian u64); lengths of 640
+    # modulo 65536 begin with the two bytes of a protocol-2 pickle
+    path = tmp_path / "m.safetensors"
+    original = model.history
+    try:
+        pad = 0
+        for _ in range(8):
+            model.history = {**original, "note": "x" * pad}
+            model.save(path)
+            length = int.from_bytes(path.read_bytes()[:8], "little")
+            if path.read_bytes()[:2] == b"\x80\x02":
+                break
+            pad += (640 - length) % 65536 or 8
+        assert path.read_bytes()[:2] == b"\x80\x02"
+    finally:
+        model.history = original
+
+    assert load_model(path).history["note"] == "x" * pad
+
+
+def test_a_model_file_with_a_malformed_header_gets_a_clear_error(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "odd.safetensors"
+    save_file({"w": torch.zeros(1)}, str(path), metadata={"napari_unet": "[]"})
+    with pytest.raises(ModelFileError, match="not a valid napari-unet model"):
+        load_model(path)
+
+
+def test_saved_files_get_the_permissions_of_a_plain_file(model, tmp_path):
+    old = os.umask(0o022)
+    try:
+        path = tmp_path / "m.safetensors"
+        model.save(path)
+        assert path.stat().st_mode & 0o777 == 0o644
+        path.chmod(0o640)
+        model.save(path)  # replacing keeps the file's mode
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        os.umask(old)

@@ -153,6 +153,7 @@ def atomic_path(path, *, directory: bool = False):
     tmp = _temporary_beside(path, directory=directory)
     try:
         yield tmp
+        _give_mode(tmp, path)
         _replace(tmp, path)
     except BaseException:
         _remove(tmp)
@@ -167,6 +168,32 @@ def _temporary_beside(path: Path, *, directory: bool) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     return Path(tmp)
+
+
+def _give_mode(tmp: Path, path: Path) -> None:
+    """mkstemp / mkdtemp make files and folders private to their owner; give ``tmp`` the
+    mode of the file it replaces, or the one a plain open() or mkdir() would (the umask's)."""
+    try:
+        if path.is_file() and tmp.is_file():
+            shutil.copymode(path, tmp)
+        else:
+            os.chmod(tmp, (0o777 if tmp.is_dir() else 0o666) & ~_umask())
+    except OSError:
+        pass
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (os.umask can only
+    be read by setting it, which would briefly affect files other threads create)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _replace(source: Path, target: Path) -> None:
@@ -469,6 +496,7 @@ class _ZarrBands(_AlignedBands):
         import zarr
 
         super().finish()
+        _give_mode(self._tmp, self.path)
         _replace(self._tmp, self.path)
         self._tmp = None
         return zarr.open_array(str(self.path), mode="r")
@@ -590,27 +618,36 @@ def load_model(path, *, device: str = "cpu"):
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"No model file at {path}.")
-    with open(path, "rb") as handle:
-        head = handle.read(8)
-    if (
-        head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
-        or head[:4] == b"PK\x03\x04"
-    ):
-        raise ModelFileError(
-            f"{path} is a pickle / PyTorch checkpoint, which can run code when loaded; it is "
-            "refused. napari-unet model files are safetensors files written by model.save()."
-        )
+    # The safetensors reader never unpickles, so a file is first read as safetensors; the
+    # magic bytes of a pickle or a PyTorch zip only choose the message when that fails (a
+    # safetensors header length can begin with the same two bytes as a pickle).
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}
     except (SafetensorError, OSError, ValueError) as error:
+        try:
+            with open(path, "rb") as handle:
+                head = handle.read(8)
+        except OSError:
+            head = b""
+        if (
+            head[:2] in (b"\x80\x02", b"\x80\x03", b"\x80\x04", b"\x80\x05")
+            or head[:4] == b"PK\x03\x04"
+        ):
+            raise ModelFileError(
+                f"{path} is a pickle / PyTorch checkpoint, which can run code when loaded; it "
+                "is refused. napari-unet model files are safetensors files written by "
+                "model.save()."
+            ) from None
         raise ModelFileError(
             f"{path} is not a napari-unet model file ({error}); choose a file written by "
             "napari-unet train or model.save()."
         ) from error
     try:
         header = json.loads(metadata["napari_unet"])
+        if not isinstance(header, dict):
+            raise ValueError("its napari_unet header is not a JSON object")
         if header.get("format") != FORMAT:
             raise ModelFileError(f"{path} has unknown format {header.get('format')!r}.")
         network = UNet(**header["network"])
@@ -619,7 +656,12 @@ def load_model(path, *, device: str = "cpu"):
         normalization = Normalization(**header["normalization"])
     except ModelFileError:
         raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+    except RuntimeError as error:  # load_state_dict: weights and header disagree
+        raise ModelFileError(
+            f"{path} is damaged: its weights do not match the network its header describes; "
+            "choose another model file or train again."
+        ) from error
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
         raise ModelFileError(
             f"{path} is a safetensors file but not a valid napari-unet model ({error})."
         ) from error
