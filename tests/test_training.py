@@ -235,3 +235,82 @@ def test_configuration_errors_read_as_one_line():
 
     assert describe_error(both_zero.value).startswith("dice_weight and ce_weight are both 0")
     assert describe_error(too_small.value).startswith("patch_size: Input should be greater")
+
+
+def test_instances_mode_reads_a_mask_as_connected_objects():
+    image, label = disks(96, seed=2)
+    mask = np.where(label > 0, 255, 0).astype(np.float32)  # 0/255, stored as floats
+    config = TrainConfig(mode="instances", epochs=1, **FAST)
+
+    events = iter_train(image, mask, config, model_config=ModelConfig(**TINY))
+    started = next(events)
+    model = [e for e in events if isinstance(e, TrainingFinished)][0].model
+
+    assert any("connected region" in note for note in started.notes)
+    from napari_unet.data import instance_ids, smallest_object_size
+
+    (ids,), _ = instance_ids([mask])
+    assert ids.max() >= 3  # the disks, not one object of id 255
+    assert model.min_object_size == smallest_object_size([ids])
+    assert model.min_object_size < np.bincount(ids.ravel())[1:].min()
+
+
+def test_instances_mode_takes_large_sparse_ids():
+    image, label = disks(64, seed=3)
+    sparse_ids = label.astype(np.uint64) * 2**33  # ids far beyond the object count
+    config = TrainConfig(mode="instances", epochs=1, **FAST)
+    model = train(image, sparse_ids, config, model_config=ModelConfig(**TINY))
+    assert model.mode == "instances"
+
+
+def test_continuing_a_model_without_a_config_keeps_its_mode(disk_data):
+    images, labels = disk_data
+    config = TrainConfig(mode="instances", epochs=1, **FAST)
+    model = train(images, labels, config, model_config=ModelConfig(**TINY))
+
+    train(images, labels, model=model)  # no config: the model's mode, not semantic
+
+    assert model.history["runs"][-1]["config"]["mode"] == "instances"
+    with pytest.raises(InputError, match="trained in mode 'instances'"):
+        train(images, [lab > 0 for lab in labels], TrainConfig(epochs=1, **FAST), model=model)
+
+
+def test_a_patch_size_the_network_cannot_take_is_rounded_up_with_a_note(disk_data):
+    images, labels = disk_data
+    config = TrainConfig(mode="instances", epochs=1, **{**FAST, "patch_size": 20})
+    events = iter_train(images, labels, config, model_config=ModelConfig(depth=3, base_channels=4))
+    started = next(events)
+    finished = [e for e in events if isinstance(e, TrainingFinished)][0]
+    assert any("Patch size 20 -> 24" in note for note in started.notes)
+    assert finished.model.history["runs"][-1]["config"]["patch_size"] == 24
+
+
+def test_stopping_before_the_first_validation_keeps_what_was_learned(disk_data):
+    images, labels = disk_data
+    config = TrainConfig(mode="instances", epochs=1, **{**FAST, "steps_per_epoch": 20})
+    events = iter_train(images, labels, config, model_config=ModelConfig(**TINY))
+    model = next(events).model
+    initial = {k: v.clone() for k, v in model.network.state_dict().items()}
+    for event in events:
+        if isinstance(event, StepEnded) and event.step == 5:
+            break
+    trained = {k: v.clone() for k, v in model.network.state_dict().items()}
+    events.close()
+
+    after = model.network.state_dict()
+    assert any(not torch.equal(initial[k], after[k]) for k in initial)
+    for key, value in trained.items():
+        torch.testing.assert_close(after[key], value)
+
+
+def test_class_values_beyond_16_bits_survive_prediction():
+    image, instances = disks(64, seed=4)
+    scribbles = np.zeros(instances.shape, np.uint32)
+    scribbles[::5, :][instances[::5, :] == 0] = 1
+    scribbles[(instances > 0) & (np.indices(instances.shape).sum(0) % 3 == 0)] = 70000
+    config = TrainConfig(mode="sparse", epochs=3, **FAST)
+
+    model = train(image, scribbles, config, model_config=ModelConfig(**TINY))
+    labels = predict(model, image)
+
+    assert labels.dtype == np.uint32 and 70000 in np.unique(labels)

@@ -114,6 +114,8 @@ class TrainConfig(_Config):
 class PredictConfig(_Config):
     """How to run a model on an image."""
 
+    # On the CPU a 1024 tile was no faster than 512 at the same overlap (1.01x, paired;
+    # docs/benchmarks.md) and holds four times the feature maps, so 512 stays.
     tile_size: int = Field(512, ge=16, le=8192, description="Side of the square inference tiles.")
     overlap: float = Field(
         0.125,

@@ -231,6 +231,8 @@ def encode_labels(
         0 = background, one id per object; trained as background / interior /
         boundary (the boundary separates touching objects).
     """
+    if previous is not None and previous.mode != mode:
+        _check_previous(LabelEncoding(mode, [], [], [], []), previous)
     labels = [_check_integer_labels(label, i) for i, label in enumerate(labels)]
     values = np.unique(np.concatenate([np.unique(label) for label in labels]))
     notes: list[str] = []
@@ -312,6 +314,28 @@ def encode_labels(
         mode, names, list(range(num_classes)), list(range(num_classes)), notes
     )
     return targets, encoding
+
+
+def instance_ids(labels: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
+    """Instance labels as consecutive int32 ids per plane, and notes.
+
+    Ids may come as any whole numbers (floats with whole values, large sparse ids). A
+    mask with a single object value (0/1, 0/255, boolean) holds no ids to tell objects
+    apart, so its connected regions become the objects.
+    """
+    from skimage.segmentation import relabel_sequential
+
+    labels = [_check_integer_labels(label, i) for i, label in enumerate(labels)]
+    values = np.unique(np.concatenate([np.unique(label) for label in labels]))
+    notes = []
+    if values.size == 2 and values[0] == 0:
+        notes.append(
+            f"The labels are a mask (0/{values[1]}), not one id per object; each connected "
+            "region is taken as an object (touching objects cannot be told apart: give them "
+            "different values to train their separation)."
+        )
+        labels = [ndi.label(label > 0)[0] for label in labels]
+    return [relabel_sequential(label)[0].astype(np.int32) for label in labels], notes
 
 
 def _check_previous(encoding: LabelEncoding, previous: LabelEncoding | None) -> LabelEncoding:

@@ -358,7 +358,7 @@ class _Job:
             return np.dtype(np.float32)
         if self.instances:
             return np.dtype(np.int32)
-        return np.dtype(np.uint8 if self.class_values.max() < 256 else np.uint16)
+        return np.min_scalar_type(max(255, int(self.class_values.max())))  # uint8, 16 or 32
 
     def prefix(self, index: tuple[int, ...]) -> tuple:
         return index if self.labels else (slice(None), *index)

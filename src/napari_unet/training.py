@@ -33,6 +33,7 @@ from .data import (
     elastic_deform,
     encode_labels,
     iter_planes,
+    instance_ids,
     smallest_object_size,
     to_cyx,
 )
@@ -196,6 +197,9 @@ def prepare_data(
     planes, owners, rgba = _planes(images, labels, channel_axis, notes)
     label_planes = _label_planes(labels)
     check_pairs(planes, label_planes)
+    if config.mode == "instances":  # consecutive integer ids, a mask's regions as objects
+        label_planes, id_notes = instance_ids(label_planes)
+        notes += id_notes
     counts = sorted({p.shape[0] for p in planes})
     convert = False
     if model is not None:
@@ -369,7 +373,7 @@ def iter_train(
     per epoch, and :class:`TrainingFinished` at the end. Closing the generator stops
     training; the model keeps the best validation weights either way.
     """
-    config = config or TrainConfig()
+    config = config or TrainConfig(mode=model.mode if model is not None else "semantic")
     data = prepare_data(images, labels, config, model=model, channel_axis=channel_axis)
     rng = np.random.default_rng(config.seed)
     torch.manual_seed(config.seed)
@@ -401,6 +405,17 @@ def iter_train(
         network.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
     )
     loss_fn = DiceCELoss(config.dice_weight, config.ce_weight)
+    # patches whose sides the network's pooling divides, and at least 2 x 2 at the
+    # bottleneck (normalisation needs more than one value per channel)
+    divisor = network.divisor
+    patch_size = max(2 * divisor, -(-config.patch_size // divisor) * divisor)
+    if patch_size != config.patch_size:
+        data.notes.append(
+            f"Patch size {config.patch_size} -> {patch_size}: a U-Net of depth "
+            f"{network.config.depth} takes sides that are multiples of {divisor}, at least "
+            f"{2 * divisor}."
+        )
+        config = config.model_copy(update={"patch_size": patch_size})
     sampler = PatchSampler(
         data.train, config.patch_size, data.encoding.num_classes, config.foreground_sampling, rng
     )
@@ -428,7 +443,8 @@ def iter_train(
         data.notes,
     )
 
-    best_state = copy.deepcopy(network.state_dict())
+    # None until the first validation: stopped before it, the model keeps what it learned
+    best_state = None
     best_score: float | None = None
     start = time.perf_counter()
     step = epoch = 0
@@ -501,7 +517,8 @@ def iter_train(
             if not budget and step >= total_steps:
                 break
     finally:
-        network.load_state_dict(best_state)
+        if best_state is not None:
+            network.load_state_dict(best_state)
         network.eval()
         run.update(
             epochs=epoch,
