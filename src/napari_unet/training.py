@@ -32,8 +32,8 @@ from .data import (
     convert_channels,
     elastic_deform,
     encode_labels,
-    iter_planes,
     instance_ids,
+    iter_planes,
     smallest_object_size,
     to_cyx,
 )
