@@ -179,3 +179,26 @@ def test_an_unreachable_scheduler_is_a_one_line_error(
     err = capsys.readouterr().err
     assert code == 2
     assert len([line for line in err.splitlines() if "dask scheduler" in line]) == 1
+
+
+def test_results_never_replace_the_input_images(tmp_path, model_path, inputs, capsys):
+    folder, _ = inputs
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+
+    code = main(["predict", "--model", str(model_path), "--input", str(folder),
+                 "--output", str(folder), *TILES])  # fmt: skip
+
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "replace input images" in err and "another --output" in err
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
+
+
+def test_bad_prediction_options_fail_once_before_any_file(tmp_path, model_path, inputs, capsys):
+    folder, _ = inputs
+    code = main(["predict", "--model", str(model_path), "--input", str(folder),
+                 "--output", str(tmp_path / "out"), "--tile-size", "10"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("error") == 1 and "tile_size" in err
+    assert not (tmp_path / "out").exists()

@@ -157,6 +157,8 @@ def test_bad_inputs_give_one_line_errors_and_nonzero_exit(
     tifffile.imwrite(nan, np.full((64, 64), np.nan, np.float32))
     broken = tmp_path / "broken.tif"
     broken.write_bytes(b"II*\x00garbage")
+    blank64 = tmp_path / "labels64.tif"
+    tifffile.imwrite(blank64, np.eye(64, dtype=np.uint8))
     blank = tmp_path / "blank.tif"
     tifffile.imwrite(blank, np.zeros((128, 128), np.uint8))
     out = str(tmp_path / "m.safetensors")
@@ -170,11 +172,12 @@ def test_bad_inputs_give_one_line_errors_and_nonzero_exit(
             "No annotated pixels",
         ),
         (train + ["--images", str(broken), "--labels", str(image)], "Cannot read"),
-        (train + ["--images", str(nan), "--labels", str(nan)], "NaN"),
+        (train + ["--images", str(nan), "--labels", str(blank64)], "NaN"),
+        (train + ["--images", str(nan), "--labels", str(nan)], "both the image and its labels"),
         (
             train
-            + ["--images", str(image), "--labels", str(image), "--dice-weight", "0"]
-            + ["--ce-weight", "0"],
+            + ["--images", str(image), "--labels", str(nuclei_paths["labels"][0])]
+            + ["--dice-weight", "0", "--ce-weight", "0"],
             "nothing would be learned",
         ),
         (
@@ -306,3 +309,97 @@ def test_resuming_says_that_architecture_options_do_not_apply(monkeypatch, folde
     with pytest.raises(SystemExit):
         main([*command, "--norm", "none"])
     assert "new models only" in capsys.readouterr().err
+
+
+def _instances_model(path):
+    from napari_unet.config import ModelConfig
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.model import SegmentationModel, UNet
+
+    network = UNet.from_config(ModelConfig(depth=2, base_channels=4, num_classes=3))
+    encoding = LabelEncoding("instances", ["background", "interior", "boundary"], [0, 1, 2],
+                             [0, 1, 2], [])  # fmt: skip
+    SegmentationModel(network, encoding, Normalization()).save(path)
+
+
+def test_resuming_continues_in_the_models_mode(monkeypatch, folders, tmp_path):
+    import napari_unet.cli as cli
+
+    saved = tmp_path / "m.safetensors"
+    _instances_model(saved)
+    seen = {}
+
+    def fake_training(images, labels, config, **kwargs):
+        seen["mode"] = config.mode
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli, "run_training", fake_training)
+    images, labels = folders
+    with pytest.raises(SystemExit):
+        main(["train", "--images", str(images), "--labels", str(labels), "--resume", str(saved),
+              "--out", str(tmp_path / "n.safetensors"), "--epochs", "1"])  # fmt: skip
+    assert seen["mode"] == "instances"
+
+
+def test_an_unwritable_model_path_fails_before_training(monkeypatch, folders, tmp_path, capsys):
+    import napari_unet.cli as cli
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("trained although the model could not be saved")
+
+    monkeypatch.setattr(cli, "run_training", must_not_train)
+    images, labels = folders
+    folder = tmp_path / "model.safetensors"
+    folder.mkdir()
+    code = main(["train", "--images", str(images), "--labels", str(labels),
+                 "--out", str(folder), "--epochs", "1"])  # fmt: skip
+    assert code == 2 and "is a folder" in capsys.readouterr().err
+
+
+def test_a_failed_save_after_training_rescues_the_model(monkeypatch, tmp_path, capsys):
+    from unittest import mock
+
+    from napari_unet import ModelConfig, TrainConfig
+    from napari_unet.cli import run_training
+
+    from .conftest import disks
+
+    monkeypatch.chdir(tmp_path)
+    image, label = disks(64)
+    config = TrainConfig(mode="instances", epochs=1, patch_size=64, batch_size=2,
+                         steps_per_epoch=2)  # fmt: skip
+    real_save = __import__("napari_unet.io", fromlist=["save_model"]).save_model
+    target = tmp_path / "full-disk" / "m.safetensors"
+
+    def save(model, path):
+        if path == target:
+            raise OSError(28, "No space left on device")
+        return real_save(model, path)
+
+    with mock.patch("napari_unet.io.save_model", side_effect=save):
+        with pytest.raises(Exception, match="saved to"):
+            run_training([image], [label], config, model_config=ModelConfig(depth=2, base_channels=4),
+                         out=target, quiet=True)  # fmt: skip
+    rescued = list(tmp_path.glob("napari-unet-rescued-*.safetensors"))
+    assert len(rescued) == 1
+    from napari_unet import load_model
+
+    assert load_model(rescued[0]).mode == "instances"
+    assert "No space left" in capsys.readouterr().err
+
+
+def test_images_and_masks_in_one_folder_pair_up(tmp_path):
+    from napari_unet.cli import _read_pairs
+
+    rng = np.random.default_rng(0)
+    for name in ("x", "y"):
+        tifffile.imwrite(tmp_path / f"{name}.tif", (rng.random((32, 32)) * 255).astype(np.uint8))
+        tifffile.imwrite(tmp_path / f"{name}_mask.tif", np.eye(32, dtype=np.uint8))
+    tifffile.imwrite(tmp_path / "z.tif", np.zeros((32, 32), np.uint8))  # no mask
+
+    with pytest.raises(Exception, match="own labels"):
+        _read_pairs(str(tmp_path), str(tmp_path))
+    (tmp_path / "z.tif").unlink()
+    images, labels, paths = _read_pairs(str(tmp_path), str(tmp_path))
+    assert [p.name for p in paths] == ["x.tif", "y.tif"]
+    assert all(label.max() == 1 for label in labels)

@@ -37,9 +37,9 @@ def _progress_bar(total: float, desc: str, unit: str = "%"):
 
 
 def _read_pairs(images_spec, labels_spec):
-    from .io import list_images, match_labels, read_image
+    from .io import list_images, match_labels, read_image, without_label_files
 
-    images = list_images(images_spec)
+    images = without_label_files(list_images(images_spec))
     labels = match_labels(images, labels_spec)
     return [read_image(p) for p in images], [read_image(p) for p in labels], images
 
@@ -80,14 +80,53 @@ def run_training(images, labels, config, *, model=None, model_config=None, out=N
                 trained = event.model
     except KeyboardInterrupt:
         events.close()
+        if trained is None:
+            raise
         print("\nStopped; keeping the best weights so far.", file=sys.stderr)
+        interrupted = True
+    else:
+        interrupted = False
     finally:
         if bar is not None:
             bar.close()
     if out is not None and trained is not None:
-        trained.save(out)
-        print(f"Saved model to {out}", file=sys.stderr)
+        _save_or_rescue(trained, Path(out))
+    if interrupted:
+        raise KeyboardInterrupt
     return trained
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before training, not after it, when the model file cannot be written."""
+    from .io import _remove, _temporary_beside
+
+    if out.is_dir():
+        raise InputError(
+            f"--out {out} is a folder; give a file name such as {out}/model.safetensors."
+        )
+    try:
+        _remove(_temporary_beside(out, directory=False))
+    except OSError as error:
+        raise InputError(
+            f"Cannot write the model to {out} ({error}); choose another --out."
+        ) from error
+
+
+def _save_or_rescue(model, out: Path) -> None:
+    """Save the trained model; if that fails (disk full, permissions), save it in the working
+    folder instead, so that a finished training is never lost."""
+    try:
+        model.save(out)
+    except OSError as error:
+        rescue = Path.cwd() / f"napari-unet-rescued-{time.strftime('%Y%m%d-%H%M%S')}.safetensors"
+        print(f"error: cannot save the model to {out} ({error}).", file=sys.stderr)
+        try:
+            model.save(rescue)
+        except OSError:
+            raise InputError(f"Cannot save the model to {out} or {rescue}: {error}") from error
+        print(f"Saved the model to {rescue} instead.", file=sys.stderr)
+        raise InputError(f"the model was saved to {rescue}, not {out}.") from error
+    print(f"Saved model to {out}", file=sys.stderr)
 
 
 _TRAIN_NUMBERS = {
@@ -104,10 +143,13 @@ def cmd_train(args) -> int:
     from .config import ModelConfig, TrainConfig
     from .io import load_model
 
+    _check_writable(Path(args.out))
+    model = load_model(args.resume) if args.resume else None
+    mode = args.mode or (model.mode if model is not None else "semantic")
     images, labels, _ = _read_pairs(args.images, args.labels)
     budget = {"minutes": args.minutes} if args.minutes else {"epochs": args.epochs or 50}
     config = TrainConfig(
-        mode=args.mode,
+        mode=mode,
         patch_size=args.patch_size,
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
@@ -121,9 +163,7 @@ def cmd_train(args) -> int:
     model_config = ModelConfig(
         depth=args.depth, base_channels=args.base_channels, norm=args.norm, dropout=args.dropout
     )
-    model = None
-    if args.resume:
-        model = load_model(args.resume)
+    if model is not None:
         if model_config != ModelConfig():
             print(
                 "Note: --depth, --base-channels, --norm and --dropout shape new models only; "
@@ -168,6 +208,12 @@ def _record(source: Path, target: Path, status: str, seconds: float = 0.0, error
 
 
 def _message(error: BaseException) -> str:
+    from pydantic import ValidationError
+
+    from .config import describe_error
+
+    if isinstance(error, ValidationError):
+        return describe_error(error)
     text = str(error).strip().splitlines()
     text = text[0] if text else ""
     return text if isinstance(error, InputError) else f"{type(error).__name__}: {text}"
@@ -279,11 +325,36 @@ def _run_on_cluster(address: str, model, jobs, options, overall, report) -> list
 
 
 def cmd_predict(args) -> int:
+    from ._device import resolve_device
+    from .config import PredictConfig
     from .io import atomic_path, list_images, load_model, output_is_complete
 
     model = load_model(args.model)
     files = list(dict.fromkeys(list_images(args.input)))
     out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--output {out_dir} is a file; give a folder for the results.")
+    # bad options fail once, here, rather than once per file
+    PredictConfig(
+        tile_size=args.tile_size,
+        overlap=args.overlap,
+        batch_size=args.batch_size,
+        device=args.device,
+        tta=args.tta,
+    )
+    resolve_device(args.device)
+    sources = {source.resolve() for source in files}
+    clashes = [
+        source.name
+        for source in files
+        if _output_path(source, out_dir, args.format).resolve() in sources
+    ]
+    if clashes:
+        raise InputError(
+            f"The results would replace input images ({', '.join(clashes[:3])}"
+            f"{', ...' if len(clashes) > 3 else ''}): --output is the input folder. Choose "
+            "another --output folder."
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     summary_path = Path(args.summary) if args.summary else out_dir / "summary.json"
     options = {
@@ -297,8 +368,10 @@ def cmd_predict(args) -> int:
     }
 
     def report(record: dict) -> dict:
-        if record["status"] == "failed":
-            print(f"error: {record['input']}: {record['error']}", file=sys.stderr)
+        if record["status"] == "failed":  # on a line of its own, not inside a progress bar
+            from tqdm import tqdm
+
+            tqdm.write(f"error: {record['input']}: {record['error']}", file=sys.stderr)
         return record
 
     records, jobs, owners = [], [], {}
@@ -481,7 +554,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="label file(s) or folder, matched to the images by file name",
     )
-    t.add_argument("--mode", choices=["semantic", "sparse", "instances"], default="semantic")
+    t.add_argument(
+        "--mode",
+        choices=["semantic", "sparse", "instances"],
+        help="how label values are read (default: semantic; with --resume, the model's mode)",
+    )
     t.add_argument("--out", required=True, help="model file to write (.safetensors)")
     budget = t.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, help="time budget in minutes")
@@ -590,12 +667,18 @@ def main(argv: list[str] | None = None) -> int:
         keep_freed_memory()
     try:
         return args.func(args)
-    except (InputError, ValidationError) as error:
-        message = (
-            str(error).splitlines()[0] if isinstance(error, InputError) else describe_error(error)
-        )
+    except (InputError, ValidationError, OSError) as error:
+        if isinstance(error, ValidationError):
+            message = describe_error(error)
+        elif isinstance(error, InputError):
+            message = str(error).splitlines()[0]
+        else:  # a file that cannot be read or written
+            message = str(error)
         print(f"napari-unet {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\nnapari-unet {args.command}: stopped.", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

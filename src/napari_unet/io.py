@@ -121,18 +121,46 @@ def _stem(path: Path) -> str:
     return path.stem
 
 
+def without_label_files(images: list[Path]) -> list[Path]:
+    """``images`` less the label files among them (``NAME_labels`` / ``NAME_mask`` beside an
+    image ``NAME``): images and their labels may share a folder."""
+    stems = {_stem(p) for p in images}
+    return [
+        p
+        for p in images
+        if not any(
+            _stem(p).endswith(suffix) and _stem(p)[: -len(suffix)] in stems
+            for suffix in _LABEL_SUFFIXES
+        )
+    ]
+
+
 def match_labels(images: list[Path], labels_spec) -> list[Path]:
     """For each image, the label file of the same name (``_labels``/``_mask`` suffixes allowed)."""
     labels = list_images(labels_spec)
     if len(images) == 1 and len(labels) == 1:
+        if images[0].resolve() == labels[0].resolve():
+            raise InputError(f"{images[0]} is given as both the image and its labels.")
         return labels
     by_name: dict[str, Path] = {}
     for path in labels:
         stem = _stem(path)
-        by_name[stem] = path
+        by_name.setdefault(stem, path)
         for suffix in _LABEL_SUFFIXES:
-            if stem.endswith(suffix):
-                by_name.setdefault(stem[: -len(suffix)], path)
+            if stem.endswith(suffix):  # a suffixed label wins over a same-named file
+                by_name[stem[: -len(suffix)]] = path
+    same = [
+        p.name
+        for p in images
+        if _stem(p) in by_name and by_name[_stem(p)].resolve() == p.resolve()
+    ]
+    if same:
+        raise InputError(
+            f"{len(same)} image(s), e.g. {same[:3]}, would be their own labels: the images and "
+            "labels are in one folder and these have no `_labels` / `_mask` file. Give each "
+            "image a label file `NAME_labels.tif` or `NAME_mask.tif`, or keep labels in a "
+            "folder of their own."
+        )
     missing = [p.name for p in images if _stem(p) not in by_name]
     if missing:
         raise InputError(

@@ -448,9 +448,9 @@ def iter_predict(
     leaves no partial output file behind."""
     defaults = PredictConfig()
     config = PredictConfig(
-        tile_size=tile_size or defaults.tile_size,
+        tile_size=defaults.tile_size if tile_size is None else tile_size,
         overlap=defaults.overlap if overlap is None else overlap,
-        batch_size=batch_size or defaults.batch_size,
+        batch_size=defaults.batch_size if batch_size is None else batch_size,
         device=device,
         mixed_precision=mixed_precision,
         tta=tta,
