@@ -241,3 +241,16 @@ def test_prediction_caches_keep_the_most_recently_used_entries():
 
     assert list(cache) == ["a", "c"]  # "b", least recently used, was dropped
     assert prediction._recall(cache, "b") is None
+
+
+def test_a_short_last_axis_is_read_as_channels_not_as_a_stack():
+    from napari_unet import predict
+    from napari_unet.data import InputError
+
+    torch.manual_seed(0)
+    network = UNet(1, 2, depth=2, base_channels=4)
+    image = np.random.default_rng(0).random((48, 40)).astype(np.float32)
+
+    np.testing.assert_array_equal(predict(network, image[..., None]), predict(network, image))
+    with pytest.raises(InputError, match="expects 1 channel"):
+        predict(network, np.stack([image, image], axis=-1))

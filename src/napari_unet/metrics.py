@@ -92,6 +92,24 @@ def foreground_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return float(2 * (p & t).sum() / total) if total else 1.0
 
 
+def _ids_apart_by_plane(*stacks: np.ndarray) -> list[np.ndarray]:
+    """Instance stacks (..., Y, X) renumbered so that no id occurs in two planes."""
+    out = []
+    for stack in stacks:
+        stack = np.asarray(stack)
+        if stack.ndim <= 2:
+            out.append(stack)
+            continue
+        planes = stack.reshape(-1, *stack.shape[-2:]).astype(np.int64)
+        offset = 0
+        renumbered = np.empty_like(planes)
+        for k, plane in enumerate(planes):
+            renumbered[k] = np.where(plane > 0, plane + offset, 0)
+            offset += int(plane.max(initial=0))
+        out.append(renumbered.reshape(stack.shape))
+    return out
+
+
 def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
     """Predict each image and score it against its labels.
 
@@ -119,7 +137,9 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
             )
         if truth is None:
             scores = {"foreground_dice": foreground_dice(prediction, label)}
-            scores.update(instance_scores(label, prediction))
+            # ids restart in every plane of a predicted stack: number each plane's objects
+            # apart (in both) so that objects are only matched within their own plane
+            scores.update(instance_scores(*_ids_apart_by_plane(label, prediction)))
         else:
             scores = class_scores(prediction, truth, model.encoding.class_values[1:])
         per_image.append(scores)

@@ -28,7 +28,14 @@ import numpy as np
 from ._device import autocast_dtype, resolve_device
 from ._inference import make_forward
 from .config import PredictConfig
-from .data import InputError, Normalization, channel_axis_of, convert_channels, stack_shape
+from .data import (
+    MAX_CHANNELS_READ,
+    InputError,
+    Normalization,
+    channel_axis_of,
+    convert_channels,
+    stack_shape,
+)
 from .model import SegmentationModel, UNet
 from .tiling import (
     Band,
@@ -140,7 +147,17 @@ def _resolve_layout(shape, in_channels: int, channel_axis, convert: bool = False
         leading = [i for i in range(len(shape) - 2) if shape[i] == in_channels]
         if leading and shape[-1] not in (3, 4) and (len(shape) == 3 or not convert):
             return leading[-1]
-    return channel_axis_of(shape)
+    axis = channel_axis_of(shape)
+    if (
+        axis is None
+        and len(shape) >= 3
+        and shape[-1] <= MAX_CHANNELS_READ
+        and min(shape[-3:-1]) >= max(16, 4 * shape[-1])
+    ):
+        # a short last axis after two long ones, (Y, X, 1) or (Y, X, 2): channels, as
+        # training reads them, not a stack of images a few pixels wide
+        return len(shape) - 1
+    return axis
 
 
 def _check_channels(model_channels: int, image_channels: int, convert: bool) -> None:

@@ -42,7 +42,7 @@ class Axis:
     @classmethod
     def plan(cls, length: int, tile: int, overlap: int, divisor: int) -> Axis:
         if length <= tile:
-            size = _round_up(length, divisor)
+            size = max(_round_up(length, divisor), 2 * divisor)
             pad = size - length
             return cls(length, size, (0,), pad // 2, pad - pad // 2)
         stride = max(divisor, tile - overlap)
@@ -103,10 +103,11 @@ class TileGrid:
         least ``overlap`` (a share of ``tile_size``). Each axis gets the fewest tiles that
         cover it, shrunk to fit it (so a 2048-pixel axis takes 5 tiles of 464 rather than 5
         of 512). Axes shorter than a tile get one tile, padded by reflection to a multiple
-        of ``divisor``."""
+        of ``divisor`` (and to at least twice it)."""
         if not 0 <= overlap < 0.5:
             raise ValueError(f"overlap must be in [0, 0.5), got {overlap}.")
-        tile = _round_up(max(tile_size, divisor), divisor)
+        # at least 2 x 2 pixels at the bottleneck: instance normalisation needs more than one
+        tile = _round_up(max(tile_size, 2 * divisor), divisor)
         overlap_px = _round_up(int(round(overlap * tile)), 2)
         return cls(
             Axis.plan(shape[0], tile, overlap_px, divisor),

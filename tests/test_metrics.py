@@ -1,0 +1,24 @@
+import numpy as np
+import pytest
+
+from napari_unet.metrics import _ids_apart_by_plane, instance_scores
+from napari_unet.tiling import TileGrid
+
+
+def test_instance_scores_of_a_stack_match_objects_within_their_plane():
+    truth = np.zeros((2, 32, 32), np.int32)
+    truth[0, 2:10, 2:10], truth[0, 20:30, 20:30] = 1, 2
+    truth[1, 2:10, 2:10], truth[1, 20:30, 20:30] = 3, 4
+    predicted = np.zeros_like(truth)  # each plane numbered from 1, as prediction does
+    predicted[0, 2:10, 2:10], predicted[0, 20:30, 20:30] = 1, 2
+    predicted[1, 2:10, 2:10], predicted[1, 20:30, 20:30] = 1, 2
+
+    assert instance_scores(truth, predicted)["f1@0.5"] < 1  # merged across planes
+    scores = instance_scores(*_ids_apart_by_plane(truth, predicted))
+    assert scores["f1@0.5"] == pytest.approx(1) and scores["dsb_score"] == pytest.approx(1)
+
+
+@pytest.mark.parametrize("shape", [(15, 15), (1, 40), (40, 300)])
+def test_tiles_keep_at_least_two_pixels_at_the_bottleneck(shape):
+    grid = TileGrid.plan(shape, tile_size=16, overlap=0.125, divisor=16)
+    assert min(grid.tile_shape) >= 32
