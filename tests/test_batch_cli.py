@@ -202,3 +202,16 @@ def test_bad_prediction_options_fail_once_before_any_file(tmp_path, model_path, 
     assert code == 2
     assert err.count("error") == 1 and "tile_size" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_resume_removes_what_an_interrupted_run_left(tmp_path, model_path, inputs):
+    folder, _ = inputs
+    out = tmp_path / "out"
+    out.mkdir()
+    leftover = out / ".a.tif.k3j2h1.part"
+    leftover.write_bytes(b"half a result")
+
+    main(["predict", "--model", str(model_path), "--input", str(folder / "a.tif"),
+          "--output", str(out), "--resume", *TILES])  # fmt: skip
+
+    assert not leftover.exists() and (out / "a.tif").exists()

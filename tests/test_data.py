@@ -162,3 +162,12 @@ def test_smallest_object_size_accepts_large_sparse_ids():
     label[20:30, 20:30] = 7
 
     assert smallest_object_size([label]) == 50
+
+
+def test_semantic_values_beyond_the_class_range_get_a_clear_error():
+    from napari_unet.data import InputError, encode_labels
+
+    label = np.zeros((16, 16), np.int64)
+    label[2:5, 2:5], label[8:12, 8:12] = 1, 300
+    with pytest.raises(InputError, match="Renumber the classes"):
+        encode_labels([label], "semantic")

@@ -135,3 +135,34 @@ def test_saved_files_get_the_permissions_of_a_plain_file(model, tmp_path):
         assert path.stat().st_mode & 0o777 == 0o640
     finally:
         os.umask(old)
+
+
+def test_a_palette_png_mask_reads_as_its_indices(tmp_path):
+    from PIL import Image
+
+    from napari_unet.io import read_image
+
+    indices = np.zeros((32, 32), np.uint8)
+    indices[8:16, 8:16], indices[20:28, 4:12] = 1, 2
+    picture = Image.fromarray(indices, mode="P")
+    picture.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (256 * 3 - 9))
+    picture.save(tmp_path / "mask.png")
+
+    np.testing.assert_array_equal(read_image(tmp_path / "mask.png"), indices)
+
+
+def test_an_ome_zarr_group_opens_at_full_resolution(tmp_path):
+    import zarr
+
+    from napari_unet.io import list_images, open_image
+
+    group = zarr.open_group(str(tmp_path / "plate.ome.zarr"), mode="w")
+    full = group.create_array("0", shape=(1, 64, 48), dtype="uint8")
+    full[:] = 7
+    group.create_array("1", shape=(1, 32, 24), dtype="uint8")
+    group.attrs["multiscales"] = [{"datasets": [{"path": "0"}, {"path": "1"}]}]
+
+    assert [p.name for p in list_images(tmp_path)] == ["plate.ome.zarr"]
+    image = open_image(tmp_path / "plate.ome.zarr")
+    assert image.shape == (1, 64, 48) and int(image[0, 0, 0]) == 7
+    assert open_image(tmp_path / "plate.ome.zarr" / "1").shape == (1, 32, 24)

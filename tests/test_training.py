@@ -268,7 +268,9 @@ def test_continuing_a_model_without_a_config_keeps_its_mode(disk_data):
     config = TrainConfig(mode="instances", epochs=1, **FAST)
     model = train(images, labels, config, model_config=ModelConfig(**TINY))
 
-    train(images, labels, model=model)  # no config: the model's mode, not semantic
+    events = iter_train(images, labels, model=model)  # no config: the model's mode
+    assert isinstance(next(events), TrainingStarted)
+    events.close()  # the default budget is minutes long; the mode is set from the start
 
     assert model.history["runs"][-1]["config"]["mode"] == "instances"
     with pytest.raises(InputError, match="trained in mode 'instances'"):

@@ -327,7 +327,7 @@ def _run_on_cluster(address: str, model, jobs, options, overall, report) -> list
 def cmd_predict(args) -> int:
     from ._device import resolve_device
     from .config import PredictConfig
-    from .io import atomic_path, list_images, load_model, output_is_complete
+    from .io import _remove, atomic_path, list_images, load_model, output_is_complete
 
     model = load_model(args.model)
     files = list(dict.fromkeys(list_images(args.input)))
@@ -392,6 +392,9 @@ def cmd_predict(args) -> int:
         elif args.resume and output_is_complete(target):
             records.append(_record(source, target, "skipped"))
         else:
+            if args.resume:  # what an interrupted run left of this result
+                for leftover in out_dir.glob(f".{target.name}.*.part"):
+                    _remove(leftover)
             jobs.append((source, target))
         owners.setdefault(target, source)
 

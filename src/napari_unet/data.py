@@ -307,6 +307,13 @@ def encode_labels(
         targets = [(label > 0).astype(np.int64) for label in labels]
         num_classes = 2
     else:
+        if values.max() > 254:
+            raise InputError(
+                f"The labels hold the values {values.tolist()[:8]}: in semantic mode a pixel's "
+                "value is its class, 0..254 (only a two-valued mask such as 0/255 is read as "
+                "background / foreground). Renumber the classes 0, 1, 2, ..., or use mode "
+                "'instances' if the values are object ids."
+            )
         targets = list(labels)
         num_classes = int(values.max()) + 1
     names = ["background"] + [f"class {v}" for v in range(1, num_classes)]

@@ -67,9 +67,7 @@ def read_image(path, *, lazy: bool = False):
             else:
                 image = tifffile.imread(path)
         else:
-            from skimage.io import imread
-
-            image = imread(path)
+            image = _read_picture(path)
     except InputError:
         raise
     except Exception as error:  # every reader has its own exception types
@@ -77,6 +75,19 @@ def read_image(path, *, lazy: bool = False):
     if len(image.shape) < 2 or min(image.shape) == 0:
         raise InputError(f"Cannot read {path}: it holds no 2-D image data (shape {image.shape}).")
     return image
+
+
+def _read_picture(path: Path) -> np.ndarray:
+    """PNG, JPEG and the like. A palette (indexed) PNG, as annotation tools save label masks,
+    gives its indices, not the colours they are shown in."""
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        if picture.mode == "P":
+            return np.asarray(picture)
+    from skimage.io import imread
+
+    return imread(path)
 
 
 def list_images(spec) -> list[Path]:
@@ -106,7 +117,28 @@ def list_images(spec) -> list[Path]:
 
 
 def _is_zarr(path: Path) -> bool:
-    return path.suffix.lower() == ".zarr" and path.is_dir()
+    """A ``.zarr`` folder, or any folder that is a zarr array (``group.zarr/0``)."""
+    if not path.is_dir():
+        return False
+    return path.suffix.lower() == ".zarr" or any(
+        (path / marker).is_file() for marker in ("zarr.json", ".zarray")
+    )
+
+
+def _full_resolution(group, path: Path) -> str:
+    """The first (full-resolution) dataset of an OME-Zarr (NGFF) group's multiscales."""
+    attrs = dict(group.attrs)
+    multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
+    try:
+        return str(multiscales[0]["datasets"][0]["path"])
+    except (TypeError, KeyError, IndexError):
+        arrays = sorted(name for name, _ in group.arrays())
+        if len(arrays) == 1:
+            return arrays[0]
+        raise InputError(
+            f"{path} is a zarr group without OME-Zarr multiscales metadata; give the path of "
+            f"the array to segment (one of {arrays[:5]})."
+        ) from None
 
 
 def _is_image(path: Path) -> bool:
@@ -115,7 +147,7 @@ def _is_image(path: Path) -> bool:
 
 def _stem(path: Path) -> str:
     name = path.name
-    for suffix in (".ome.tiff", ".ome.tif", *IMAGE_SUFFIXES):
+    for suffix in (".ome.tiff", ".ome.tif", ".ome.zarr", *IMAGE_SUFFIXES):
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
     return path.stem
@@ -390,7 +422,12 @@ def open_image(path):
         import zarr
 
         try:
-            return zarr.open_array(str(path), mode="r")
+            node = zarr.open(str(path), mode="r")
+            if isinstance(node, zarr.Group):  # OME-Zarr: the full-resolution level
+                node = node[_full_resolution(node, path)]
+            return node
+        except InputError:
+            raise
         except Exception as error:  # zarr raises many types for a damaged store
             raise InputError(f"Cannot read {path}: {error}. Is it a zarr array?") from error
     if path.suffix.lower() in (".tif", ".tiff"):
