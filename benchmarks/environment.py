@@ -62,14 +62,15 @@ def child(data: Path, device: str) -> None:
     print(json.dumps(result))
 
 
-def measure(data: Path, *, repeats: int = 3, device: str = "cpu") -> dict:
+def measure(data: Path, *, repeats: int = 7, device: str = "cpu") -> dict:
     common.trained_model(data, device=device)  # train once, before the children
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", *GLIBC_DEFAULT)}
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     peaks: list[float] = []
     pixels = flops = 0
-    for _ in range(repeats):
-        for name, extra in VARIANTS.items():
+    for round_ in range(repeats):
+        order = list(VARIANTS.items())
+        for name, extra in order if round_ % 2 == 0 else order[::-1]:
             done = subprocess.run(
                 [sys.executable, __file__, "--child", "--data", str(data), "--device", device],
                 env={**base, **extra},
@@ -87,6 +88,10 @@ def measure(data: Path, *, repeats: int = 3, device: str = "cpu") -> dict:
             "env": VARIANTS[name],
             "mpix_per_s": pixels / 1e6 / common.median(seconds),
             "best_mpix_per_s": pixels / 1e6 / min(seconds),
+            # the first variant's time over this one's in the same round, median over rounds
+            "paired_vs_first": common.median(
+                [a / b for a, b in zip(next(iter(times.values())), seconds, strict=True)]
+            ),
             # One denominator for all variants: the median peak probed across the children.
             "peak_share": pixels / common.median(seconds) * flops / common.median(peaks),
         }
@@ -97,7 +102,7 @@ def measure(data: Path, *, repeats: int = 3, device: str = "cpu") -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = common.parser(__doc__)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
