@@ -368,15 +368,17 @@ def test_a_failed_save_after_training_rescues_the_model(monkeypatch, tmp_path, c
     image, label = disks(64)
     config = TrainConfig(mode="instances", epochs=1, patch_size=64, batch_size=2,
                          steps_per_epoch=2)  # fmt: skip
-    real_save = __import__("napari_unet.io", fromlist=["save_model"]).save_model
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file as real_save_file
+
     target = tmp_path / "full-disk" / "m.safetensors"
 
-    def save(model, path):
-        if path == target:
-            raise OSError(28, "No space left on device")
-        return real_save(model, path)
+    def save_file(tensors, filename, metadata=None):
+        if filename.startswith(str(target.parent)):  # what safetensors raises on a full disk
+            raise SafetensorError("Error while serializing: I/O error: No space left on device")
+        return real_save_file(tensors, filename, metadata=metadata)
 
-    with mock.patch("napari_unet.io.save_model", side_effect=save):
+    with mock.patch("safetensors.torch.save_file", side_effect=save_file):
         with pytest.raises(Exception, match="saved to"):
             run_training([image], [label], config, model_config=ModelConfig(depth=2, base_channels=4),
                          out=target, quiet=True)  # fmt: skip
@@ -403,3 +405,28 @@ def test_images_and_masks_in_one_folder_pair_up(tmp_path):
     images, labels, paths = _read_pairs(str(tmp_path), str(tmp_path))
     assert [p.name for p in paths] == ["x.tif", "y.tif"]
     assert all(label.max() == 1 for label in labels)
+
+
+def test_ctrl_c_saves_the_model_and_only_train_exits_with_it(monkeypatch, tmp_path):
+    import napari_unet.cli as cli
+    import napari_unet.training as training
+    from napari_unet.training import TrainingStarted
+
+    saved = tmp_path / "m.safetensors"
+    _instances_model(saved)
+    from napari_unet import load_model
+
+    model = load_model(saved)
+
+    def interrupted(*args, **kwargs):
+        yield TrainingStarted(model, 1, 0, "cpu", "fp32", [])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "iter_train", interrupted)
+    out = tmp_path / "kept.safetensors"
+    assert cli.run_training([], [], None, out=out, quiet=True) is model  # the demo goes on
+    assert out.exists()
+    out.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        cli.run_training([], [], None, out=out, quiet=True, reraise=True)
+    assert out.exists()  # saved before the command stops

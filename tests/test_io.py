@@ -148,7 +148,19 @@ def test_a_palette_png_mask_reads_as_its_indices(tmp_path):
     picture.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (256 * 3 - 9))
     picture.save(tmp_path / "mask.png")
 
-    np.testing.assert_array_equal(read_image(tmp_path / "mask.png"), indices)
+    np.testing.assert_array_equal(read_image(tmp_path / "mask.png", labels=True), indices)
+    assert read_image(tmp_path / "mask.png").shape == (32, 32, 3)  # as an image: its colours
+
+
+def test_hidden_folders_and_files_are_not_images(tmp_path):
+    import zarr
+
+    np.save(tmp_path / "x.npy", np.zeros(2))
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((8, 8), np.uint8))
+    zarr.open_array(str(tmp_path / ".b.tif.k3j2.part"), mode="w", shape=(8, 8), dtype="u1")
+    assert [p.name for p in list_images(tmp_path)] == ["a.tif"]
 
 
 def test_an_ome_zarr_group_opens_at_full_resolution(tmp_path):

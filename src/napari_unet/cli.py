@@ -8,6 +8,7 @@ one line and end the command with exit code 2.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import math
 import sys
@@ -41,11 +42,14 @@ def _read_pairs(images_spec, labels_spec):
 
     images = without_label_files(list_images(images_spec))
     labels = match_labels(images, labels_spec)
-    return [read_image(p) for p in images], [read_image(p) for p in labels], images
+    return [read_image(p) for p in images], [read_image(p, labels=True) for p in labels], images
 
 
-def run_training(images, labels, config, *, model=None, model_config=None, out=None, quiet=False):
-    """Train with a progress bar; save the best model to ``out`` (also on Ctrl-C)."""
+def run_training(
+    images, labels, config, *, model=None, model_config=None, out=None, quiet=False, reraise=False
+):
+    """Train with a progress bar; save the best model to ``out`` (also on Ctrl-C, after
+    which ``reraise`` raises KeyboardInterrupt again, so that the command exits 130)."""
     from .training import EpochEnded, StepEnded, TrainingFinished, TrainingStarted, iter_train
 
     events = iter_train(images, labels, config, model=model, model_config=model_config)
@@ -89,10 +93,12 @@ def run_training(images, labels, config, *, model=None, model_config=None, out=N
     finally:
         if bar is not None:
             bar.close()
-    if out is not None and trained is not None:
-        _save_or_rescue(trained, Path(out))
-    if interrupted:
-        raise KeyboardInterrupt
+    try:
+        if out is not None and trained is not None:
+            _save_or_rescue(trained, Path(out))
+    finally:
+        if interrupted and reraise:
+            raise KeyboardInterrupt
     return trained
 
 
@@ -171,7 +177,7 @@ def cmd_train(args) -> int:
                 file=sys.stderr,
             )
     trained = run_training(
-        images, labels, config, model=model, model_config=model_config, out=args.out
+        images, labels, config, model=model, model_config=model_config, out=args.out, reraise=True
     )
     score = trained.best_score
     print(f"Best validation Dice: {score:.4f}" if score is not None else "No validation score.")
@@ -342,7 +348,8 @@ def cmd_predict(args) -> int:
         device=args.device,
         tta=args.tta,
     )
-    resolve_device(args.device)
+    if not args.scheduler:  # with a scheduler the workers' devices count, not this one's
+        resolve_device(args.device)
     sources = {source.resolve() for source in files}
     clashes = [
         source.name
@@ -393,7 +400,7 @@ def cmd_predict(args) -> int:
             records.append(_record(source, target, "skipped"))
         else:
             if args.resume:  # what an interrupted run left of this result
-                for leftover in out_dir.glob(f".{target.name}.*.part"):
+                for leftover in out_dir.glob(f".{glob.escape(target.name)}.*.part"):
                     _remove(leftover)
             jobs.append((source, target))
         owners.setdefault(target, source)

@@ -332,17 +332,23 @@ def instance_ids(labels: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[s
     """
     from skimage.segmentation import relabel_sequential
 
-    labels = [_check_integer_labels(label, i) for i, label in enumerate(labels)]
-    values = np.unique(np.concatenate([np.unique(label) for label in labels]))
+    out, masks = [], 0
+    for i, label in enumerate(labels):
+        label = _check_integer_labels(label, i)
+        values = np.unique(label)
+        if values.size == 2 and values[0] == 0:  # one object value: a mask (or one object)
+            regions, count = ndi.label(label > 0)
+            masks += count > 1
+            label = regions
+        out.append(relabel_sequential(label)[0].astype(np.int32))
     notes = []
-    if values.size == 2 and values[0] == 0:
+    if masks:
         notes.append(
-            f"The labels are a mask (0/{values[1]}), not one id per object; each connected "
-            "region is taken as an object (touching objects cannot be told apart: give them "
-            "different values to train their separation)."
+            f"{masks} label plane(s) are masks (one value for several objects), not one id "
+            "per object; each connected region is taken as an object (touching objects "
+            "cannot be told apart: give them different values to train their separation)."
         )
-        labels = [ndi.label(label > 0)[0] for label in labels]
-    return [relabel_sequential(label)[0].astype(np.int32) for label in labels], notes
+    return out, notes
 
 
 def _check_previous(encoding: LabelEncoding, previous: LabelEncoding | None) -> LabelEncoding:

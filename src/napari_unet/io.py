@@ -38,13 +38,15 @@ class ModelFileError(InputError):
 # images
 
 
-def read_image(path, *, lazy: bool = False):
+def read_image(path, *, lazy: bool = False, labels: bool = False):
     """Read one image file.
 
     TIFF files are memory-mapped when stored uncompressed (so large files are read
     lazily, a tile at a time) and, with ``lazy=True``, opened as a zarr array
     otherwise. ``.zarr`` folders are opened as zarr arrays. Other formats (PNG, JPEG)
-    are read with scikit-image. :func:`open_image` reads large TIFFs in bounded memory.
+    are read with scikit-image; with ``labels=True`` a palette (indexed) PNG gives its
+    indices, as annotation tools save label masks. :func:`open_image` reads large TIFFs in
+    bounded memory.
     """
     path = Path(path)
     if not path.exists():
@@ -67,7 +69,7 @@ def read_image(path, *, lazy: bool = False):
             else:
                 image = tifffile.imread(path)
         else:
-            image = _read_picture(path)
+            image = _read_picture(path, labels)
     except InputError:
         raise
     except Exception as error:  # every reader has its own exception types
@@ -77,14 +79,15 @@ def read_image(path, *, lazy: bool = False):
     return image
 
 
-def _read_picture(path: Path) -> np.ndarray:
-    """PNG, JPEG and the like. A palette (indexed) PNG, as annotation tools save label masks,
-    gives its indices, not the colours they are shown in."""
+def _read_picture(path: Path, labels: bool = False) -> np.ndarray:
+    """PNG, JPEG and the like. Labels in a palette (indexed) PNG, as annotation tools save
+    masks, are its indices, not the colours they are shown in."""
     from PIL import Image
 
-    with Image.open(path) as picture:
-        if picture.mode == "P":
-            return np.asarray(picture)
+    if labels:
+        with Image.open(path) as picture:
+            if picture.mode == "P":
+                return np.asarray(picture)
     from skimage.io import imread
 
     return imread(path)
@@ -142,6 +145,8 @@ def _full_resolution(group, path: Path) -> str:
 
 
 def _is_image(path: Path) -> bool:
+    if path.name.startswith("."):  # hidden, e.g. the .part files of a result being written
+        return False
     return (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES) or _is_zarr(path)
 
 
@@ -665,8 +670,13 @@ def save_model(model, path) -> None:
         "history": model.history,
         "min_object_size": model.min_object_size,
     }
+    from safetensors import SafetensorError
+
     with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"napari_unet": json.dumps(header)})
+        try:
+            save_file(tensors, str(tmp), metadata={"napari_unet": json.dumps(header)})
+        except SafetensorError as error:  # its I/O errors (disk full) are not OSErrors
+            raise OSError(f"Cannot write {path}: {error}") from error
 
 
 def load_model(path, *, device: str = "cpu"):

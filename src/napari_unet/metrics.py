@@ -47,14 +47,25 @@ def instance_scores(truth: np.ndarray, prediction: np.ndarray) -> dict[str, floa
     """F1 at IoU 0.5 and the DSB 2018 score (mean over IoU 0.5:0.05:0.95 of TP/(TP+FP+FN)).
 
     For thresholds of 0.5 and above each object matches at most one other, so the
-    one-to-one matching is exact without an assignment solver.
+    one-to-one matching is exact without an assignment solver. Stacks (..., Y, X) are
+    matched plane by plane (ids may restart in every plane, as predicted stacks do).
     """
-    ious = matching_ious(truth, prediction)
-    n_true, n_pred = ious.shape
+    truth, prediction = np.asarray(truth), np.asarray(prediction)
+    if truth.ndim > 2:  # a stack: objects match within their own plane, counts add up
+        planes = zip(
+            truth.reshape(-1, *truth.shape[-2:]),
+            prediction.reshape(-1, *prediction.shape[-2:]),
+            strict=True,
+        )
+        matrices = [matching_ious(t, q) for t, q in planes]
+    else:
+        matrices = [matching_ious(truth, prediction)]
+    n_true = sum(m.shape[0] for m in matrices)
+    n_pred = sum(m.shape[1] for m in matrices)
     per_threshold = []
     f1 = 0.0
     for threshold in DSB_THRESHOLDS:
-        tp = int((ious > threshold).sum())
+        tp = sum(int((m > threshold).sum()) for m in matrices)
         fp, fn = n_pred - tp, n_true - tp
         denominator = tp + fp + fn
         per_threshold.append(tp / denominator if denominator else 1.0)
@@ -92,24 +103,6 @@ def foreground_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return float(2 * (p & t).sum() / total) if total else 1.0
 
 
-def _ids_apart_by_plane(*stacks: np.ndarray) -> list[np.ndarray]:
-    """Instance stacks (..., Y, X) renumbered so that no id occurs in two planes."""
-    out = []
-    for stack in stacks:
-        stack = np.asarray(stack)
-        if stack.ndim <= 2:
-            out.append(stack)
-            continue
-        planes = stack.reshape(-1, *stack.shape[-2:]).astype(np.int64)
-        offset = 0
-        renumbered = np.empty_like(planes)
-        for k, plane in enumerate(planes):
-            renumbered[k] = np.where(plane > 0, plane + offset, 0)
-            offset += int(plane.max(initial=0))
-        out.append(renumbered.reshape(stack.shape))
-    return out
-
-
 def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
     """Predict each image and score it against its labels.
 
@@ -137,9 +130,7 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
             )
         if truth is None:
             scores = {"foreground_dice": foreground_dice(prediction, label)}
-            # ids restart in every plane of a predicted stack: number each plane's objects
-            # apart (in both) so that objects are only matched within their own plane
-            scores.update(instance_scores(*_ids_apart_by_plane(label, prediction)))
+            scores.update(instance_scores(label, prediction))  # plane by plane for stacks
         else:
             scores = class_scores(prediction, truth, model.encoding.class_values[1:])
         per_image.append(scores)

@@ -29,7 +29,6 @@ from ._device import autocast_dtype, resolve_device
 from ._inference import make_forward
 from .config import PredictConfig
 from .data import (
-    MAX_CHANNELS_READ,
     InputError,
     Normalization,
     channel_axis_of,
@@ -148,12 +147,7 @@ def _resolve_layout(shape, in_channels: int, channel_axis, convert: bool = False
         if leading and shape[-1] not in (3, 4) and (len(shape) == 3 or not convert):
             return leading[-1]
     axis = channel_axis_of(shape)
-    if (
-        axis is None
-        and len(shape) >= 3
-        and shape[-1] <= MAX_CHANNELS_READ
-        and min(shape[-3:-1]) >= max(16, 4 * shape[-1])
-    ):
+    if axis is None and len(shape) >= 3 and shape[-1] <= 2 and min(shape[-3:-1]) >= 16:
         # a short last axis after two long ones, (Y, X, 1) or (Y, X, 2): channels, as
         # training reads them, not a stack of images a few pixels wide
         return len(shape) - 1
