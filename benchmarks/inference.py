@@ -65,10 +65,8 @@ def by_state(network, image: np.ndarray, dtype: torch.dtype, device: torch.devic
     This virtual machine's bf16 matrix rate switches between two levels (about 700 and
     2100 GFLOP/s) within seconds, and a run compared with a probe taken in the other
     state says nothing about either. So each run here is bracketed by a probe right
-    before and right after it; runs whose two probes fall on the same side of the
-    threshold (the geometric mean of the slowest and fastest probe, when they differ by
-    more than 1.5x) belong to that state, runs that straddle it are left out, and each
-    run is compared with the mean of its own two probes.
+    before and right after it and assigned to a state by its probes (:func:`classify`),
+    and each run is compared with the mean of its own two probes.
     """
     pixels = image.size / 1e6
     flops = roofline.flops_per_pixel(network.cpu())
@@ -80,30 +78,44 @@ def by_state(network, image: np.ndarray, dtype: torch.dtype, device: torch.devic
         before = probe()
         seconds, _ = common.timed(run)
         records.append({"seconds": seconds, "probe_before": before, "probe_after": probe()})
+    return {"runs": records, **classify(records, pixels, flops)}
+
+
+def classify(records: list[dict], mpix: float, flops: float) -> dict:
+    """Group bracketed runs by the machine's state (see :func:`by_state`).
+
+    With probes more than 1.5x apart, the probes on each side of their geometric mean
+    set the level of a state (their median); a run belongs to a state when both of its
+    probes lie within 1.25x of that level, and is left out otherwise (caught during a
+    change, or between the levels)."""
     probes = [r[k] for r in records for k in ("probe_before", "probe_after")]
     low, high = min(probes), max(probes)
     threshold = (low * high) ** 0.5 if high > 1.5 * low else None
+    levels = (
+        {"steady": common.median(probes)}
+        if threshold is None
+        else {
+            "slow": common.median([p for p in probes if p < threshold]),
+            "fast": common.median([p for p in probes if p >= threshold]),
+        }
+    )
     groups: dict[str, list[dict]] = {}
     for r in records:
         pair = (r["probe_before"], r["probe_after"])
-        if threshold is None:
-            state = "steady"
-        elif min(pair) > threshold:
-            state = "fast"
-        elif max(pair) < threshold:
-            state = "slow"
-        else:
-            continue  # the state changed during the run
-        r["share"] = pixels / r["seconds"] * 1e6 * flops / (sum(pair) / 2)
-        groups.setdefault(state, []).append(r)
+        r.pop("share", None)
+        for state, level in levels.items():
+            if all(level / 1.25 <= p <= level * 1.25 for p in pair):
+                r["share"] = mpix / r["seconds"] * 1e6 * flops / (sum(pair) / 2)
+                groups.setdefault(state, []).append(r)
+                break
     return {
-        "runs": records,
         "threshold_flops": threshold,
+        "levels_flops": levels,
         "states": {
             state: {
                 "runs": len(rs),
-                "mpix_per_s": pixels / common.median([r["seconds"] for r in rs]),
-                "flop_rate": pixels / common.median([r["seconds"] for r in rs]) * 1e6 * flops,
+                "mpix_per_s": mpix / common.median([r["seconds"] for r in rs]),
+                "flop_rate": mpix / common.median([r["seconds"] for r in rs]) * 1e6 * flops,
                 "peak_flops": common.median(
                     [(r["probe_before"] + r["probe_after"]) / 2 for r in rs]
                 ),
