@@ -453,10 +453,13 @@ def iter_predict(
     tta: bool = False,
     min_size: int | None = None,
     out=None,
+    compute: bool = False,
 ) -> Iterator[TileProgress | PredictionFinished]:
     """Generator form of :func:`predict`: yields :class:`TileProgress` after each batch of
     tiles and finally one :class:`PredictionFinished`. Closing it cancels the work and
-    leaves no partial output file behind."""
+    leaves no partial output file behind. ``compute=True`` computes a dask image's
+    result here, tile by tile with progress, into numpy, instead of returning it lazily
+    (what a GUI worker thread needs)."""
     defaults = PredictConfig()
     config = PredictConfig(
         tile_size=defaults.tile_size if tile_size is None else tile_size,
@@ -472,7 +475,7 @@ def iter_predict(
         min_size = DEFAULT_MIN_SIZE if learned is None else int(learned)
     job = _plan(model, image, config, channel_axis, min_size)
     lazy = _is_dask(job.image)
-    if lazy and out is None and not job.instances:
+    if lazy and out is None and not job.instances and not compute:
         yield PredictionFinished(_lazy_result(job, ModelSpec.from_model(model)))
         return
     client = _active_client() if lazy else None

@@ -53,6 +53,10 @@ class Notifications:
         return [n.message for n in self.records if n.severity == NotificationSeverity.ERROR]
 
     @property
+    def warnings(self) -> list[str]:
+        return [n.message for n in self.records if n.severity == NotificationSeverity.WARNING]
+
+    @property
     def infos(self) -> list[str]:
         return [n.message for n in self.records if n.severity == NotificationSeverity.INFO]
 

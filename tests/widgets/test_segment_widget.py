@@ -56,6 +56,7 @@ def test_dask_stack_every_plane(viewer, qtbot):
     assert widget.channels.native.isHidden()  # a grey model reads the planes
     result = viewer.layers["lazy segmentation"]
     assert result.data.shape == (3, 70, 90)
+    assert isinstance(result.data, np.ndarray)  # computed in the worker, not lazily in the GUI
     assert tuple(result.axis_labels) == ("t", "y", "x")
 
 
@@ -292,3 +293,29 @@ def test_test_time_augmentation_checkbox_is_passed_on(viewer, qtbot):
     shown = np.asarray(viewer.layers["cells probabilities"].data)
     np.testing.assert_allclose(shown, expected[1], atol=1e-5)
     assert np.abs(shown - plain[1]).max() > 1e-3
+
+
+def test_results_follow_the_rotation_of_the_image(viewer, qtbot):
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    layer = viewer.add_image(image, name="turned", rotate=30, scale=(2, 2), translate=(5, 1))
+
+    segment_with(viewer, qtbot, layer, untrained_model())
+
+    result = viewer.layers["turned segmentation"]
+    np.testing.assert_allclose(result.data_to_world((63, 63)), layer.data_to_world((63, 63)))
+
+
+def test_closing_the_panel_cancels_the_job(viewer, qtbot):
+    layer = viewer.add_image(np.zeros((6, 256, 256), np.float32), name="stack")
+    registry_for(viewer).add(untrained_model(), "test model", "test")
+    widget = SegmentWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget)
+    widget.image.value = layer
+    widget.tile_size.value = 64
+    widget.device.value = "cpu"
+    widget.start()
+    viewer.window.remove_dock_widget(dock)
+
+    assert widget._stop.is_set()
+    wait_for(qtbot, widget)
+    assert "stack segmentation" not in viewer.layers

@@ -432,3 +432,33 @@ def test_advanced_settings_reach_the_configs(viewer):
 def test_format_duration():
     assert format_duration(65) == "1:05"
     assert format_duration(3723) == "1:02:03"
+
+
+def test_labels_shown_elsewhere_than_the_image_get_a_warning(viewer, qtbot, notifications):
+    viewer.layers["nuclei labels"].translate = (20, 20)
+    train = TrainWidget(viewer)
+    set_tiny(train)
+    train.mode.value = "instances"
+
+    train.start()
+    train.stop()
+    wait_for(qtbot, train)
+
+    assert any("pairs their pixels by index" in w for w in notifications.warnings)
+
+
+def test_closing_the_panel_stops_training(viewer, qtbot):
+    train = TrainWidget(viewer)
+    dock = viewer.window.add_dock_widget(train)
+    set_tiny(train)
+    train.mode.value = "instances"
+    train.budget.value = "minutes"
+    train.minutes.value = 1.0
+
+    train.start()
+    viewer.window.remove_dock_widget(dock)
+
+    assert train._stop.is_set()
+    started = time.perf_counter()
+    wait_for(qtbot, train)
+    assert time.perf_counter() - started < 30  # stopped, not the minute's budget

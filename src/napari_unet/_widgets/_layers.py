@@ -185,6 +185,29 @@ def _spanned(source: Layer, axis: int | None) -> bool:
     return axis is not None and axis > 0 and not getattr(source, "rgb", False)
 
 
+def placed_alike(image: Layer, labels: Layer, axis: int | None = None) -> bool:
+    """Whether ``labels`` is shown where ``image`` is (scale, translation and the rest of
+    the affine transform on the axes they share), so that painting and training agree."""
+    image_matrix = np.asarray(image.affine.affine_matrix, float)
+    labels_matrix = np.asarray(labels.affine.affine_matrix, float)
+    image_scale, image_translate = np.asarray(image.scale), np.asarray(image.translate)
+    image_rotate = np.asarray(image.rotate)
+    if len(image.scale) != len(labels.scale) and axis is not None and axis != -1:
+        keep = [i for i in range(len(image.scale)) if i != axis]
+        image_scale, image_translate = image_scale[keep], image_translate[keep]
+        image_rotate = image_rotate[np.ix_(keep, keep)]
+        rows = [*keep, len(image.scale)]
+        image_matrix = image_matrix[np.ix_(rows, rows)]
+    if image_scale.shape != np.shape(labels.scale):
+        return True  # not comparable axis by axis; check_pair has judged the shapes
+    return (
+        np.allclose(image_scale, labels.scale)
+        and np.allclose(image_translate, labels.translate)
+        and np.allclose(image_rotate, labels.rotate)
+        and np.allclose(image_matrix, labels_matrix)
+    )
+
+
 def _placement(source: Layer, extra_leading: int = 0, axis: int | None = None) -> dict:
     """The scale, translate, axis names and units of ``source`` for a result layer; its
     channel ``axis`` is left out, or, where :func:`_spanned`, one plane covering it."""
@@ -198,12 +221,19 @@ def _placement(source: Layer, extra_leading: int = 0, axis: int | None = None) -
     elif axis is not None and axis != -1 and not getattr(source, "rgb", False):
         for values in (scale, translate, names, units):
             del values[axis]
-    return {
+    placement = {
         "scale": (1.0,) * pad + tuple(scale),
         "translate": (0.0,) * pad + tuple(translate),
         "axis_labels": ("class",) * pad + tuple(names),
         "units": ("pixel",) * pad + tuple(units),
     }
+    if pad == 0 and len(scale) == len(source.scale):  # same axes: rotation, shear, affine too
+        placement.update(
+            rotate=np.asarray(source.rotate),
+            shear=np.asarray(source.shear),
+            affine=source.affine.affine_matrix,
+        )
+    return placement
 
 
 def layer_result(layer: Layer, source: Layer, axis: int | None) -> np.ndarray:

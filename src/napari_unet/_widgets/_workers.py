@@ -152,7 +152,9 @@ def _train(
                 break
             if preview is not None and isinstance(event, EpochEnded):
                 plane, axis = plane_of(preview.image, preview.index, preview.channel_axis)
-                labels = predict(trained, plane, channel_axis=axis, device=preview.device)
+                labels = predict(
+                    trained, plane, channel_axis=axis, device=preview.device, compute=True
+                )
                 yield PreviewReady(preview.index, labels)
     finally:
         events.close()  # restores the best weights when training was stopped early
@@ -192,7 +194,9 @@ def _segment(
     **options,
 ):
     plane, axis = plane_of(image, index, channel_axis)
-    events = iter_predict(model, plane, channel_axis=axis, **options)
+    # compute=True: a dask layer is segmented here, in the worker, with progress and
+    # Cancel, not handed to the GUI thread as a lazy graph
+    events = iter_predict(model, plane, channel_axis=axis, compute=True, **options)
     try:
         for event in events:
             if isinstance(event, PredictionFinished):

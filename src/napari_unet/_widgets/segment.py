@@ -9,6 +9,7 @@ from magicgui.widgets import ComboBox, Container
 from napari.layers import Image
 from napari.utils.notifications import show_error
 from pydantic import ValidationError
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from ..config import PredictConfig, describe_error
@@ -307,6 +308,12 @@ class SegmentWidget(QWidget):
         self._set_running(True)
         self._worker.start()
 
+    def event(self, event) -> bool:
+        # napari closes a dock widget by taking it out of its parent: cancel the job with it
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.cancel()
+        return super().event(event)
+
     def cancel(self) -> None:
         """Stop segmenting after the current batch of tiles; no layer changes."""
         if self.running:
@@ -334,11 +341,20 @@ class SegmentWidget(QWidget):
         if image not in self.viewer.layers:
             self.status.setText(f"The image layer '{image.name}' was removed meanwhile.")
             return
-        if job["output"] == "labels":
-            layer = self._write(image, result, job["index"], "labels", "segmentation", job["axis"])
-        else:
-            data = foreground_probabilities(result)
-            layer = self._write(image, data, job["index"], "image", "probabilities", job["axis"])
+        try:
+            if job["output"] == "labels":
+                layer = self._write(
+                    image, result, job["index"], "labels", "segmentation", job["axis"]
+                )
+            else:
+                data = foreground_probabilities(result)
+                layer = self._write(
+                    image, data, job["index"], "image", "probabilities", job["axis"]
+                )
+        except InputError as error:
+            self.status.setText(str(error))
+            show_error(str(error))
+            return
         self.progress.setValue(1000)
         self.progress.setFormat("done")
         self.status.setText(f"Wrote the layer '{layer.name}'.")
@@ -349,6 +365,14 @@ class SegmentWidget(QWidget):
         shape = spatial_shape(image, axis)
         extra = result.shape[:-2]  # the class axis of probabilities, if any
         full_shape = (*extra, *shape)
+        if (
+            len(index) + 2 != len(shape)
+            or any(i >= n for i, n in zip(index, shape, strict=False))
+            or tuple(shape[-2:]) != tuple(result.shape[-2:])
+        ):
+            raise InputError(
+                f"The image layer '{image.name}' changed while it was segmented; segment it again."
+            )
         existing = output_layer(self.viewer, image, suffix)
         data = None
         if existing is not None:

@@ -11,6 +11,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 from pydantic import ValidationError
+from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -39,6 +40,7 @@ from ._layers import (
     layers_of,
     leading_axis,
     made_here,
+    placed_alike,
     single_plane_axis,
     spatial_shape,
     watch_layers,
@@ -373,6 +375,13 @@ class TrainWidget(QWidget):
                 )
             axis = self.channel_axis(image, labels)
             check_pair(image, labels, axis)
+            if not placed_alike(image, labels, axis):
+                show_warning(
+                    f"The labels layer '{labels.name}' is shown with another scale, "
+                    f"translation or rotation than the image '{image.name}', but training "
+                    "pairs their pixels by index, not by where they are shown. If the labels "
+                    "were painted where they appear, give both layers the same placement."
+                )
             config = self.train_config()
             model = None
             if self.continue_training.value:
@@ -430,6 +439,13 @@ class TrainWidget(QWidget):
         self._set_running(True)
         self._worker.start()
 
+    def event(self, event) -> bool:
+        # napari closes a dock widget by taking it out of its parent: stop the run with it,
+        # or it would go on training (and could be started again from a new panel)
+        if event.type() == QEvent.Type.ParentChange and self.parent() is None:
+            self.stop()
+        return super().event(event)
+
     def stop(self) -> None:
         """Stop training at the next step; the model keeps its best weights."""
         if self.running:
@@ -482,6 +498,10 @@ class TrainWidget(QWidget):
         if source is None or source not in self.viewer.layers:
             return
         shape = spatial_shape(source, self._preview_axis)
+        if tuple(shape[-2:]) != tuple(event.labels.shape[-2:]) or len(event.index) + 2 != len(
+            shape
+        ):
+            return  # the image layer's data was replaced while training ran
         if event.index:
             if self._preview_data is None or self._preview_data.dtype != event.labels.dtype:
                 self._preview_data = np.zeros(shape, event.labels.dtype)
