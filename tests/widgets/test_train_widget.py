@@ -251,7 +251,10 @@ def test_a_corrected_result_with_a_one_plane_channel_axis_trains(
     )  # (T, C, Y, X)
     corrected = np.zeros((2, 1, *image.shape), np.int32)  # as the Segment widget writes it
     corrected[1, 0] = labels
-    viewer.add_labels(corrected, name="movie segmentation")
+    # placed as the Segment widget writes it: one plane stretched over the two channels
+    viewer.add_labels(
+        corrected, name="movie segmentation", scale=(1, 2, 1, 1), translate=(0, 0.5, 0, 0)
+    )
     train = TrainWidget(viewer)
     set_tiny(train)
     train.mode.value = "instances"
@@ -260,7 +263,7 @@ def test_a_corrected_result_with_a_one_plane_channel_axis_trains(
     train.start()
     wait_for(qtbot, train)
 
-    assert not notifications.errors
+    assert not notifications.errors and not notifications.warnings
     assert train.model.in_channels == 2
     assert train.model.history["runs"][-1]["data"].startswith("1 plane(s)")
     preview = viewer.layers["movie preview"]

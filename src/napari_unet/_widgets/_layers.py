@@ -186,26 +186,28 @@ def _spanned(source: Layer, axis: int | None) -> bool:
 
 
 def placed_alike(image: Layer, labels: Layer, axis: int | None = None) -> bool:
-    """Whether ``labels`` is shown where ``image`` is (scale, translation and the rest of
-    the affine transform on the axes they share), so that painting and training agree."""
-    image_matrix = np.asarray(image.affine.affine_matrix, float)
-    labels_matrix = np.asarray(labels.affine.affine_matrix, float)
-    image_scale, image_translate = np.asarray(image.scale), np.asarray(image.translate)
-    image_rotate = np.asarray(image.rotate)
-    if len(image.scale) != len(labels.scale) and axis is not None and axis != -1:
-        keep = [i for i in range(len(image.scale)) if i != axis]
-        image_scale, image_translate = image_scale[keep], image_translate[keep]
-        image_rotate = image_rotate[np.ix_(keep, keep)]
-        rows = [*keep, len(image.scale)]
-        image_matrix = image_matrix[np.ix_(rows, rows)]
-    if image_scale.shape != np.shape(labels.scale):
-        return True  # not comparable axis by axis; check_pair has judged the shapes
-    return (
-        np.allclose(image_scale, labels.scale)
-        and np.allclose(image_translate, labels.translate)
-        and np.allclose(image_rotate, labels.rotate)
-        and np.allclose(image_matrix, labels_matrix)
+    """Whether ``labels`` is shown where ``image`` is (scale, translation, rotation and the
+    extra affine on the axes they share; a channel ``axis`` is left out of both, as the
+    labels lack it or span it), so that painting and training agree."""
+
+    def parts(layer: Layer, drop: int | None) -> list[np.ndarray]:
+        keep = [i for i in range(len(layer.scale)) if i != drop]
+        rows = [*keep, len(layer.scale)]
+        return [
+            np.asarray(layer.scale, float)[keep],
+            np.asarray(layer.translate, float)[keep],
+            np.asarray(layer.rotate, float)[np.ix_(keep, keep)],
+            np.asarray(layer.affine.affine_matrix, float)[np.ix_(rows, rows)],
+        ]
+
+    channel = (
+        axis if axis is not None and axis != -1 and not getattr(image, "rgb", False) else None
     )
+    ours = parts(image, channel)
+    theirs = parts(labels, channel if len(labels.scale) == len(image.scale) else None)
+    if any(a.shape != b.shape for a, b in zip(ours, theirs, strict=True)):
+        return True  # not comparable axis by axis; check_pair has judged the shapes
+    return all(np.allclose(a, b) for a, b in zip(ours, theirs, strict=True))
 
 
 def _placement(source: Layer, extra_leading: int = 0, axis: int | None = None) -> dict:
