@@ -319,3 +319,15 @@ def test_closing_the_panel_cancels_the_job(viewer, qtbot):
     assert widget._stop.is_set()
     wait_for(qtbot, widget)
     assert "stack segmentation" not in viewer.layers
+
+
+def test_segmenting_a_renamed_image_updates_its_result_layer(viewer, qtbot):
+    layer = viewer.add_image(np.random.default_rng(0).random((48, 48), np.float32), name="a")
+    widget = segment_with(viewer, qtbot, layer, untrained_model())
+    layer.name = "b"
+
+    widget.start()
+    wait_for(qtbot, widget)
+
+    results = [x.name for x in viewer.layers if "segmentation" in x.name]
+    assert results == ["b segmentation"]

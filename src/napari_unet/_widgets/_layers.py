@@ -258,8 +258,17 @@ def output_layer(viewer, source: Layer, suffix: str) -> Layer | None:
     Only layers this plugin created carry the mark, so a user's own layer that
     happens to have the same name is never overwritten.
     """
-    mark = {"source": source.name, "kind": suffix}
-    return next((layer for layer in viewer.layers if layer.metadata.get(OUTPUT_KEY) == mark), None)
+    source_id = str(source.unique_id)
+
+    def written_for(layer: Layer) -> bool:
+        mark = layer.metadata.get(OUTPUT_KEY)
+        if not isinstance(mark, dict) or mark.get("kind") != suffix:
+            return False
+        if "source_id" in mark:  # follows the source through a rename
+            return mark["source_id"] == source_id
+        return mark.get("source") == source.name  # layers saved without the id
+
+    return next((layer for layer in viewer.layers if written_for(layer)), None)
 
 
 def write_layer(
@@ -278,8 +287,12 @@ def write_layer(
         data = np.expand_dims(data, extra + axis)
     existing = output_layer(viewer, source, suffix)
     placement = _placement(source, extra, axis)
+    mark = {"source": source.name, "kind": suffix, "source_id": str(source.unique_id)}
     if existing is not None and isinstance(existing, layer_type) and existing.ndim == data.ndim:
         existing.data = data
+        if existing.metadata.get(OUTPUT_KEY) != mark:  # the source was renamed
+            existing.metadata[OUTPUT_KEY] = mark
+            existing.name = f"{source.name} {suffix}"
         for name, value in placement.items():
             setattr(existing, name, value)
         if kind == "image":
@@ -289,7 +302,7 @@ def write_layer(
         viewer.layers.remove(existing)
     options = {  # placed when added: a layer added unplaced would move the sliders
         "name": f"{source.name} {suffix}",
-        "metadata": {OUTPUT_KEY: {"source": source.name, "kind": suffix}},
+        "metadata": {OUTPUT_KEY: mark},
         **placement,
     }
     if kind == "labels":
