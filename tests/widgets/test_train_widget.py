@@ -336,14 +336,19 @@ def test_continue_training_a_loaded_model(viewer, qtbot, model_file):
     assert len(registry_for(viewer).entries) == 1
 
 
-def test_stop_before_the_first_step_makes_no_model(viewer, qtbot):
+def start_and_stop_at_once(viewer, qtbot) -> TrainWidget:
+    """A tiny instances run stopped as soon as it starts."""
     train = TrainWidget(viewer)
     set_tiny(train)
     train.mode.value = "instances"
-
     train.start()
     train.stop()
     wait_for(qtbot, train)
+    return train
+
+
+def test_stop_before_the_first_step_makes_no_model(viewer, qtbot):
+    train = start_and_stop_at_once(viewer, qtbot)
 
     assert train.model is None
     assert registry_for(viewer).active is None
@@ -439,13 +444,8 @@ def test_format_duration():
 
 def test_labels_shown_elsewhere_than_the_image_get_a_warning(viewer, qtbot, notifications):
     viewer.layers["nuclei labels"].translate = (20, 20)
-    train = TrainWidget(viewer)
-    set_tiny(train)
-    train.mode.value = "instances"
 
-    train.start()
-    train.stop()
-    wait_for(qtbot, train)
+    start_and_stop_at_once(viewer, qtbot)
 
     assert any("pairs their pixels by index" in w for w in notifications.warnings)
 
