@@ -50,6 +50,17 @@ def test_a_2048_pixel_image_takes_tiles_of_464():
     assert grid.tile_shape == (464, 464) and grid.count == 25
 
 
+def test_the_default_overlap_is_64_pixels_of_any_tile():
+    from napari_unet.config import PredictConfig
+
+    assert PredictConfig().overlap_share == 64 / 1024
+    assert PredictConfig(tile_size=512).overlap_share == 64 / 512
+    assert PredictConfig(tile_size=128).overlap_share == 0.25  # at most a quarter
+    assert PredictConfig(tile_size=512, overlap=0.0).overlap_share == 0.0  # as given
+    grid = TileGrid.plan((2048, 2048), 1024, PredictConfig().overlap_share, divisor=16)
+    assert grid.tile_shape == (736, 736) and grid.count == 9 and grid.ramp == 64
+
+
 def test_tiled_and_untiled_unet_agree(disk_data):
     torch.manual_seed(0)
     net = UNet(1, 2, depth=3, base_channels=8).eval()

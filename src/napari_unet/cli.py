@@ -547,7 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--overlap",
             type=float,
             default=predict_defaults.overlap,
-            help="overlap of tiles, a share of the tile (0-0.5)",
+            help="overlap of tiles, a share of the tile (0-0.5; default: 64 pixels, at most "
+            "a quarter of the tile; keep 32 pixels or more)",
         )
         p.add_argument("--batch-size", type=int, default=predict_defaults.batch_size)
         p.add_argument(

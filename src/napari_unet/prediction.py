@@ -405,7 +405,7 @@ def _plan(model, image, config: PredictConfig, channel_axis, min_size: int) -> _
     height, width = spatial[-2:]
     if height < 1 or width < 1:
         raise InputError(f"The image is empty (shape {shape}).")
-    grid = TileGrid.plan((height, width), config.tile_size, config.overlap, network.divisor)
+    grid = TileGrid.plan((height, width), config.tile_size, config.overlap_share, network.divisor)
     return _Job(
         network,
         normalization,
@@ -550,7 +550,8 @@ def predict(model: SegmentationModel | UNet, image, **kwargs):
         read one tile at a time.
     tile_size, overlap, batch_size
         Square tiles of ``tile_size`` pixels overlapping by ``overlap`` (a share of
-        the tile), ``batch_size`` tiles per forward pass. Defaults: :class:`PredictConfig`.
+        the tile; None: 64 pixels, at most a quarter of the tile), ``batch_size`` tiles
+        per forward pass. Defaults: :class:`PredictConfig` (tiles of 1024, one per pass).
     device
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
     output

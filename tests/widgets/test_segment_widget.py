@@ -256,6 +256,21 @@ def test_the_channels_field_follows_the_image(viewer):
     ]
 
 
+def test_the_overlap_field_keeps_64_pixels_until_it_is_set(viewer):
+    from napari_unet.config import PredictConfig
+
+    widget = SegmentWidget(viewer)
+    assert widget.tile_size.value == PredictConfig().tile_size == 1024
+    assert widget.overlap.value == pytest.approx(PredictConfig().overlap_share) == 64 / 1024
+    widget.tile_size.value = 512
+    assert widget.overlap.value == pytest.approx(64 / 512)  # as predict(tile_size=512)
+    widget.tile_size.value = 128
+    assert widget.overlap.value == pytest.approx(0.25)  # at most a quarter of the tile
+    widget.overlap.value = 0.125  # the user's own choice stays
+    widget.tile_size.value = 256
+    assert widget.overlap.value == pytest.approx(0.125)
+
+
 def test_channel_layouts_the_model_cannot_read_get_advice(viewer, notifications):
     grey_stack = viewer.add_image(np.zeros((3, 32, 32), np.float32), name="three planes")
     last = viewer.add_image(np.zeros((32, 32, 2), np.float32), name="channels last")

@@ -121,7 +121,15 @@ class SegmentWidget(QWidget):
             tooltip="For a Z/T stack: segment every plane, or only the plane on screen.",
         )
         self.tile_size = config_field(PredictConfig, "tile_size", step=64)
-        self.overlap = config_field(PredictConfig, "overlap", step=0.025)
+        # a share of the tile; the API's default (None) is 64 pixels of any tile, so the
+        # field follows the tile size until the user sets an overlap of their own
+        self.overlap = config_field(
+            PredictConfig, "overlap", value=PredictConfig().overlap_share, step=1 / 32
+        )
+        self.overlap.native.setDecimals(4)  # Qt's 2 would show 0.0625 as 0.06
+        self.overlap.value = PredictConfig().overlap_share
+        self._tile_for_overlap = self.tile_size.value
+        self.tile_size.changed.connect(self._follow_tile_size)
         self.batch_size = config_field(PredictConfig, "batch_size")
         self.tta = config_field(PredictConfig, "tta", label="test-time augmentation")
         self.device = config_field(PredictConfig, "device", choices=device_choices())
@@ -190,6 +198,14 @@ class SegmentWidget(QWidget):
         if self.registry.active is not None:
             self.model.value = self.registry.active
         self._update_status()
+
+    def _follow_tile_size(self, tile: int) -> None:
+        """Keep the default overlap of 64 pixels when the tile size changes, unless the
+        overlap was set to something else."""
+        before = PredictConfig(tile_size=max(16, self._tile_for_overlap)).overlap_share
+        self._tile_for_overlap = tile
+        if tile >= 16 and abs(self.overlap.value - before) < 1e-4:
+            self.overlap.value = PredictConfig(tile_size=tile).overlap_share
 
     def _image_changed(self, *_) -> None:
         self.channels.reset_choices()
