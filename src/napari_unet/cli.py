@@ -529,7 +529,7 @@ def cmd_demo(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .config import ModelConfig, Norm, PredictConfig, TrainConfig
+    from .config import OVERLAP_PIXELS, ModelConfig, Norm, PredictConfig, TrainConfig
 
     train_defaults, predict_defaults = TrainConfig(), PredictConfig()
     model_defaults = ModelConfig()
@@ -547,8 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
             "--overlap",
             type=float,
             default=predict_defaults.overlap,
-            help="overlap of tiles, a share of the tile (0-0.5; default: 64 pixels, at most "
-            "a quarter of the tile; keep 32 pixels or more)",
+            help=f"overlap of tiles, a share of the tile (0-0.5; default: {OVERLAP_PIXELS} "
+            "pixels, at most a quarter of the tile; keep 32 pixels or more)",
         )
         p.add_argument("--batch-size", type=int, default=predict_defaults.batch_size)
         p.add_argument(
