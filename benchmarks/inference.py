@@ -162,7 +162,8 @@ def measure(
             "precision": "fp32",
         },
         "ours_settings": {
-            **PredictConfig().model_dump(include={"tile_size", "overlap", "batch_size"}),
+            **PredictConfig().model_dump(include={"tile_size", "batch_size"}),
+            "overlap": PredictConfig().overlap_share,
             "precision": common.dtype_name(ours_dtype),
         },
         "peaks": {
