@@ -59,6 +59,10 @@ def test_the_default_overlap_is_64_pixels_of_any_tile():
     assert PredictConfig(tile_size=512, overlap=0.0).overlap_share == 0.0  # as given
     grid = TileGrid.plan((2048, 2048), 1024, PredictConfig().overlap_share, divisor=16)
     assert grid.tile_shape == (736, 736) and grid.count == 9 and grid.ramp == 64
+    # a tile side the network's divisor rounds up (1000 -> 1008) keeps 64 pixels too
+    config = PredictConfig(tile_size=1000)
+    grid = TileGrid.plan((4000, 4000), 1008, config.overlap_of(1008), divisor=16)
+    assert grid.ramp == 64
 
 
 def test_tiled_and_untiled_unet_agree(disk_data):

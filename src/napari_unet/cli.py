@@ -548,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
             type=float,
             default=predict_defaults.overlap,
             help=f"overlap of tiles, a share of the tile (0-0.5; default: {OVERLAP_PIXELS} "
-            "pixels, at most a quarter of the tile; keep 32 pixels or more)",
+            "pixels, at most a quarter of the tile)",
         )
         p.add_argument("--batch-size", type=int, default=predict_defaults.batch_size)
         p.add_argument(

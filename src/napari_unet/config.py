@@ -112,8 +112,8 @@ class TrainConfig(_Config):
 
 
 OVERLAP_PIXELS = 64
-"""Default overlap of neighbouring tiles in pixels; below about 32 pixels the tile borders
-begin to change labels (benchmarks/tiles.py)."""
+"""Default overlap of neighbouring tiles in pixels; less overlap lets the tile borders
+change more labels (benchmarks/tiles.py: the "changed by tiling" column)."""
 
 
 class PredictConfig(_Config):
@@ -131,8 +131,9 @@ class PredictConfig(_Config):
         description="Overlap between neighbouring tiles, as a share of a tile (None: "
         f"{OVERLAP_PIXELS} pixels, at most a quarter of the tile).",
     )
-    # One tile already fills the cores; on the CPU larger batches were slower
-    # (benchmarks/tiles.py: their larger buffers are mapped fresh from the kernel each time).
+    # One tile per pass: two tiles of 1024 per pass measured 1.03x to 1.19x faster in three
+    # runs of benchmarks/tiles.py (paired, noisy) and hold twice the feature maps; memory
+    # comes first for whole slides on laptops.
     batch_size: int = Field(1, ge=1, le=256, description="Tiles per forward pass.")
     device: Device = Field("auto", description="'auto' picks CUDA, then MPS, then the CPU.")
     mixed_precision: bool | None = Field(
@@ -147,6 +148,11 @@ class PredictConfig(_Config):
     def overlap_share(self) -> float:
         """``overlap``, or where it is None :data:`OVERLAP_PIXELS` as a share of the tile
         (at most a quarter)."""
+        return self.overlap_of(self.tile_size)
+
+    def overlap_of(self, tile: int) -> float:
+        """The overlap as a share of a tile of ``tile`` pixels (the tile side the grid
+        uses once rounded to the network's divisor, so that None stays 64 pixels)."""
         if self.overlap is not None:
             return self.overlap
-        return min(0.25, OVERLAP_PIXELS / self.tile_size)
+        return min(0.25, OVERLAP_PIXELS / tile)

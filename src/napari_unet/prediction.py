@@ -405,7 +405,9 @@ def _plan(model, image, config: PredictConfig, channel_axis, min_size: int) -> _
     height, width = spatial[-2:]
     if height < 1 or width < 1:
         raise InputError(f"The image is empty (shape {shape}).")
-    grid = TileGrid.plan((height, width), config.tile_size, config.overlap_share, network.divisor)
+    divisor = network.divisor
+    tile = -(-max(config.tile_size, 2 * divisor) // divisor) * divisor  # as TileGrid rounds
+    grid = TileGrid.plan((height, width), tile, config.overlap_of(tile), divisor)
     return _Job(
         network,
         normalization,

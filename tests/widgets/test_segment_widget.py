@@ -266,9 +266,11 @@ def test_the_overlap_field_keeps_64_pixels_until_it_is_set(viewer):
     assert widget.overlap.value == pytest.approx(64 / 512)  # as predict(tile_size=512)
     widget.tile_size.value = 128
     assert widget.overlap.value == pytest.approx(0.25)  # at most a quarter of the tile
-    widget.overlap.value = 0.125  # the user's own choice stays
-    widget.tile_size.value = 256
-    assert widget.overlap.value == pytest.approx(0.125)
+    widget.tile_size.value = 1024
+    widget.overlap.value = 0.125  # the user's own choice stays, whatever the tile size
+    for tile in (512, 1024, 256, 576):
+        widget.tile_size.value = tile
+        assert widget.overlap.value == pytest.approx(0.125)
 
 
 def test_channel_layouts_the_model_cannot_read_get_advice(viewer, notifications):

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
-from ..config import PredictConfig, describe_error
+from ..config import OVERLAP_PIXELS, PredictConfig, describe_error
 from ..data import InputError
 from ..prediction import TileProgress, _resolve_layout
 from ._form import config_field, device_choices
@@ -127,8 +127,15 @@ class SegmentWidget(QWidget):
             PredictConfig, "overlap", value=PredictConfig().overlap_share, step=1 / 32
         )
         self.overlap.native.setDecimals(4)  # Qt's 2 would show 0.0625 as 0.06
+        self.overlap.tooltip = (
+            "Overlap between neighbouring tiles, as a share of a tile; follows the tile "
+            f"size so as to stay {OVERLAP_PIXELS} pixels (at most a quarter of the tile) "
+            "until set."
+        )
         self.overlap.value = PredictConfig().overlap_share
-        self._tile_for_overlap = self.tile_size.value
+        self._overlap_follows = True  # until the user edits the overlap
+        self._following = False
+        self.overlap.changed.connect(self._overlap_edited)
         self.tile_size.changed.connect(self._follow_tile_size)
         self.batch_size = config_field(PredictConfig, "batch_size")
         self.tta = config_field(PredictConfig, "tta", label="test-time augmentation")
@@ -199,13 +206,20 @@ class SegmentWidget(QWidget):
             self.model.value = self.registry.active
         self._update_status()
 
+    def _overlap_edited(self, *_) -> None:
+        if not self._following:
+            self._overlap_follows = False
+
     def _follow_tile_size(self, tile: int) -> None:
-        """Keep the default overlap of 64 pixels when the tile size changes, unless the
-        overlap was set to something else."""
-        before = PredictConfig(tile_size=max(16, self._tile_for_overlap)).overlap_share
-        self._tile_for_overlap = tile
-        if tile >= 16 and abs(self.overlap.value - before) < 1e-4:
+        """Keep the default overlap of 64 pixels when the tile size changes, until the
+        user has set an overlap of their own."""
+        if not self._overlap_follows:
+            return
+        self._following = True
+        try:
             self.overlap.value = PredictConfig(tile_size=tile).overlap_share
+        finally:
+            self._following = False
 
     def _image_changed(self, *_) -> None:
         self.channels.reset_choices()
