@@ -127,7 +127,7 @@ def classify(records: list[dict], mpix: float, flops: float) -> dict:
 
 
 def measure(
-    data: Path, *, size: int = 2048, repeats: int = 5, device: str = "cpu", state_runs: int = 16
+    data: Path, *, size: int = 2048, repeats: int = 5, device: str = "cpu", state_runs: int = 48
 ) -> dict:
     from napari_unet import PredictConfig
     from napari_unet._device import autocast_dtype
@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--size", type=int, default=2048)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument(
-        "--state-runs", type=int, default=16, help="runs of predict bracketed by probes"
+        "--state-runs", type=int, default=48, help="runs of predict bracketed by probes"
     )
     args = parser.parse_args(argv)
     result = measure(

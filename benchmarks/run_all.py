@@ -368,13 +368,13 @@ def _tiles_section(r: dict) -> list[str]:
         "",
         f"`predict` end to end on the {r['image'][0]} x {r['image'][1]} image, "
         f"{r['repeats']} interleaved runs. Computed/image: pixels the network processes per "
-        "image pixel. Rows with the same tile size and tile count compute the same pixels "
-        "(the overlap then only changes the blending weights), so the spread of their "
-        "times shows the noise of the shared machine. Vs default: the median over rounds of "
+        "image pixel; rows with the same computed/image and batch do the same work, so "
+        "the spread of their times shows the noise of the shared machine. Vs default: the median over rounds of "
         "the default's time over the row's time in the same round (above 1x: faster than "
         "the default), the figure to compare rows by. Agreement with untiled: as in the "
         "inference table (against one untiled fp32 pass); changed by tiling: the share of "
-        "pixels whose label differs from one untiled pass of the same bf16 forward pass, "
+        "pixels whose label differs from one untiled pass of the same forward pass (same "
+        "dtype and layout), "
         "what the tiles and their blending alone change.",
         "",
         table(
@@ -555,9 +555,11 @@ def _roofline_verdict(ours: dict) -> str:
     if missed:
         return f"**not met** (in the {' and '.join(missed)} state)"
     unjudged = sorted(state for state, g in states.items() if g["runs"] < 3)
-    if unjudged:  # too few runs caught in a state to say it holds there
-        return f"met in the {' and '.join(sorted(s for s in states if s not in unjudged))} " + (
-            f"state; **not shown** in the {' and '.join(unjudged)} state (fewer than 3 runs)"
+    if unjudged:  # too few runs caught in a state to say the target holds there
+        met = " and ".join(sorted(s for s in states if s not in unjudged))
+        return (
+            f"**not shown** in the {' and '.join(unjudged)} state (fewer than 3 runs); "
+            f"met in the {met} state"
         )
     return "met"
 
