@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from napari_unet import UNet, predict
-from napari_unet.tiling import TileGrid, tiled_apply
+from napari_unet.tiling import TileGrid, tile_side, tiled_apply
 
 
 def identity(batch):
@@ -60,9 +60,9 @@ def test_the_default_overlap_is_64_pixels_of_any_tile():
     grid = TileGrid.plan((2048, 2048), 1024, PredictConfig().overlap_share, divisor=16)
     assert grid.tile_shape == (736, 736) and grid.count == 9 and grid.ramp == 64
     # a tile side the network's divisor rounds up (1000 -> 1008) keeps 64 pixels too
-    config = PredictConfig(tile_size=1000)
-    grid = TileGrid.plan((4000, 4000), 1008, config.overlap_of(1008), divisor=16)
-    assert grid.ramp == 64
+    tile = tile_side(1000, 16)
+    grid = TileGrid.plan((4000, 4000), tile, PredictConfig().overlap_of(tile), divisor=16)
+    assert tile == 1008 and grid.ramp == 64
 
 
 def test_tiled_and_untiled_unet_agree(disk_data):

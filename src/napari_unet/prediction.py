@@ -43,6 +43,7 @@ from .tiling import (
     blend_region,
     iter_tiled,
     prepare_tile,
+    tile_side,
     tile_window,
     tiles_touching,
     weight_tile_output,
@@ -405,9 +406,8 @@ def _plan(model, image, config: PredictConfig, channel_axis, min_size: int) -> _
     height, width = spatial[-2:]
     if height < 1 or width < 1:
         raise InputError(f"The image is empty (shape {shape}).")
-    divisor = network.divisor
-    tile = -(-max(config.tile_size, 2 * divisor) // divisor) * divisor  # as TileGrid rounds
-    grid = TileGrid.plan((height, width), tile, config.overlap_of(tile), divisor)
+    tile = tile_side(config.tile_size, network.divisor)  # an overlap of None stays 64 px
+    grid = TileGrid.plan((height, width), tile, config.overlap_of(tile), network.divisor)
     return _Job(
         network,
         normalization,

@@ -79,6 +79,13 @@ class Axis:
         return total
 
 
+def tile_side(tile_size: int, divisor: int) -> int:
+    """The side of the tiles :meth:`TileGrid.plan` uses for ``tile_size``: rounded up to
+    the network's ``divisor``, and at least 2 x 2 pixels at the bottleneck (instance
+    normalisation needs more than one)."""
+    return _round_up(max(tile_size, 2 * divisor), divisor)
+
+
 def _ramp(distance: np.ndarray, width: int) -> np.ndarray:
     """0 at the tile edge, 1 after ``width`` pixels, smooth in between, never exactly 0."""
     if width <= 0:
@@ -106,8 +113,7 @@ class TileGrid:
         of ``divisor`` (and to at least twice it)."""
         if not 0 <= overlap < 0.5:
             raise ValueError(f"overlap must be in [0, 0.5), got {overlap}.")
-        # at least 2 x 2 pixels at the bottleneck: instance normalisation needs more than one
-        tile = _round_up(max(tile_size, 2 * divisor), divisor)
+        tile = tile_side(tile_size, divisor)
         overlap_px = _round_up(int(round(overlap * tile)), 2)
         return cls(
             Axis.plan(shape[0], tile, overlap_px, divisor),
