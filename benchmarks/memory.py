@@ -7,7 +7,10 @@ the peak resident set size and the wall time as a Markdown table row, the number
 recorded in docs/benchmarks.md ("Memory").
 
     python benchmarks/memory.py 16384 32768
-    python benchmarks/memory.py 16384 --layout plain --mode instances
+    python benchmarks/memory.py 16384 --layout plain --mode semantic instances
+
+``benchmarks/run_all.py`` runs it for 4096, 8192 and 16384 in both modes and writes the
+Memory table of docs/benchmarks.md from its ``--json`` output.
 
 ``--layout tiled`` (default) writes a zlib-compressed tiled TIFF (read through
 tifffile's zarr interface); ``plain`` an uncompressed contiguous one (memory-mapped
@@ -18,6 +21,8 @@ otherwise; they are several GB for the largest sizes.
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
 import platform
 import re
@@ -107,48 +112,82 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sizes", nargs="+", type=int, help="image side(s) in pixels")
     parser.add_argument("--layout", choices=["tiled", "plain"], default="tiled")
-    parser.add_argument("--mode", choices=["semantic", "instances"], default="semantic")
+    parser.add_argument(
+        "--mode", choices=["semantic", "instances"], nargs="+", default=["semantic"]
+    )
     parser.add_argument("--format", choices=["tif", "zarr"], default="tif")
     parser.add_argument("--work", type=Path, default=HERE / "_work" / "memory")
     parser.add_argument("--keep", action="store_true", help="keep the images and results")
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args(argv)
 
     args.work.mkdir(parents=True, exist_ok=True)
-    model = args.work / f"model-{args.mode}.safetensors"
-    write_model(model, args.mode)
     cli = [sys.executable, "-m", "napari_unet.cli"]
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     print("| image | input TIFF | mode | output | peak RSS | wall time |")
     print("| --- | --- | --- | --- | --- | --- |")
-    for size in args.sizes:
-        image = args.work / f"synthetic-{size}-{args.layout}.tif"
-        if not image.exists():
-            write_image(image, size, args.layout)
-        out = args.work / f"out-{size}"
-        shutil.rmtree(out, ignore_errors=True)
-        command = [
-            *cli,
-            "predict",
-            "--model",
-            str(model),
-            "--input",
-            str(image),
-            "--output",
-            str(out),
-            "--format",
-            args.format,
-            "--device",
-            "cpu",
-        ]
-        peak, seconds = measure(command)
-        print(
-            f"| {size} x {size} uint8 ({size * size / 2**20:.0f} MPix) | {args.layout} | "
-            f"{args.mode} | {args.format} | {peak:.0f} MiB | {seconds / 60:.1f} min |",
-            flush=True,
-        )
-        if not args.keep:
+    rows = []
+    for mode in args.mode:
+        model = args.work / f"model-{mode}.safetensors"
+        write_model(model, mode)
+        for size in args.sizes:
+            image = args.work / f"synthetic-{size}-{args.layout}.tif"
+            if not image.exists():
+                write_image(image, size, args.layout)
+            out = args.work / f"out-{size}"
             shutil.rmtree(out, ignore_errors=True)
-            image.unlink()
+            command = [
+                *cli,
+                "predict",
+                "--model",
+                str(model),
+                "--input",
+                str(image),
+                "--output",
+                str(out),
+                "--format",
+                args.format,
+                "--device",
+                "cpu",
+            ]
+            peak, seconds = measure(command)
+            rows.append(
+                {
+                    "size": size,
+                    "layout": args.layout,
+                    "mode": mode,
+                    "format": args.format,
+                    "peak_mib": peak,
+                    "seconds": seconds,
+                }
+            )
+            print(
+                f"| {size} x {size} uint8 ({size * size / 2**20:.0f} MPix) | {args.layout} | "
+                f"{mode} | {args.format} | {peak:.0f} MiB | {seconds / 60:.1f} min |",
+                flush=True,
+            )
+            if not args.keep:
+                shutil.rmtree(out, ignore_errors=True)
+    if not args.keep:  # the images serve every mode, then go
+        for size in args.sizes:
+            (args.work / f"synthetic-{size}-{args.layout}.tif").unlink(missing_ok=True)
+    if args.json:
+        from napari_unet.config import PredictConfig
+
+        defaults = PredictConfig()
+        args.json.write_text(
+            json.dumps(
+                {
+                    "machine": platform.processor() or platform.machine(),
+                    "cores": os.cpu_count(),
+                    "date": datetime.date.today().isoformat(),
+                    "tile_size": defaults.tile_size,
+                    "overlap_pixels": round(defaults.overlap_share * defaults.tile_size),
+                    "rows": rows,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 
