@@ -171,3 +171,51 @@ def test_semantic_values_beyond_the_class_range_get_a_clear_error():
     label[2:5, 2:5], label[8:12, 8:12] = 1, 300
     with pytest.raises(InputError, match="Renumber the classes"):
         encode_labels([label], "semantic")
+
+
+@pytest.mark.parametrize("deform", ["zoom", "elastic"])
+def test_geometric_augmentation_moves_image_and_labels_together(deform):
+    import torch
+
+    from napari_unet.data import elastic_deform, random_zoom
+
+    size = 96
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    disk = (yy**2 + xx**2 < 20**2).astype(np.int64)  # a disk of radius 20 at the centre
+    images = torch.from_numpy(np.stack([disk, disk])[:, None].astype(np.float32))
+    targets = torch.from_numpy(np.stack([disk, disk]))
+    weights = torch.ones(2, size, size)
+    rng = np.random.default_rng(3)
+    if deform == "zoom":
+        out, labels, w = random_zoom(images, targets, weights, rng, zoom=1.5)
+    else:
+        out, labels, w = elastic_deform(images, targets, weights, rng)
+
+    assert out.shape == images.shape and labels.shape == targets.shape
+    assert set(labels.unique().tolist()) <= {IGNORE, 0, 1}
+    for image, label in zip(out[:, 0], labels, strict=True):
+        area = int((label == 1).sum())
+        if deform == "zoom":  # scaled by at most 1.5 each way: area within 1/2.25 .. 2.25
+            assert 1256 / 2.3 < area < 1256 * 2.3
+            assert label[size // 2, size // 2] == 1  # scaled and turned about the centre
+        assert area != 0
+        inside = image[label == 1]
+        outside = image[label == 0]
+        assert inside.mean() > 0.9 and outside.mean() < 0.1  # the image moved with its labels
+    assert torch.allclose(w, torch.ones_like(w))
+
+
+def test_zoom_turns_patches_by_any_angle():
+    import torch
+
+    from napari_unet.data import random_zoom
+
+    bar = np.zeros((64, 64), np.int64)
+    bar[30:34, :] = 1  # a horizontal bar through the centre
+    targets = torch.from_numpy(np.stack([bar] * 8))
+    images = targets[:, None].float()
+    _, labels, _ = random_zoom(images, targets, None, np.random.default_rng(0), zoom=1.2)
+    columns = [(label == 1).any(dim=0).sum().item() for label in labels]
+    rows = [(label == 1).any(dim=1).sum().item() for label in labels]
+    # some bars now run off the horizontal: they cover more than 4 rows
+    assert max(rows) > 10 and min(columns) > 0

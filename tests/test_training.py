@@ -46,6 +46,24 @@ def test_training_is_reproducible_with_a_seed(disk_data):
         torch.testing.assert_close(p, q, msg=name)
 
 
+def test_zoom_augmentation_trains_and_changes_the_run(disk_data):
+    images, labels = disk_data
+    binary = [(label > 0).astype(np.uint8) for label in labels]
+    plain = TrainConfig(mode="semantic", epochs=6, seed=3, **FAST)
+    zoomed = plain.model_copy(update={"zoom": 1.5})
+
+    a = train(images, binary, plain, model_config=ModelConfig(**TINY))
+    b = train(images, binary, zoomed, model_config=ModelConfig(**TINY))
+
+    changed = [
+        not torch.equal(p, q)
+        for p, q in zip(a.network.parameters(), b.network.parameters(), strict=True)
+    ]
+    assert all(changed)  # the zoomed patches reached the network
+    assert b.history["runs"][-1]["best_score"] > 0.5
+    assert b.history["runs"][-1]["config"]["zoom"] == 1.5
+
+
 def test_closing_the_generator_stops_and_keeps_the_best_weights(disk_data):
     images, labels = disk_data
     config = TrainConfig(mode="instances", epochs=100, **FAST)

@@ -141,6 +141,8 @@ _TRAIN_NUMBERS = {
     "0 turns it off",
     "dice_weight": "weight of the Dice term of the loss",
     "ce_weight": "weight of the cross-entropy term of the loss",
+    "zoom": "also scale patches by a random factor between 1/ZOOM and ZOOM and rotate them "
+    "by a random angle (1: off)",
 }
 """Training options given as plain numbers on the command line: field -> help."""
 

@@ -70,6 +70,13 @@ class TrainConfig(_Config):
     weight_decay: float = Field(1e-4, ge=0, lt=1, description="AdamW weight decay.")
     augment: bool = Field(True, description="Random flips, 90 degree rotations, intensity jitter.")
     elastic: bool = Field(False, description="Also apply elastic deformations (slower).")
+    zoom: float = Field(
+        1.0,
+        ge=1,
+        le=4,
+        description="Also scale each patch by a random factor between 1/zoom and zoom, "
+        "and rotate it by a random angle (1 turns it off).",
+    )
     foreground_sampling: float = Field(
         0.5, ge=0, le=1, description="Share of patches centred on a non-background labelled pixel."
     )

@@ -539,6 +539,50 @@ def augment_sample(sample: Sample, rng: np.random.Generator) -> Sample:
     return Sample(np.ascontiguousarray(image), np.ascontiguousarray(geom(sample.target)), weight)
 
 
+def _resample(images, targets, weights, grid):
+    """Sample a batch at ``grid`` (B, H, W, 2): images bilinear with reflection, targets
+    nearest with IGNORE outside, weights bilinear."""
+    import torch.nn.functional as F
+
+    images = F.grid_sample(
+        images, grid, mode="bilinear", padding_mode="reflection", align_corners=True
+    )
+    shifted = (targets + 1).unsqueeze(1).float()  # IGNORE (-1) -> 0, which padding also gives
+    targets = (
+        F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=True)[
+            :, 0
+        ].long()
+        - 1
+    )
+    if weights is not None:
+        weights = F.grid_sample(
+            weights.unsqueeze(1), grid, mode="bilinear", padding_mode="border", align_corners=True
+        )[:, 0]
+    return images, targets, weights
+
+
+def random_zoom(images, targets, weights, rng: np.random.Generator, zoom: float):
+    """Scale each patch of a batch by a random factor between ``1/zoom`` and ``zoom``
+    (log-uniform) and rotate it by a random angle about its centre, so that a model meets
+    its objects at more sizes and orientations than the data shows.
+
+    ``images`` (B, C, H, W) float, ``targets`` (B, H, W) int64, ``weights`` (B, H, W) or None.
+    Pixels that come from outside the patch are ignored by the loss.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    batch = images.shape[0]
+    factor = np.exp(rng.uniform(-np.log(zoom), np.log(zoom), size=batch))
+    angle = rng.uniform(0, 2 * np.pi, size=batch)
+    cos, sin = np.cos(angle) / factor, np.sin(angle) / factor
+    theta = np.zeros((batch, 2, 3), np.float32)
+    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
+    theta = torch.from_numpy(theta).to(images.device)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=True)
+    return _resample(images, targets, weights, grid)
+
+
 def elastic_deform(images, targets, weights, rng: np.random.Generator, strength: float = 10.0):
     """The paper's elastic deformation: a random 3x3 grid of displacements (std ``strength``
     pixels), smoothly interpolated, applied to a batch of torch tensors.
@@ -562,21 +606,7 @@ def elastic_deform(images, targets, weights, rng: np.random.Generator, strength:
         ],
         dim=-1,
     )
-    images = F.grid_sample(
-        images, grid, mode="bilinear", padding_mode="reflection", align_corners=True
-    )
-    shifted = (targets + 1).unsqueeze(1).float()  # IGNORE (-1) -> 0, which padding also gives
-    targets = (
-        F.grid_sample(shifted, grid, mode="nearest", padding_mode="zeros", align_corners=True)[
-            :, 0
-        ].long()
-        - 1
-    )
-    if weights is not None:
-        weights = F.grid_sample(
-            weights.unsqueeze(1), grid, mode="bilinear", padding_mode="border", align_corners=True
-        )[:, 0]
-    return images, targets, weights
+    return _resample(images, targets, weights, grid)
 
 
 def check_pairs(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> None:

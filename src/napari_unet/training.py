@@ -34,6 +34,7 @@ from .data import (
     encode_labels,
     instance_ids,
     iter_planes,
+    random_zoom,
     smallest_object_size,
     to_cyx,
 )
@@ -464,6 +465,8 @@ def iter_train(
                 x = torch.from_numpy(x).to(device)
                 y = torch.from_numpy(y).to(device)
                 w = None if w is None else torch.from_numpy(w).to(device)
+                if config.augment and config.zoom > 1:
+                    x, y, w = random_zoom(x, y, w, rng, config.zoom)
                 if config.augment and config.elastic:
                     x, y, w = elastic_deform(x, y, w, rng)
                 x = x.contiguous(memory_format=torch.channels_last)

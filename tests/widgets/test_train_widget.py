@@ -419,9 +419,12 @@ def test_advanced_settings_reach_the_configs(viewer):
     assert train.border_weight.enabled
     train.augment.value = False
     assert not train.elastic.enabled  # elastic deformation is part of augmentation
+    assert not train.zoom.enabled
     train.augment.value = True
+    assert train.zoom.enabled
 
     train.elastic.value = True
+    train.zoom.value = 1.5
     train.foreground_sampling.value = 0.8
     train.border_weight.value = 3.0
     train.dice_weight.value = 0.5
@@ -433,6 +436,7 @@ def test_advanced_settings_reach_the_configs(viewer):
     config, model_config = train.train_config(), train.model_config()
 
     assert config.elastic and config.foreground_sampling == pytest.approx(0.8)
+    assert config.zoom == pytest.approx(1.5)
     assert (config.border_weight, config.dice_weight, config.ce_weight) == (3.0, 0.5, 2.0)
     assert (model_config.norm, model_config.dropout) == ("group", pytest.approx(0.3))
 

@@ -158,6 +158,7 @@ class TrainWidget(QWidget):
         self.learning_rate = config_field(TrainConfig, "learning_rate", step=1e-4)
         self.augment = config_field(TrainConfig, "augment", label="augmentation")
         self.elastic = config_field(TrainConfig, "elastic", label="elastic deformation")
+        self.zoom = config_field(TrainConfig, "zoom", step=0.05, label="zoom and turn")
         self.foreground_sampling = config_field(TrainConfig, "foreground_sampling", step=0.05)
         self.border_weight = config_field(TrainConfig, "border_weight", step=1.0)
         self.dice_weight = config_field(TrainConfig, "dice_weight", step=0.1, label="Dice weight")
@@ -171,6 +172,7 @@ class TrainWidget(QWidget):
                 self.learning_rate,
                 self.augment,
                 self.elastic,
+                self.zoom,
                 self.foreground_sampling,
                 self.border_weight,
                 self.dice_weight,
@@ -294,6 +296,7 @@ class TrainWidget(QWidget):
     def _update_mode_fields(self, *_) -> None:
         self.border_weight.enabled = self.mode.value == "instances"
         self.elastic.enabled = self.augment.value
+        self.zoom.enabled = self.augment.value
 
     def _update_model_fields(self, *_) -> None:
         active = self.registry.active
@@ -328,6 +331,7 @@ class TrainWidget(QWidget):
             learning_rate=self.learning_rate.value,
             augment=self.augment.value,
             elastic=self.elastic.value,
+            zoom=self.zoom.value,
             foreground_sampling=self.foreground_sampling.value,
             border_weight=self.border_weight.value,
             dice_weight=self.dice_weight.value,
