@@ -73,7 +73,7 @@ class TrainConfig(_Config):
     zoom: float = Field(
         1.0,
         ge=1,
-        le=4,
+        le=2,
         description="Also scale each patch by a random factor between 1/zoom and zoom, "
         "and rotate it by a random angle (1 turns it off).",
     )

@@ -8,6 +8,7 @@ for pixels without annotation.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -445,7 +446,9 @@ class PatchSampler:
     With probability ``foreground_sampling`` a patch is centred on a pixel of a
     randomly chosen non-background class present in the data (each class equally
     likely); otherwise on a random annotated pixel. Images are reflect-padded by
-    half a patch; padded target pixels are ignored by the loss.
+    half a patch; padded target pixels are ignored by the loss. With ``context`` > 0 each
+    sample also holds that many pixels of surroundings on every side (for
+    :func:`random_zoom`, which turns and scales the window and crops the patch from it).
     """
 
     def __init__(
@@ -455,11 +458,13 @@ class PatchSampler:
         num_classes: int,
         foreground_sampling: float,
         rng: np.random.Generator,
+        context: int = 0,
     ):
         self.patch = patch_size
+        self.context = context
         self.rng = rng
         self.foreground_sampling = foreground_sampling
-        half = patch_size // 2
+        half = patch_size // 2 + context
         self.padded: list[Sample] = []
         self.annotated: list[np.ndarray] = []
         self.by_class: dict[int, list[tuple[int, np.ndarray]]] = {}
@@ -504,8 +509,9 @@ class PatchSampler:
         x0 = int(np.clip(x + self.rng.integers(-jitter, jitter + 1), 0, None))
         padded = self.padded[i]
         height, width = padded.target.shape
-        y0, x0 = min(y0, height - p), min(x0, width - p)
-        window = (slice(y0, y0 + p), slice(x0, x0 + p))
+        c = self.context
+        y0, x0 = min(y0, height - p - 2 * c), min(x0, width - p - 2 * c)
+        window = (slice(y0, y0 + p + 2 * c), slice(x0, x0 + p + 2 * c))
         weight = None if padded.weight is None else padded.weight[window]
         return Sample(padded.image[(slice(None), *window)], padded.target[window], weight)
 
@@ -561,25 +567,40 @@ def _resample(images, targets, weights, grid):
     return images, targets, weights
 
 
-def random_zoom(images, targets, weights, rng: np.random.Generator, zoom: float):
-    """Scale each patch of a batch by a random factor between ``1/zoom`` and ``zoom``
-    (log-uniform) and rotate it by a random angle about its centre, so that a model meets
-    its objects at more sizes and orientations than the data shows.
+def zoom_context(patch: int, zoom: float) -> int:
+    """Pixels of surroundings on each side that :func:`random_zoom` needs to fill a patch
+    of side ``patch`` turned by any angle and scaled down by up to ``zoom``."""
+    return max(0, math.ceil((patch * math.sqrt(2) * zoom - patch) / 2) + 1)
 
-    ``images`` (B, C, H, W) float, ``targets`` (B, H, W) int64, ``weights`` (B, H, W) or None.
-    Pixels that come from outside the patch are ignored by the loss.
+
+def random_zoom(images, targets, weights, rng: np.random.Generator, zoom: float, size=None):
+    """Scale each window of a batch by a random factor between ``1/zoom`` and ``zoom``
+    (log-uniform; above 1 objects grow) and turn it by a random angle about its centre,
+    then take the central ``size`` (H, W) of it (default: the window's own size), so that
+    a model meets its objects at more sizes and orientations than the data shows.
+
+    ``images`` (B, C, H, W) float32, ``targets`` (B, H, W) int64, ``weights`` (B, H, W) or
+    None. Give windows :func:`zoom_context` pixels larger than ``size`` on each side and
+    every output pixel comes from inside them; otherwise the pixels from outside are
+    ignored by the loss.
     """
     import torch
     import torch.nn.functional as F
 
-    batch = images.shape[0]
+    batch, channels, height, width = images.shape
+    out_h, out_w = (height, width) if size is None else size
     factor = np.exp(rng.uniform(-np.log(zoom), np.log(zoom), size=batch))
     angle = rng.uniform(0, 2 * np.pi, size=batch)
     cos, sin = np.cos(angle) / factor, np.sin(angle) / factor
-    theta = np.zeros((batch, 2, 3), np.float32)
-    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
-    theta = torch.from_numpy(theta).to(images.device)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=True)
+    # output pixel offsets from the centre -> input ones, in each side's normalised units
+    sx, sy = (out_w - 1) / max(width - 1, 1), (out_h - 1) / max(height - 1, 1)
+    theta = np.zeros((batch, 2, 3), np.float64)
+    theta[:, 0, 0] = cos * sx
+    theta[:, 0, 1] = -sin * (out_h - 1) / max(width - 1, 1)
+    theta[:, 1, 0] = sin * (out_w - 1) / max(height - 1, 1)
+    theta[:, 1, 1] = cos * sy
+    theta = torch.from_numpy(theta).to(images.device, images.dtype)
+    grid = F.affine_grid(theta, [batch, channels, out_h, out_w], align_corners=True)
     return _resample(images, targets, weights, grid)
 
 

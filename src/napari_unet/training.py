@@ -37,6 +37,7 @@ from .data import (
     random_zoom,
     smallest_object_size,
     to_cyx,
+    zoom_context,
 )
 from .losses import IGNORE, DiceCELoss
 from .model import SegmentationModel, UNet
@@ -417,8 +418,15 @@ def iter_train(
             f"{2 * divisor}."
         )
         config = config.model_copy(update={"patch_size": patch_size})
+    zooming = config.augment and config.zoom > 1
+    context = zoom_context(config.patch_size, config.zoom) if zooming else 0
     sampler = PatchSampler(
-        data.train, config.patch_size, data.encoding.num_classes, config.foreground_sampling, rng
+        data.train,
+        config.patch_size,
+        data.encoding.num_classes,
+        config.foreground_sampling,
+        rng,
+        context,
     )
     steps_per_epoch = _steps_per_epoch(data.train, config)
     budget = config.minutes * 60 if config.minutes else None
@@ -465,8 +473,9 @@ def iter_train(
                 x = torch.from_numpy(x).to(device)
                 y = torch.from_numpy(y).to(device)
                 w = None if w is None else torch.from_numpy(w).to(device)
-                if config.augment and config.zoom > 1:
-                    x, y, w = random_zoom(x, y, w, rng, config.zoom)
+                if zooming:
+                    size = (config.patch_size, config.patch_size)
+                    x, y, w = random_zoom(x, y, w, rng, config.zoom, size)
                 if config.augment and config.elastic:
                     x, y, w = elastic_deform(x, y, w, rng)
                 x = x.contiguous(memory_format=torch.channels_last)
