@@ -141,8 +141,10 @@ _TRAIN_NUMBERS = {
     "0 turns it off",
     "dice_weight": "weight of the Dice term of the loss",
     "ce_weight": "weight of the cross-entropy term of the loss",
-    "low_percentile": "images are scaled per channel so that this percentile becomes 0",
-    "high_percentile": "images are scaled per channel so that this percentile becomes 1",
+    "low_percentile": "new models: images are scaled per channel so that this percentile "
+    "becomes 0",
+    "high_percentile": "new models: images are scaled per channel so that this percentile "
+    "becomes 1",
     "zoom": "also scale patches by a random factor between 1/ZOOM and ZOOM and rotate them "
     "by a random angle (1: off)",
 }
