@@ -260,3 +260,20 @@ def test_zoom_keeps_shapes_on_non_square_windows():
         area = int((label == 1).sum())
         assert 150 < area < 260  # about 200: turned, not sheared or stretched
         assert image[label == 1].mean() > 0.9
+
+
+def test_zoom_windows_at_an_image_corner_keep_the_chosen_pixel_in_the_patch():
+    from napari_unet.data import PatchSampler, Sample, zoom_context
+
+    rng = np.random.default_rng(2)
+    image = rng.random((1, 20, 20)).astype(np.float32)  # smaller than the patch
+    target = np.zeros((20, 20), np.int64)
+    target[0, 0] = 1  # the only object pixel, at a corner: every patch is centred on it
+    patch = 32
+    context = zoom_context(patch, 1.5)
+    sampler = PatchSampler([Sample(image, target)], patch, 2, 1.0, rng, context)
+
+    _, targets, _ = sampler.batch(16, augment=False)
+    assert targets.shape == (16, patch + 2 * context, patch + 2 * context)
+    crop = targets[:, context : context + patch, context : context + patch]
+    assert (crop == 1).sum(axis=(1, 2)).tolist() == [1] * 16

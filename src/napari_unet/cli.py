@@ -146,7 +146,7 @@ _TRAIN_NUMBERS = {
     "high_percentile": "new models: images are scaled per channel so that this percentile "
     "becomes 1",
     "zoom": "also scale patches by a random factor between 1/ZOOM and ZOOM and rotate them "
-    "by a random angle (1: off)",
+    "by a random angle (slower steps; 1: off)",
 }
 """Training options given as plain numbers on the command line: field -> help."""
 

@@ -74,8 +74,8 @@ class TrainConfig(_Config):
         1.0,
         ge=1,
         le=2,
-        description="Also scale each patch by a random factor between 1/zoom and zoom, "
-        "and rotate it by a random angle (1 turns it off).",
+        description="With augmentation, also scale each patch by a random factor between "
+        "1/zoom and zoom and rotate it by a random angle (slower steps; 1 turns it off).",
     )
     foreground_sampling: float = Field(
         0.5, ge=0, le=1, description="Share of patches centred on a non-background labelled pixel."
