@@ -277,3 +277,31 @@ def test_zoom_windows_at_an_image_corner_keep_the_chosen_pixel_in_the_patch():
     assert targets.shape == (16, patch + 2 * context, patch + 2 * context)
     crop = targets[:, context : context + patch, context : context + patch]
     assert (crop == 1).sum(axis=(1, 2)).tolist() == [1] * 16
+
+
+def test_zoom_mirrors_some_windows_so_the_sampler_need_not_turn_them():
+    import torch
+
+    from napari_unet.data import augment_sample, random_zoom
+
+    size = 65
+    label = np.zeros((size, size), np.int64)
+    label[32, 36:56] = 1  # an arm along +x from the centre
+    label[36:56, 32] = 2  # and one along +y: their cross product's sign is the handedness
+    targets = torch.from_numpy(np.stack([label] * 16))
+    images = targets[:, None].float()
+    _, out, _ = random_zoom(images, targets, None, np.random.default_rng(0), zoom=1.0001)
+
+    def arm(lab, cls):
+        ys, xs = np.nonzero(lab == cls)
+        return xs.mean() - 32, ys.mean() - 32
+
+    signs = set()
+    for lab in out.numpy():
+        (x1, y1), (x2, y2) = arm(lab, 1), arm(lab, 2)
+        signs.add(bool(x1 * y2 - y1 * x2 > 0))
+    assert signs == {True, False}  # turned by any angle, and mirrored half of the time
+
+    sample = Sample(label[None].astype(np.float32), label)
+    kept = augment_sample(sample, np.random.default_rng(1), turn=False)
+    np.testing.assert_array_equal(kept.target, label)  # no 90 degree turn or flip

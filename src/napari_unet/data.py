@@ -515,10 +515,15 @@ class PatchSampler:
         weight = None if padded.weight is None else padded.weight[window]
         return Sample(padded.image[(slice(None), *window)], padded.target[window], weight)
 
-    def batch(self, size: int, augment: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def batch(
+        self, size: int, augment: bool, turn: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``size`` samples stacked; ``augment`` applies :func:`augment_sample` (``turn``:
+        with its 90 degree turns and flips, left out where :func:`random_zoom` turns and
+        mirrors the batch anyway)."""
         samples = [self.sample() for _ in range(size)]
         if augment:
-            samples = [augment_sample(s, self.rng) for s in samples]
+            samples = [augment_sample(s, self.rng, turn) for s in samples]
         images = np.stack([s.image for s in samples]).astype(np.float32, copy=False)
         targets = np.stack([s.target for s in samples])
         weights = None
@@ -527,10 +532,10 @@ class PatchSampler:
         return images, targets, weights
 
 
-def augment_sample(sample: Sample, rng: np.random.Generator) -> Sample:
-    """Random rotation by k*90 degrees, flip, and per-channel contrast/brightness jitter."""
-    k = int(rng.integers(4))
-    flip = bool(rng.integers(2))
+def augment_sample(sample: Sample, rng: np.random.Generator, turn: bool = True) -> Sample:
+    """Random rotation by k*90 degrees, flip (unless ``turn`` is False), and per-channel
+    contrast/brightness jitter."""
+    k, flip = (int(rng.integers(4)), bool(rng.integers(2))) if turn else (0, False)
 
     def geom(a: np.ndarray) -> np.ndarray:
         a = np.rot90(a, k, axes=(-2, -1))
@@ -575,8 +580,8 @@ def zoom_context(patch: int, zoom: float) -> int:
 
 def random_zoom(images, targets, weights, rng: np.random.Generator, zoom: float, size=None):
     """Scale each window of a batch by a random factor between ``1/zoom`` and ``zoom``
-    (log-uniform; above 1 objects grow) and turn it by a random angle about its centre,
-    then take the central ``size`` (H, W) of it (default: the window's own size), so that
+    (log-uniform; above 1 objects grow), turn it by a random angle about its centre and
+    mirror half of the windows, then take the central ``size`` (H, W) of it (default: the window's own size), so that
     a model meets its objects at more sizes and orientations than the data shows.
 
     ``images`` (B, C, H, W) float32, ``targets`` (B, H, W) int64, ``weights`` (B, H, W) or
@@ -592,12 +597,13 @@ def random_zoom(images, targets, weights, rng: np.random.Generator, zoom: float,
     factor = np.exp(rng.uniform(-np.log(zoom), np.log(zoom), size=batch))
     angle = rng.uniform(0, 2 * np.pi, size=batch)
     cos, sin = np.cos(angle) / factor, np.sin(angle) / factor
+    mirror = np.where(rng.random(batch) < 0.5, -1.0, 1.0)  # flips the output's x axis
     # output pixel offsets from the centre -> input ones, in each side's normalised units
     sx, sy = (out_w - 1) / max(width - 1, 1), (out_h - 1) / max(height - 1, 1)
     theta = np.zeros((batch, 2, 3), np.float64)
-    theta[:, 0, 0] = cos * sx
+    theta[:, 0, 0] = cos * sx * mirror
     theta[:, 0, 1] = -sin * (out_h - 1) / max(width - 1, 1)
-    theta[:, 1, 0] = sin * (out_w - 1) / max(height - 1, 1)
+    theta[:, 1, 0] = sin * (out_w - 1) / max(height - 1, 1) * mirror
     theta[:, 1, 1] = cos * sy
     theta = torch.from_numpy(theta).to(images.device, images.dtype)
     grid = F.affine_grid(theta, [batch, channels, out_h, out_w], align_corners=True)

@@ -469,7 +469,7 @@ def iter_train(
                 lr = config.learning_rate * _schedule(progress)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                x, y, w = sampler.batch(config.batch_size, config.augment)
+                x, y, w = sampler.batch(config.batch_size, config.augment, turn=not zooming)
                 x = torch.from_numpy(x).to(device)
                 y = torch.from_numpy(y).to(device)
                 w = None if w is None else torch.from_numpy(w).to(device)
