@@ -80,6 +80,30 @@ def test_a_failed_save_leaves_the_old_file_intact(model, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
 
 
+def test_a_saved_file_reaches_the_disk_before_it_replaces_the_old_one(model, tmp_path):
+    path = tmp_path / "m.safetensors"
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(source, target):
+        events.append(("replace", str(source), str(target)))
+        real_replace(source, target)
+
+    with mock.patch("os.fsync", fsync), mock.patch("os.replace", replace):
+        model.save(path)
+
+    (rename,) = [e for e in events if e[0] == "replace"]
+    synced = [e[1] for e in events if e[0] == "fsync"]
+    order = events.index(rename)
+    assert ("fsync", rename[1]) in events[:order]  # the new file's data first
+    assert rename[2] == str(path)
+    assert str(tmp_path) in synced[-1:]  # then the folder's entry for its new name
+
+
 def test_labels_are_matched_by_file_name(tmp_path):
     (tmp_path / "img").mkdir()
     (tmp_path / "lab").mkdir()

@@ -219,10 +219,12 @@ def atomic_path(path, *, directory: bool = False):
     try:
         yield tmp
         _give_mode(tmp, path)
+        _sync(tmp)
         _replace(tmp, path)
     except BaseException:
         _remove(tmp)
         raise
+    _sync(path.parent)
 
 
 def _temporary_beside(path: Path, *, directory: bool) -> Path:
@@ -259,6 +261,23 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def _sync(path: Path) -> None:
+    """Flush a file's data, or a folder's entries, to the disk, so that the rename that
+    follows (or went before) cannot leave an empty or half-written file after a power cut.
+    A folder (a zarr store) syncs its own entries, not the chunk files inside it. Best
+    effort: some file systems refuse to sync folders."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _replace(source: Path, target: Path) -> None:
