@@ -237,7 +237,9 @@ def test_zoom_with_context_fills_the_patch_from_real_surroundings():
 
     x, y, _ = with_context.batch(8, augment=False)
     assert x.shape == (8, 1, patch + 2 * context, patch + 2 * context)
-    x, y, _ = random_zoom(torch.from_numpy(x), torch.from_numpy(y), None, rng, zoom, (patch, patch))
+    x, y, _ = random_zoom(
+        torch.from_numpy(x), torch.from_numpy(y), None, rng, zoom, (patch, patch)
+    )
     assert x.shape == (8, 1, patch, patch) and y.shape == (8, patch, patch)
     assert not (y == IGNORE).any()  # every pixel of the patch came from the image
 
