@@ -357,7 +357,9 @@ def render(results: dict, minutes: float) -> str:
         "Levers are now tried on a development split inside the training part, not on the "
         "held-out images above: see [accuracy-levers.md](accuracy-levers.md) (seed margin, "
         "smallest object, foreground threshold, learning rate, width, loss weights, "
-        "elastic deformation, dropout, normalisation, patch size and sampling). The "
+        "elastic deformation, dropout, normalisation, patch size and sampling, zoom, "
+        "objects rescaled to one size, boundary width, inverted and grey patches, smoothed "
+        "probabilities; where the development scores vary: the colour images). The "
         "border weight map was adopted earlier from the two "
         "runs of the study itself in the table above.",
         "",
