@@ -432,3 +432,21 @@ def test_ctrl_c_saves_the_model_and_only_train_exits_with_it(monkeypatch, tmp_pa
     with pytest.raises(KeyboardInterrupt):
         cli.run_training([], [], None, out=out, quiet=True, reraise=True)
     assert out.exists()  # saved before the command stops
+
+
+def test_training_errors_name_the_image_file(tmp_path, capsys):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for name, label_shape in (("a.tif", (64, 64)), ("b.tif", (64, 64)), ("c.tif", (32, 64))):
+        tifffile.imwrite(images / name, np.zeros((64, 64), np.uint8))
+        tifffile.imwrite(labels / name, np.ones(label_shape, np.uint8))
+    out = str(tmp_path / "m.safetensors")
+
+    code = main(["train", "--images", str(images), "--labels", str(labels), "--out", out,
+                 "--epochs", "1", "--depth", "2", "--base-channels", "4"])  # fmt: skip
+
+    assert code == 2
+    assert "Image #2 (c.tif) is (64, 64) (Y, X) but its labels are (32, 64)" in (
+        capsys.readouterr().err
+    )

@@ -11,6 +11,7 @@ import argparse
 import glob
 import json
 import math
+import re
 import sys
 import time
 import typing
@@ -45,22 +46,44 @@ def _read_pairs(images_spec, labels_spec):
     return [read_image(p) for p in images], [read_image(p, labels=True) for p in labels], images
 
 
+def _named(text: str, paths) -> str:
+    """Give each "Image #N" of a message the name of the N-th image file."""
+    if not paths:
+        return text
+
+    def name(match: re.Match) -> str:
+        index = int(match.group(1))
+        return f"{match.group(0)} ({paths[index].name})" if index < len(paths) else match.group(0)
+
+    return re.sub(r"Image #(\d+)", name, text)
+
+
 def run_training(
-    images, labels, config, *, model=None, model_config=None, out=None, quiet=False, reraise=False
+    images,
+    labels,
+    config,
+    *,
+    model=None,
+    model_config=None,
+    out=None,
+    quiet=False,
+    reraise=False,
+    paths=None,
 ):
     """Train with a progress bar; save the best model to ``out`` (also on Ctrl-C, after
-    which ``reraise`` raises KeyboardInterrupt again, so that the command exits 130)."""
+    which ``reraise`` raises KeyboardInterrupt again, so that the command exits 130).
+    ``paths``: the image files, named in notes and errors about an image."""
     from .training import EpochEnded, StepEnded, TrainingFinished, TrainingStarted, iter_train
 
     events = iter_train(images, labels, config, model=model, model_config=model_config)
     bar = None
     trained = None
     try:
-        for event in events:
+        for event in _naming_errors(events, paths):
             if isinstance(event, TrainingStarted):
                 trained = event.model
                 for note in event.notes:
-                    print(f"note: {note}", file=sys.stderr)
+                    print(f"note: {_named(note, paths)}", file=sys.stderr)
                 if not quiet:
                     print(
                         f"Training on {event.train_planes} plane(s), validating on "
@@ -100,6 +123,17 @@ def run_training(
         if interrupted and reraise:
             raise KeyboardInterrupt
     return trained
+
+
+def _naming_errors(events, paths):
+    """Pass the events on; an InputError about an image gets the image's file name."""
+    try:
+        yield from events
+    except InputError as error:
+        named = _named(str(error), paths)
+        if named == str(error):
+            raise
+        raise InputError(named) from error
 
 
 def _check_writable(out: Path) -> None:
@@ -158,7 +192,7 @@ def cmd_train(args) -> int:
     _check_writable(Path(args.out))
     model = load_model(args.resume) if args.resume else None
     mode = args.mode or (model.mode if model is not None else "semantic")
-    images, labels, _ = _read_pairs(args.images, args.labels)
+    images, labels, paths = _read_pairs(args.images, args.labels)
     budget = {"minutes": args.minutes} if args.minutes else {"epochs": args.epochs or 50}
     config = TrainConfig(
         mode=mode,
@@ -183,7 +217,14 @@ def cmd_train(args) -> int:
                 file=sys.stderr,
             )
     trained = run_training(
-        images, labels, config, model=model, model_config=model_config, out=args.out, reraise=True
+        images,
+        labels,
+        config,
+        model=model,
+        model_config=model_config,
+        out=args.out,
+        reraise=True,
+        paths=paths,
     )
     score = trained.best_score
     print(f"Best validation Dice: {score:.4f}" if score is not None else "No validation score.")

@@ -199,26 +199,31 @@ class LabelEncoding:
         return len(self.class_names)
 
 
-def _check_integer_labels(label: np.ndarray, index: int) -> np.ndarray:
+def _check_integer_labels(label: np.ndarray, name: str) -> np.ndarray:
     label = np.asarray(label)
     if label.dtype == bool:
         return label.astype(np.int64)
     if not np.issubdtype(label.dtype, np.integer):
         if not np.all(np.isfinite(label)) or np.any(label != np.round(label)):
             raise InputError(
-                f"Labels #{index} hold non-integer values ({label.dtype}); labels must be "
+                f"The labels of {name} hold non-integer values ({label.dtype}); labels must be "
                 "whole numbers: 0 for background, 1, 2, ... for classes or objects."
             )
     label = label.astype(np.int64)
     if label.min() < 0:
-        raise InputError(f"Labels #{index} hold negative values; use 0, 1, 2, ...")
+        raise InputError(f"The labels of {name} hold negative values; use 0, 1, 2, ...")
     return label
 
 
 def encode_labels(
-    labels: Sequence[np.ndarray], mode: str, previous: LabelEncoding | None = None
+    labels: Sequence[np.ndarray],
+    mode: str,
+    previous: LabelEncoding | None = None,
+    owners: Sequence[int] | None = None,
 ) -> tuple[list[np.ndarray], LabelEncoding]:
     """Turn label images into class targets (Y, X) int64 with IGNORE for unannotated pixels.
+
+    ``owners`` as for :func:`check_pairs`: the image each label plane belongs to.
 
     Modes
     -----
@@ -234,7 +239,9 @@ def encode_labels(
     """
     if previous is not None and previous.mode != mode:
         _check_previous(LabelEncoding(mode, [], [], [], []), previous)
-    labels = [_check_integer_labels(label, i) for i, label in enumerate(labels)]
+    labels = [
+        _check_integer_labels(label, _plane_name(i, owners)) for i, label in enumerate(labels)
+    ]
     values = np.unique(np.concatenate([np.unique(label) for label in labels]))
     notes: list[str] = []
     if mode == "instances":
@@ -636,8 +643,13 @@ def elastic_deform(images, targets, weights, rng: np.random.Generator, strength:
     return _resample(images, targets, weights, grid)
 
 
-def check_pairs(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> None:
-    """Raise InputError unless each image has labels of the same height and width."""
+def check_pairs(
+    images: Sequence[np.ndarray], labels: Sequence[np.ndarray], owners: Sequence[int] | None = None
+) -> None:
+    """Raise InputError unless each image has labels of the same height and width.
+
+    ``owners``: for planes cut from stacks, the index of the image each plane comes from
+    (errors name that image, as the user gave it, and the plane)."""
     if len(images) != len(labels):
         raise InputError(
             f"Got {len(images)} images but {len(labels)} label images; give one labels per image."
@@ -647,6 +659,17 @@ def check_pairs(images: Sequence[np.ndarray], labels: Sequence[np.ndarray]) -> N
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         if image.shape[-2:] != label.shape[-2:]:
             raise InputError(
-                f"Image #{i} is {image.shape[-2:]} (Y, X) but its labels are {label.shape[-2:]}; "
-                "labels must have the image's height and width."
+                f"{_plane_name(i, owners)} is {image.shape[-2:]} (Y, X) but its labels are "
+                f"{label.shape[-2:]}; labels must have the image's height and width."
             )
+
+
+def _plane_name(index: int, owners: Sequence[int] | None) -> str:
+    """'Image #N' for plane ``index``, with its plane number where the image is a stack."""
+    if owners is None:
+        return f"Image #{index}"
+    owner = owners[index]
+    planes = [i for i, o in enumerate(owners) if o == owner]
+    if len(planes) == 1:
+        return f"Image #{owner}"
+    return f"Image #{owner} (plane {planes.index(index)})"

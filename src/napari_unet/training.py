@@ -198,7 +198,7 @@ def prepare_data(
     notes: list[str] = []
     planes, owners, rgba = _planes(images, labels, channel_axis, notes)
     label_planes = _label_planes(labels)
-    check_pairs(planes, label_planes)
+    check_pairs(planes, label_planes, owners)
     if config.mode == "instances":  # consecutive integer ids, a mask's regions as objects
         label_planes, id_notes = instance_ids(label_planes)
         notes += id_notes
@@ -232,7 +232,7 @@ def prepare_data(
         plane = convert_channels(plane, in_channels)
         normalized.append(normalization(plane))
     targets, encoding = encode_labels(
-        label_planes, config.mode, None if model is None else model.encoding
+        label_planes, config.mode, None if model is None else model.encoding, owners
     )
     notes += encoding.notes
     if model is not None and encoding.num_classes != model.num_classes:
