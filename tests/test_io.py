@@ -80,6 +80,7 @@ def test_a_failed_save_leaves_the_old_file_intact(model, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc/self/fd")
 def test_a_saved_file_reaches_the_disk_before_it_replaces_the_old_one(model, tmp_path):
     path = tmp_path / "m.safetensors"
     events = []
@@ -102,6 +103,22 @@ def test_a_saved_file_reaches_the_disk_before_it_replaces_the_old_one(model, tmp
     assert ("fsync", rename[1]) in events[:order]  # the new file's data first
     assert rename[2] == str(path)
     assert str(tmp_path) in synced[-1:]  # then the folder's entry for its new name
+
+
+def test_a_save_that_cannot_reach_the_disk_leaves_the_old_file_intact(model, tmp_path):
+    import errno
+
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    before = path.read_bytes()
+    model.history["runs"].append({"note": "changed"})
+
+    with mock.patch("os.fsync", side_effect=OSError(errno.EIO, "I/O error")):
+        with pytest.raises(OSError, match="I/O error"):
+            model.save(path)
+
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
 
 
 def test_labels_are_matched_by_file_name(tmp_path):

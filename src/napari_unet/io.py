@@ -14,6 +14,7 @@ normalisation and training history. Loading it never runs code; any other file
 from __future__ import annotations
 
 import contextlib
+import errno
 import glob
 import json
 import os
@@ -218,8 +219,8 @@ def atomic_path(path, *, directory: bool = False):
     tmp = _temporary_beside(path, directory=directory)
     try:
         yield tmp
+        _sync(tmp)  # before _give_mode: a read-only mode would keep the file from opening
         _give_mode(tmp, path)
-        _sync(tmp)
         _replace(tmp, path)
     except BaseException:
         _remove(tmp)
@@ -266,16 +267,25 @@ def _umask() -> int:
 def _sync(path: Path) -> None:
     """Flush a file's data, or a folder's entries, to the disk, so that the rename that
     follows (or went before) cannot leave an empty or half-written file after a power cut.
-    A folder (a zarr store) syncs its own entries, not the chunk files inside it. Best
-    effort: some file systems refuse to sync folders."""
+
+    A file that cannot be flushed (a full disk, a failing network drive) raises, so that
+    the old file stays. Folders are best effort (some systems cannot open or sync them),
+    and a folder (a zarr store) syncs its own entries, not the chunk files inside it.
+    macOS's fsync leaves the data in the drive's cache.
+    """
+    folder = path.is_dir()
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # Windows flushes only handles open for writing
+        fd = os.open(path, os.O_RDONLY if folder else os.O_RDWR)
     except OSError:
-        return
+        if folder:
+            return
+        raise
     try:
         os.fsync(fd)
-    except OSError:
-        pass
+    except OSError as error:
+        if not folder and error.errno not in (errno.EINVAL, errno.ENOTSUP):
+            raise  # EINVAL / ENOTSUP: a file system that has nothing to flush
     finally:
         os.close(fd)
 
