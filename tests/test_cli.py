@@ -450,3 +450,22 @@ def test_training_errors_name_the_image_file(tmp_path, capsys):
     assert "Image #2 (c.tif) is (64, 64) (Y, X) but its labels are (32, 64)" in (
         capsys.readouterr().err
     )
+
+
+def test_training_notes_name_the_image_file(tmp_path, capsys):
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(images / "two.tif", rng.integers(0, 255, (2, 64, 64), dtype=np.uint8))
+    label = np.zeros((64, 64), np.uint8)
+    label[20:40, 20:40] = 1
+    tifffile.imwrite(labels / "two.tif", label)
+    out = str(tmp_path / "m.safetensors")
+
+    code = main(["train", "--images", str(images), "--labels", str(labels), "--out", out,
+                 "--epochs", "1", "--depth", "2", "--base-channels", "4",
+                 "--patch-size", "32", "--batch-size", "2"])  # fmt: skip
+
+    assert code == 0
+    assert "note: Image #0 (two.tif) (2, 64, 64) has one axis more" in capsys.readouterr().err

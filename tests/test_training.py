@@ -336,10 +336,11 @@ def test_class_values_beyond_16_bits_survive_prediction():
     assert labels.dtype == np.uint32 and 70000 in np.unique(labels)
 
 
-def test_a_stack_plane_with_bad_labels_is_named_by_image_and_plane():
+@pytest.mark.parametrize("mode", ["semantic", "instances"])
+def test_a_stack_plane_with_bad_labels_is_named_by_image_and_plane(mode):
     images = [np.zeros((32, 32), np.uint8), np.zeros((3, 32, 32), np.uint8)]
     labels = [np.ones((32, 32), np.uint8), np.ones((3, 32, 32), np.float32)]
     labels[1][2, 0, 0] = 0.5
 
     with pytest.raises(InputError, match=r"labels of Image #1 \(plane 2\) hold non-integer"):
-        train(images, labels, TrainConfig(epochs=1, patch_size=32))
+        train(images, labels, TrainConfig(mode=mode, epochs=1, patch_size=32))

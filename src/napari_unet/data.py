@@ -199,19 +199,24 @@ class LabelEncoding:
         return len(self.class_names)
 
 
-def _check_integer_labels(label: np.ndarray, name: str) -> np.ndarray:
+def _check_integer_labels(
+    label: np.ndarray, index: int, owners: Sequence[int] | None = None
+) -> np.ndarray:
     label = np.asarray(label)
     if label.dtype == bool:
         return label.astype(np.int64)
     if not np.issubdtype(label.dtype, np.integer):
         if not np.all(np.isfinite(label)) or np.any(label != np.round(label)):
             raise InputError(
-                f"The labels of {name} hold non-integer values ({label.dtype}); labels must be "
+                f"The labels of {_plane_name(index, owners)} hold non-integer values "
+                f"({label.dtype}); labels must be "
                 "whole numbers: 0 for background, 1, 2, ... for classes or objects."
             )
     label = label.astype(np.int64)
     if label.min() < 0:
-        raise InputError(f"The labels of {name} hold negative values; use 0, 1, 2, ...")
+        raise InputError(
+            f"The labels of {_plane_name(index, owners)} hold negative values; use 0, 1, 2, ..."
+        )
     return label
 
 
@@ -239,9 +244,7 @@ def encode_labels(
     """
     if previous is not None and previous.mode != mode:
         _check_previous(LabelEncoding(mode, [], [], [], []), previous)
-    labels = [
-        _check_integer_labels(label, _plane_name(i, owners)) for i, label in enumerate(labels)
-    ]
+    labels = [_check_integer_labels(label, i, owners) for i, label in enumerate(labels)]
     values = np.unique(np.concatenate([np.unique(label) for label in labels]))
     notes: list[str] = []
     if mode == "instances":
@@ -331,8 +334,11 @@ def encode_labels(
     return targets, encoding
 
 
-def instance_ids(labels: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[str]]:
-    """Instance labels as consecutive int32 ids per plane, and notes.
+def instance_ids(
+    labels: Sequence[np.ndarray], owners: Sequence[int] | None = None
+) -> tuple[list[np.ndarray], list[str]]:
+    """Instance labels as consecutive int32 ids per plane, and notes (``owners`` as for
+    :func:`check_pairs`, to name the image in errors).
 
     Ids may come as any whole numbers (floats with whole values, large sparse ids). A
     mask with a single object value (0/1, 0/255, boolean) holds no ids to tell objects
@@ -342,7 +348,7 @@ def instance_ids(labels: Sequence[np.ndarray]) -> tuple[list[np.ndarray], list[s
 
     out, masks = [], 0
     for i, label in enumerate(labels):
-        label = _check_integer_labels(label, i)
+        label = _check_integer_labels(label, i, owners)
         values = np.unique(label)
         if values.size == 2 and values[0] == 0:  # one object value: a mask (or one object)
             regions, count = ndi.label(label > 0)
@@ -669,7 +675,8 @@ def _plane_name(index: int, owners: Sequence[int] | None) -> str:
     if owners is None:
         return f"Image #{index}"
     owner = owners[index]
-    planes = [i for i, o in enumerate(owners) if o == owner]
-    if len(planes) == 1:
+    first = list(owners).index(owner)  # planes of an image are consecutive
+    count = list(owners).count(owner)
+    if count == 1:
         return f"Image #{owner}"
-    return f"Image #{owner} (plane {planes.index(index)})"
+    return f"Image #{owner} (plane {index - first})"

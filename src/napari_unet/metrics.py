@@ -119,7 +119,9 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
         label = np.asarray(label)
         truth = None
         if model.mode != "instances":  # check the labels before spending time on prediction
-            (encoded,), _ = encode_labels([label.astype(np.int64)], model.mode, model.encoding)
+            (encoded,), _ = encode_labels(
+                [label.astype(np.int64)], model.mode, model.encoding, owners=[i]
+            )
             values = np.asarray(model.encoding.class_values)
             truth = np.where(encoded >= 0, values[np.maximum(encoded, 0)], -1)
         prediction = predict(model, image, **predict_kwargs)

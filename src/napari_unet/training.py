@@ -200,7 +200,7 @@ def prepare_data(
     label_planes = _label_planes(labels)
     check_pairs(planes, label_planes, owners)
     if config.mode == "instances":  # consecutive integer ids, a mask's regions as objects
-        label_planes, id_notes = instance_ids(label_planes)
+        label_planes, id_notes = instance_ids(label_planes, owners)
         notes += id_notes
     counts = sorted({p.shape[0] for p in planes})
     convert = False
