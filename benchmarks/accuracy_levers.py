@@ -16,6 +16,7 @@ options) for a given number of minutes and appends a line of JSON to the results
     python benchmarks/accuracy_levers.py min-size <work>/dsb_baseline/model.safetensors
     python benchmarks/accuracy_levers.py split <work>/dsb_*/model.safetensors
     python benchmarks/accuracy_levers.py shrink <work>/dsb_*/model.safetensors
+    python benchmarks/accuracy_levers.py by-type <work>/dsb_*/model.safetensors
 """
 
 from __future__ import annotations
@@ -291,6 +292,31 @@ def shrink(model_paths: list[Path], data: Path) -> list[dict]:
     return rows
 
 
+def by_type(model_paths: list[Path], data: Path) -> list[dict]:
+    """Score each model on the DSB development images of each type of ``index.csv``
+    (grey fluorescence, colour brightfield / H&E) separately."""
+    import csv
+
+    from napari_unet import load_model, predict
+
+    with (data / "dsb2018" / "index.csv").open() as f:
+        kind = {row["index"]: row["type"] for row in csv.DictReader(f)}
+    _, (dev_x, dev_y, names) = dsb_dev(data)
+    rows = []
+    for path in model_paths:
+        model = load_model(path)
+        per_image = score_dsb([predict(model, x) for x in dev_x], dev_y)["per_image"]
+        row = {"data": "dsb", "lever": "scores by image type", "model": path.parent.name}
+        for image_type in sorted(set(kind[n] for n in names)):
+            picked = [s for s, n in zip(per_image, names, strict=True) if kind[n] == image_type]
+            row[image_type] = {
+                key: round(float(np.mean([s[key] for s in picked])), 4)
+                for key in ("foreground_dice", "f1@0.5", "dsb_score")
+            } | {"images": len(picked)}
+        rows.append(row)
+    return rows
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--schedule-run"]:
         sys.exit(run_cli_with_schedule(sys.argv[2], sys.argv[3:]))
@@ -320,6 +346,8 @@ def main() -> None:
     sp.add_argument("--heights", type=float, nargs="+", default=[1.0, 2.0, 3.0])
     sh = sub.add_parser("shrink", help="score objects shrunk by one pixel (dev and training)")
     sh.add_argument("models", type=Path, nargs="+")
+    bt = sub.add_parser("by-type", help="score models on each image type of the dev split")
+    bt.add_argument("models", type=Path, nargs="+")
     args, extra = parser.parse_known_args()
     torch.set_num_threads(os.cpu_count() or 2)
     started = time.strftime("%Y-%m-%d")
@@ -333,6 +361,8 @@ def main() -> None:
         rows = split(args.models, args.data, args.heights)
     elif args.command == "shrink":
         rows = shrink(args.models, args.data)
+    elif args.command == "by-type":
+        rows = by_type(args.models, args.data)
     else:
         rows = postprocess(args.model, args.data, "min-size", args.sizes, args.tta)
     with args.results.open("a") as f:
