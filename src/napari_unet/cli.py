@@ -75,11 +75,13 @@ def run_training(
     ``paths``: the image files, named in notes and errors about an image."""
     from .training import EpochEnded, StepEnded, TrainingFinished, TrainingStarted, iter_train
 
-    events = iter_train(images, labels, config, model=model, model_config=model_config)
+    events = _naming_errors(
+        iter_train(images, labels, config, model=model, model_config=model_config), paths
+    )
     bar = None
     trained = None
     try:
-        for event in _naming_errors(events, paths):
+        for event in events:
             if isinstance(event, TrainingStarted):
                 trained = event.model
                 for note in event.notes:
