@@ -254,3 +254,15 @@ def test_a_short_last_axis_is_read_as_channels_not_as_a_stack():
     np.testing.assert_array_equal(predict(network, image[..., None]), predict(network, image))
     with pytest.raises(InputError, match="expects 1 channel"):
         predict(network, np.stack([image, image], axis=-1))
+
+
+def test_a_stack_given_to_an_rgb_model_is_described_as_a_stack():
+    from napari_unet import predict
+    from napari_unet.data import InputError
+
+    network = UNet(3, 2, depth=2, base_channels=4)
+    image = np.zeros((4, 48, 40), np.uint8)  # RGBA with the channels first, read as 4 planes
+
+    with pytest.raises(InputError, match=r"stack of 4 planes \(4, 48, 40\).*channel_axis=0"):
+        predict(network, image)
+    assert predict(network, image, channel_axis=0).shape == (48, 40)

@@ -155,16 +155,29 @@ def _resolve_layout(shape, in_channels: int, channel_axis, convert: bool = False
     return axis
 
 
-def _check_channels(model_channels: int, image_channels: int, convert: bool) -> None:
+def _check_channels(
+    model_channels: int, image_channels: int, convert: bool, shape: tuple[int, ...] = ()
+) -> None:
     if image_channels == model_channels or convert:
         return
     if image_channels == 4 and model_channels == 3:
         return
     kind = {1: "grey", 3: "RGB", 4: "RGBA"}
+    read_as = kind.get(image_channels, "multichannel")
+    hint = ""
+    if image_channels == 1 and len(shape) > 2:
+        read_as = f"grey: read as a stack of {int(np.prod(shape[:-2]))} planes {shape}"
+        fits = {model_channels, 4} if model_channels == 3 else {model_channels}
+        axes = [i for i, size in enumerate(shape[:-2]) if size in fits]
+        if axes:
+            hint = (
+                f" If axis {axes[-1]} holds the colour channels, save the image with them "
+                f"last (Y, X, C) or give predict(..., channel_axis={axes[-1]})."
+            )
     raise InputError(
         f"The model expects {model_channels} channel(s) ({kind.get(model_channels, 'multichannel')}) "
-        f"but the image has {image_channels} ({kind.get(image_channels, 'multichannel')}); "
-        "give an image like the training images, or retrain with such images."
+        f"but the image has {image_channels} ({read_as}); give an image like the training "
+        f"images, or retrain with such images.{hint}"
     )
 
 
@@ -400,7 +413,7 @@ def _plan(model, image, config: PredictConfig, channel_axis, min_size: int) -> _
     in_channels = network.config.in_channels
     axis = _resolve_layout(shape, in_channels, channel_axis, convert)
     image_channels = 1 if axis is None else shape[axis]
-    _check_channels(in_channels, image_channels, convert)
+    _check_channels(in_channels, image_channels, convert, shape)
     lead = stack_shape(shape, axis)
     spatial = [s for i, s in enumerate(shape) if i != axis]
     height, width = spatial[-2:]
