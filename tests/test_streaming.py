@@ -234,3 +234,29 @@ def test_a_weak_interior_bridge_does_not_merge_two_objects():
 
     assert len(np.unique(labels[labels > 0])) == 2
     assert (labels[18:22, 25:35] > 0).all()  # the strip is shared out, not dropped
+
+
+def test_instances_part_seeds_joined_by_a_thin_bridge_and_keep_outlines():
+    # Two confident squares joined by a two-pixel bridge of confident interior: the
+    # seeds touch, and only their erosion (SEED_EROSION) parts the two objects. The
+    # watershed grows them back, so the foreground is the same as without erosion.
+    from napari_unet import prediction
+
+    probabilities = np.zeros((3, 40, 60), np.float32)
+    probabilities[0] = 1.0
+    for x0 in (5, 35):
+        probabilities[:, 10:30, x0 : x0 + 20] = np.array([0.05, 0.9, 0.05])[:, None, None]
+    probabilities[:, 19:21, 25:35] = np.array([0.05, 0.9, 0.05])[:, None, None]
+
+    labels = instances_from_probabilities(probabilities, min_size=4)
+    original = prediction.SEED_EROSION
+    try:
+        prediction.SEED_EROSION = 0
+        joined = instances_from_probabilities(probabilities, min_size=4)
+    finally:
+        prediction.SEED_EROSION = original
+
+    assert len(np.unique(joined[joined > 0])) == 1
+    assert len(np.unique(labels[labels > 0])) == 2
+    assert labels[20, 10] != labels[20, 50]
+    np.testing.assert_array_equal(labels > 0, joined > 0)
