@@ -236,27 +236,21 @@ def test_a_weak_interior_bridge_does_not_merge_two_objects():
     assert (labels[18:22, 25:35] > 0).all()  # the strip is shared out, not dropped
 
 
-def test_instances_part_seeds_joined_by_a_thin_bridge_and_keep_outlines():
-    # Two confident squares joined by a two-pixel bridge of confident interior: the
-    # seeds touch, and only their erosion (SEED_EROSION) parts the two objects. The
-    # watershed grows them back, so the foreground is the same as without erosion.
-    from napari_unet import prediction
+def test_a_speck_of_seed_does_not_split_an_object():
+    # One object with a large confident core and, inside the same foreground, a speck of
+    # confident interior (6 pixels): seeds smaller than half the smallest object size
+    # (SEED_SHARE of min_size=20: 10 pixels) are dropped, so the object stays whole. A
+    # second core of 12 pixels is a seed of its own and parts the object in two.
+    def probabilities(speck_rows: slice):
+        p = np.zeros((3, 40, 60), np.float32)
+        p[0] = 1.0
+        p[:, 5:35, 5:55] = np.array([0.1, 0.3, 0.6])[:, None, None]  # foreground, no seed
+        p[:, 10:30, 8:28] = np.array([0.05, 0.9, 0.05])[:, None, None]  # the core
+        p[:, speck_rows, 45:48] = np.array([0.05, 0.9, 0.05])[:, None, None]
+        return p
 
-    probabilities = np.zeros((3, 40, 60), np.float32)
-    probabilities[0] = 1.0
-    for x0 in (5, 35):
-        probabilities[:, 10:30, x0 : x0 + 20] = np.array([0.05, 0.9, 0.05])[:, None, None]
-    probabilities[:, 19:21, 25:35] = np.array([0.05, 0.9, 0.05])[:, None, None]
+    speck = instances_from_probabilities(probabilities(slice(18, 20)), min_size=20)
+    core = instances_from_probabilities(probabilities(slice(16, 20)), min_size=20)
 
-    labels = instances_from_probabilities(probabilities, min_size=4)
-    original = prediction.SEED_EROSION
-    try:
-        prediction.SEED_EROSION = 0
-        joined = instances_from_probabilities(probabilities, min_size=4)
-    finally:
-        prediction.SEED_EROSION = original
-
-    assert len(np.unique(joined[joined > 0])) == 1
-    assert len(np.unique(labels[labels > 0])) == 2
-    assert labels[20, 10] != labels[20, 50]
-    np.testing.assert_array_equal(labels > 0, joined > 0)
+    assert len(np.unique(speck[speck > 0])) == 1
+    assert len(np.unique(core[core > 0])) == 2
