@@ -359,7 +359,8 @@ def render(results: dict, minutes: float) -> str:
         "smallest object, foreground threshold, learning rate, width, loss weights, "
         "elastic deformation, dropout, normalisation, patch size and sampling, zoom, "
         "objects rescaled to one size, boundary width, inverted and grey patches, smoothed "
-        "probabilities, validation hold-out; where the development scores vary: the colour "
+        "probabilities, validation hold-out, random gamma, smallest seed, outline offset "
+        "chosen on validation images; where the development scores vary: the colour "
         "images). The "
         "border weight map was adopted earlier from the two "
         "runs of the study itself in the table above.",

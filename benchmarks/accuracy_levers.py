@@ -16,7 +16,7 @@ options) for a given number of minutes and appends a line of JSON to the results
     python benchmarks/accuracy_levers.py min-size <work>/dsb_baseline/model.safetensors
     python benchmarks/accuracy_levers.py split <work>/dsb_*/model.safetensors
     python benchmarks/accuracy_levers.py shrink <work>/dsb_*/model.safetensors
-    python benchmarks/accuracy_levers.py erosion <work>/dsb_*/model.safetensors
+    python benchmarks/accuracy_levers.py seed-size <work>/dsb_*/model.safetensors
     python benchmarks/accuracy_levers.py by-type <work>/dsb_*/model.safetensors
 """
 
@@ -203,34 +203,34 @@ def postprocess(
     return rows
 
 
-def erosion(model_paths: list[Path], data: Path, rings: list[int]) -> list[dict]:
-    """Score watershed seeds eroded by each number of pixel rings
-    (``napari_unet.prediction.SEED_EROSION``) with each model on the DSB development
+def seed_size(model_paths: list[Path], data: Path, shares: list[float]) -> list[dict]:
+    """Score the smallest seed kept, as a share of the smallest object size
+    (``napari_unet.prediction.SEED_SHARE``), with each model on the DSB development
     images, each model with its own smallest object size."""
     from napari_unet import load_model, predict
     from napari_unet import prediction as p
 
     _, (dev_x, dev_y, _) = dsb_dev(data)
-    default = p.SEED_EROSION
+    default = p.SEED_SHARE
     rows = []
     try:
         for path in model_paths:
             model = load_model(path)
             size = model.min_object_size or p.DEFAULT_MIN_SIZE
             probabilities = [predict(model, x, output="probabilities") for x in dev_x]
-            for value in rings:
-                p.SEED_EROSION = value
+            for share in shares:
+                p.SEED_SHARE = share
                 predicted = [
                     p.instances_from_probabilities(q, min_size=size) for q in probabilities
                 ]
                 scores = score_dsb(predicted, dev_y)
                 scores.pop("per_image")
                 rows.append(
-                    {"data": "dsb", "lever": f"seeds eroded by {value} pixel ring(s)",
+                    {"data": "dsb", "lever": f"smallest seed {share:g} x the smallest object",
                      "model": path.parent.name, **{k: round(v, 4) for k, v in scores.items()}}
                 )  # fmt: skip
     finally:
-        p.SEED_EROSION = default
+        p.SEED_SHARE = default
     return rows
 
 
@@ -378,9 +378,9 @@ def main() -> None:
     sp.add_argument("--heights", type=float, nargs="+", default=[1.0, 2.0, 3.0])
     sh = sub.add_parser("shrink", help="score objects shrunk by one pixel (dev and training)")
     sh.add_argument("models", type=Path, nargs="+")
-    er = sub.add_parser("erosion", help="score watershed seeds eroded by pixel rings")
-    er.add_argument("models", type=Path, nargs="+")
-    er.add_argument("--rings", type=int, nargs="+", default=[0, 1, 2])
+    ss = sub.add_parser("seed-size", help="score the smallest seed kept (share of min size)")
+    ss.add_argument("models", type=Path, nargs="+")
+    ss.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     bt = sub.add_parser("by-type", help="score models on each image type of the dev split")
     bt.add_argument("models", type=Path, nargs="+")
     args, extra = parser.parse_known_args()
@@ -396,8 +396,10 @@ def main() -> None:
         rows = split(args.models, args.data, args.heights)
     elif args.command == "shrink":
         rows = shrink(args.models, args.data)
-    elif args.command == "erosion":
-        rows = erosion(args.models, args.data, args.rings)
+    elif args.command == "seed-size":
+        if min(args.shares) < 0:
+            parser.error("--shares must not be negative")
+        rows = seed_size(args.models, args.data, args.shares)
     elif args.command == "by-type":
         rows = by_type(args.models, args.data)
     else:
