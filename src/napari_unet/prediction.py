@@ -919,12 +919,12 @@ training part (docs/accuracy-levers.md), margins from 0.2 to 0.6 all raised F1@0
 
 
 SEED_SHARE = 0.5
-"""Seeds smaller than this share of the smallest object size are dropped: such a speck
-of confident interior is more often a second seed inside one object, which would split
-it, than the core of an object of its own (and an object left without a seed still
-becomes one where no other seed's watershed reaches it). On the development images of
-the accuracy study (docs/accuracy-levers.md, 22 models) a half instead of a quarter
-raised F1@0.5 with 19 of the models and the DSB score with 21 (means +0.005, +0.003)."""
+"""Seeds smaller than this share of the smallest object size are dropped, so that a
+speck of confident interior beside an object's core does not split the object (an
+object left without a seed still becomes one where no other seed's watershed reaches
+it). On the development images of the accuracy study (docs/accuracy-levers.md, 22
+models) a half instead of a quarter raised F1@0.5 with 19 of the models and the DSB
+score with 21 (means +0.005, +0.003): more specks split objects than were objects."""
 
 
 FOREGROUND_BELOW = 0.5
