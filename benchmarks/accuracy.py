@@ -350,7 +350,7 @@ def render(results: dict, minutes: float) -> str:
                 "The same MONAI script reached a foreground Dice of "
                 f"{before['MONAI']['foreground_dice']:.3f} and {after['MONAI']['foreground_dice']:.3f} "
                 "in the two runs: it varies from run to run by more than the gaps in the verdicts "
-                "below, which compare against the later run only.",
+                "below, which compare against the latest run of the study only.",
             ]
         lines.append("")
     lines += [
@@ -360,7 +360,8 @@ def render(results: dict, minutes: float) -> str:
         "elastic deformation, dropout, normalisation, patch size and sampling, zoom, "
         "objects rescaled to one size, boundary width, inverted and grey patches, smoothed "
         "probabilities, validation hold-out, random gamma, smallest seed, outline offset "
-        "chosen on validation images; where the development scores vary: the colour "
+        "chosen on validation images, membrane threshold; where the development scores "
+        "vary: the colour "
         "images). The "
         "border weight map was adopted earlier from the two "
         "runs of the study itself in the table above.",

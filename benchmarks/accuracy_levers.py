@@ -253,7 +253,7 @@ def split_instances(probabilities: np.ndarray, h: float, source: str, min_size: 
     else:
         distance = ndi.distance_transform_edt(foreground)
         markers, _ = ndi.label(h_maxima(distance, h) & seeds)
-    markers = p._remove_small(markers, max(1, min_size // 4))
+    markers = p._remove_small(markers, max(1, int(min_size * p.SEED_SHARE)))
     labels = watershed(elevation, markers=markers, mask=foreground)
     orphans, count = ndi.label(foreground & (labels == 0))
     if count:

@@ -253,4 +253,5 @@ def test_a_speck_of_seed_does_not_split_an_object():
     core = instances_from_probabilities(probabilities(slice(16, 20)), min_size=20)
 
     assert len(np.unique(speck[speck > 0])) == 1
+    assert (speck[5:35, 5:55] > 0).all()  # the whole object, speck included
     assert len(np.unique(core[core > 0])) == 2

@@ -902,7 +902,7 @@ def instances_from_probabilities(
     """Background / interior / boundary probabilities (3, Y, X) -> instance ids (Y, X) int32.
 
     Seeds are the connected regions of confident interior (:data:`SEED_MARGIN`) of at
-    least half ``min_size`` pixels (:data:`SEED_SHARE`); a watershed on the boundary
+    least :data:`SEED_SHARE` times ``min_size`` pixels; a watershed on the boundary
     probability grows them over the foreground (interior + boundary), so touching objects
     stay apart. Foreground that no seed reaches becomes an object of its own; objects
     smaller than ``min_size`` pixels are dropped.
@@ -924,7 +924,8 @@ speck of confident interior beside an object's core does not split the object (a
 object left without a seed still becomes one where no other seed's watershed reaches
 it). On the development images of the accuracy study (docs/accuracy-levers.md, 22
 models) a half instead of a quarter raised F1@0.5 with 19 of the models and the DSB
-score with 21 (means +0.005, +0.003): more specks split objects than were objects."""
+score with 21 (means +0.005, +0.003), which suggests that more of the dropped specks
+split objects than were objects of their own."""
 
 
 FOREGROUND_BELOW = 0.5
