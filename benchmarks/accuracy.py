@@ -357,7 +357,7 @@ def render(results: dict, minutes: float) -> str:
         "Levers are now tried on a development split inside the training part, not on the "
         "held-out images above: see [accuracy-levers.md](accuracy-levers.md) (seed margin, "
         "smallest object, foreground threshold, learning rate, width, loss weights, "
-        "elastic deformation, dropout, normalisation, patch size and sampling, zoom, "
+        "elastic deformation, dropout, normalisation (none, per image), patch size and sampling, zoom, "
         "objects rescaled to one size, boundary width, inverted and grey patches, smoothed "
         "probabilities, validation hold-out, random gamma, smallest seed, outline offset "
         "chosen on validation images, membrane threshold; where the development scores "

@@ -47,7 +47,12 @@ class ModelConfig(_Config):
         description="Feature channels of the first level, doubled at each level "
         "(None: 32 on a GPU, 16 on the CPU, where it trains about 4x faster).",
     )
-    norm: Norm = Field("batch", description="Normalisation after each 3x3 convolution.")
+    norm: Norm = Field(
+        "batch",
+        description="Normalisation after each 3x3 convolution. 'instance' and 'group' use "
+        "each tile's own statistics: predictions then depend on the tile size, and empty "
+        "tiles can fill with false objects.",
+    )
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout before the bottleneck convs.")
 
 

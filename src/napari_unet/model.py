@@ -73,7 +73,10 @@ class UNet(nn.Module):
         Feature channels at the first level, doubled at each level. Depth 4 with
         64 base channels is the network of the paper (31.0 M parameters).
     norm
-        ``"batch"``, ``"instance"``, ``"group"`` or ``"none"``.
+        ``"batch"``, ``"instance"``, ``"group"`` or ``"none"``. Batch normalisation
+        predicts with statistics learned in training; instance and group
+        normalisation with those of each tile, so their results depend on the tile
+        size (see docs/accuracy-levers.md, "Normalisation per image").
     dropout
         Dropout probability inside the bottleneck block.
 
