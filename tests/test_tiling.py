@@ -1,3 +1,5 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -76,6 +78,21 @@ def test_tiled_and_untiled_unet_agree(disk_data):
     tiled = predict(net, image, tile_size=128, overlap=0.25, mixed_precision=False)
 
     assert (tiled == reference).mean() >= 0.999
+
+
+@pytest.mark.parametrize("norm", ["instance", "group"])
+def test_per_tile_normalisation_warns_only_when_the_image_is_tiled(norm):
+    image = np.random.default_rng(0).random((96, 96)).astype(np.float32)
+    per_tile = UNet(1, 2, depth=2, base_channels=8, norm=norm).eval()
+    batch = UNet(1, 2, depth=2, base_channels=8).eval()
+
+    with pytest.warns(UserWarning, match="each tile's own statistics") as record:
+        predict(per_tile, image, tile_size=32)
+    assert "96 x 96" in str(record[0].message)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        predict(per_tile, image)  # one tile: the statistics are the image's own
+        predict(batch, image, tile_size=32)
 
 
 def test_small_odd_images_and_stacks_are_padded_and_kept_in_shape():

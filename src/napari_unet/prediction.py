@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import sys
 import threading
+import warnings
 import weakref
 from collections import OrderedDict, deque
 from collections.abc import Iterator
@@ -421,6 +422,17 @@ def _plan(model, image, config: PredictConfig, channel_axis, min_size: int) -> _
         raise InputError(f"The image is empty (shape {shape}).")
     tile = tile_side(config.tile_size, network.divisor)  # an overlap of None stays 64 px
     grid = TileGrid.plan((height, width), tile, config.overlap_of(tile), network.divisor)
+    if grid.count > 1 and network.config.norm in ("instance", "group"):
+        warnings.warn(
+            f"This model normalises with each tile's own statistics ({network.config.norm} "
+            f"normalisation), and the {height} x {width} image is predicted in "
+            f"{grid.count} tiles of {tile}: the result depends on the tile size, and tiles "
+            "of empty background can fill with false objects. Give a tile size at least "
+            "as large as the image to predict it whole, or train with batch "
+            "normalisation (the default) for large images.",
+            UserWarning,
+            stacklevel=2,
+        )
     return _Job(
         network,
         normalization,
