@@ -1,14 +1,17 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
 
-from napari_unet import ModelConfig, TrainConfig, predict, train
-from napari_unet.data import InputError
+from napari_unet import ModelConfig, TrainConfig, UNet, predict, train
+from napari_unet.data import InputError, Sample
 from napari_unet.training import (
     EpochEnded,
     StepEnded,
     TrainingFinished,
     TrainingStarted,
+    _validate,
     iter_train,
 )
 
@@ -344,3 +347,16 @@ def test_a_stack_plane_with_bad_labels_is_named_by_image_and_plane(mode):
 
     with pytest.raises(InputError, match=r"labels of Image #1 \(plane 2\) hold non-integer"):
         train(images, labels, TrainConfig(mode=mode, epochs=1, patch_size=32))
+
+
+def test_validation_of_a_per_tile_normalised_model_does_not_warn_every_epoch():
+    network = UNet(1, 2, depth=2, base_channels=8, norm="instance").eval()
+    rng = np.random.default_rng(0)
+    sample = Sample(rng.random((1, 96, 96)).astype(np.float32), rng.integers(0, 2, (96, 96)))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        score = _validate(network, [sample], "cpu", tile=32)  # 9 tiles
+    assert score is not None
+    with pytest.warns(UserWarning, match="each tile's own statistics"):  # users still see it
+        predict(network, sample.image, tile_size=32, channel_axis=0)
