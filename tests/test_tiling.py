@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from napari_unet import UNet, predict
+from napari_unet.prediction import TileDependenceWarning, _tile_dependence_message
 from napari_unet.tiling import TileGrid, tile_side, tiled_apply
 
 
@@ -86,13 +87,22 @@ def test_per_tile_normalisation_warns_only_when_the_image_is_tiled(norm):
     per_tile = UNet(1, 2, depth=2, base_channels=8, norm=norm).eval()
     batch = UNet(1, 2, depth=2, base_channels=8).eval()
 
-    with pytest.warns(UserWarning, match="each tile's own statistics") as record:
+    with pytest.warns(TileDependenceWarning, match="96 x 96 image is predicted in 16 tiles"):
         predict(per_tile, image, tile_size=32)
-    assert "96 x 96" in str(record[0].message)
     with warnings.catch_warnings():
-        warnings.simplefilter("error")
+        warnings.simplefilter("error", TileDependenceWarning)
         predict(per_tile, image)  # one tile: the statistics are the image's own
         predict(batch, image, tile_size=32)
+        predict(per_tile, image, tile_size=32, _warn_tiles=False)
+
+
+def test_the_tile_warning_says_how_to_predict_whole_or_that_it_cannot():
+    small = TileGrid.plan((3000, 2000), 1024, 0.0625, 16)
+    huge = TileGrid.plan((9000, 200), 1024, 0.0625, 16)
+
+    assert "tile size of at least 3000" in _tile_dependence_message("instance", 3000, 2000, small)
+    message = _tile_dependence_message("group", 9000, 200, huge)
+    assert "cannot be predicted in one tile" in message and "--norm batch" in message
 
 
 def test_small_odd_images_and_stacks_are_padded_and_kept_in_shape():

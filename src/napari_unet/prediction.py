@@ -396,7 +396,37 @@ class _Job:
         return None if self.normalization is None else self.normalization.stats(view)
 
 
-def _plan(model, image, config: PredictConfig, channel_axis, min_size: int) -> _Job:
+_LARGEST_TILE = next(
+    rule.le for rule in PredictConfig.model_fields["tile_size"].metadata if hasattr(rule, "le")
+)
+
+
+class TileDependenceWarning(UserWarning):
+    """A model that normalises with each tile's own statistics (instance or group
+    normalisation) is predicting an image in several tiles."""
+
+
+def _tile_dependence_message(norm: str, height: int, width: int, grid: TileGrid) -> str:
+    side = max(height, width)
+    tile_y, tile_x = grid.tile_shape
+    whole = (
+        f"Predict it whole with a tile size of at least {side} (--tile-size on the "
+        "command line, the Segment widget's tile size, tile_size= in Python), or"
+        if side <= _LARGEST_TILE
+        else "An image this large cannot be predicted in one tile:"
+    )
+    return (
+        f"This model normalises with each tile's own statistics ({norm} normalisation), "
+        f"and the {height} x {width} image is predicted in {grid.count} tiles of "
+        f"{tile_y} x {tile_x}: the result depends on the tile size, and tiles of empty "
+        f"background can fill with false objects. {whole} train with batch "
+        "normalisation (--norm batch, the default) for large images."
+    )
+
+
+def _plan(
+    model, image, config: PredictConfig, channel_axis, min_size: int, warn_tiles: bool = True
+) -> _Job:
     if isinstance(model, SegmentationModel):
         network, normalization = model.network, model.normalization
         class_values = np.asarray(model.encoding.class_values)
@@ -422,15 +452,10 @@ def _plan(model, image, config: PredictConfig, channel_axis, min_size: int) -> _
         raise InputError(f"The image is empty (shape {shape}).")
     tile = tile_side(config.tile_size, network.divisor)  # an overlap of None stays 64 px
     grid = TileGrid.plan((height, width), tile, config.overlap_of(tile), network.divisor)
-    if grid.count > 1 and network.config.norm in ("instance", "group"):
+    if warn_tiles and grid.count > 1 and network.config.norm in ("instance", "group"):
         warnings.warn(
-            f"This model normalises with each tile's own statistics ({network.config.norm} "
-            f"normalisation), and the {height} x {width} image is predicted in "
-            f"{grid.count} tiles of {tile}: the result depends on the tile size, and tiles "
-            "of empty background can fill with false objects. Give a tile size at least "
-            "as large as the image to predict it whole, or train with batch "
-            "normalisation (the default) for large images.",
-            UserWarning,
+            _tile_dependence_message(network.config.norm, height, width, grid),
+            TileDependenceWarning,
             stacklevel=2,
         )
     return _Job(
@@ -481,12 +506,14 @@ def iter_predict(
     min_size: int | None = None,
     out=None,
     compute: bool = False,
+    _warn_tiles: bool = True,
 ) -> Iterator[TileProgress | PredictionFinished]:
     """Generator form of :func:`predict`: yields :class:`TileProgress` after each batch of
     tiles and finally one :class:`PredictionFinished`. Closing it cancels the work and
     leaves no partial output file behind. ``compute=True`` computes a dask image's
     result here, tile by tile with progress, into numpy, instead of returning it lazily
-    (what a GUI worker thread needs)."""
+    (what a GUI worker thread needs). ``_warn_tiles=False`` silences the
+    :class:`TileDependenceWarning` (training's validation and preview passes)."""
     defaults = PredictConfig()
     config = PredictConfig(
         tile_size=defaults.tile_size if tile_size is None else tile_size,
@@ -500,7 +527,7 @@ def iter_predict(
     if min_size is None:
         learned = getattr(model, "min_object_size", None)
         min_size = DEFAULT_MIN_SIZE if learned is None else int(learned)
-    job = _plan(model, image, config, channel_axis, min_size)
+    job = _plan(model, image, config, channel_axis, min_size, _warn_tiles)
     lazy = _is_dask(job.image)
     if lazy and out is None and not job.instances and not compute:
         yield PredictionFinished(_lazy_result(job, ModelSpec.from_model(model)))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import math
 import time
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -320,18 +319,15 @@ def _validate(network: UNet, samples: list[Sample], device: str, tile: int) -> f
 
     scores = []
     for sample in samples:
-        with warnings.catch_warnings():
-            # the per-tile normalisation warning is for users' predictions, not for
-            # the validation passes of every epoch
-            warnings.filterwarnings("ignore", "This model normalises with each tile")
-            probs = predict(
-                network,
-                sample.image,
-                output="probabilities",
-                device=device,
-                tile_size=tile,
-                channel_axis=0,
-            )
+        probs = predict(
+            network,
+            sample.image,
+            output="probabilities",
+            device=device,
+            tile_size=tile,
+            channel_axis=0,
+            _warn_tiles=False,  # the warning is for users' predictions, not every epoch's
+        )
         score = foreground_dice(
             np.argmax(probs, axis=0), sample.target, network.config.num_classes
         )

@@ -153,7 +153,12 @@ def _train(
             if preview is not None and isinstance(event, EpochEnded):
                 plane, axis = plane_of(preview.image, preview.index, preview.channel_axis)
                 labels = predict(
-                    trained, plane, channel_axis=axis, device=preview.device, compute=True
+                    trained,
+                    plane,
+                    channel_axis=axis,
+                    device=preview.device,
+                    compute=True,
+                    _warn_tiles=False,  # the Segment step warns; not every epoch's preview
                 )
                 yield PreviewReady(preview.index, labels)
     finally:
