@@ -633,7 +633,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--norm",
         choices=typing.get_args(Norm),
         default=model_defaults.norm,
-        help="normalisation after each 3x3 convolution (new models)",
+        help="normalisation after each 3x3 convolution (new models); instance and group "
+        "use each tile's own statistics, so tiled predictions depend on the tile size",
     )
     t.add_argument(
         "--dropout",
