@@ -307,3 +307,31 @@ def test_zoom_mirrors_some_windows_so_the_sampler_need_not_turn_them():
     sample = Sample(label[None].astype(np.float32), label)
     kept = augment_sample(sample, np.random.default_rng(1), turn=False)
     np.testing.assert_array_equal(kept.target, label)  # no 90 degree turn or flip
+
+
+@pytest.mark.parametrize(
+    ("dtype", "low", "high"),
+    [(np.uint8, 0, 256), (np.uint16, 0, 65536), (np.int16, -3000, 3000), (np.int32, 0, 2**30)],
+)
+def test_integer_images_get_the_percentiles_of_sorting_from_their_histogram(dtype, low, high):
+    rng = np.random.default_rng(0)
+    image = rng.integers(low, high, (2, 97, 131)).astype(dtype)
+    image[1] = image[1] // 7  # another distribution in the second channel
+    norm = Normalization(1.0, 99.8)
+
+    lows, highs = norm.stats(image)
+    by_sorting = norm.stats(image.astype(np.float64))
+
+    np.testing.assert_allclose(lows, by_sorting[0], rtol=1e-6)
+    np.testing.assert_allclose(highs, by_sorting[1], rtol=1e-6)
+    np.testing.assert_allclose(
+        norm.apply(image, lows, highs), norm.apply(image.astype(np.float64), lows, highs)
+    )
+
+
+def test_a_flat_or_binary_integer_channel_falls_back_to_its_full_range():
+    mask = np.zeros((1, 50, 50), np.uint8)
+    mask[0, :2, :2] = 255  # 0.16% of the pixels: both percentiles are 0
+
+    lows, highs = Normalization().stats(mask)
+    assert lows.tolist() == [0.0] and highs.tolist() == [255.0]
