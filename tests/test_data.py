@@ -311,7 +311,14 @@ def test_zoom_mirrors_some_windows_so_the_sampler_need_not_turn_them():
 
 @pytest.mark.parametrize(
     ("dtype", "low", "high"),
-    [(np.uint8, 0, 256), (np.uint16, 0, 65536), (np.int16, -3000, 3000), (np.int32, 0, 2**30)],
+    [
+        (np.uint8, 0, 256),
+        (np.int8, -100, 100),
+        (np.uint16, 0, 65536),
+        (np.int16, -3000, 3000),
+        (np.int32, 0, 2**30),  # a span too wide for a histogram: sorted instead
+        (bool, 0, 2),
+    ],
 )
 def test_integer_images_get_the_percentiles_of_sorting_from_their_histogram(dtype, low, high):
     rng = np.random.default_rng(0)
@@ -327,6 +334,20 @@ def test_integer_images_get_the_percentiles_of_sorting_from_their_histogram(dtyp
     np.testing.assert_allclose(
         norm.apply(image, lows, highs), norm.apply(image.astype(np.float64), lows, highs)
     )
+
+
+def test_integer_extremes_single_pixels_and_float32_ties():
+    norm = Normalization()
+    big = np.array([[[2**64 - 9, 2**64 - 5, 2**64 - 1]]], np.uint64)
+    assert np.isfinite(norm.stats(big)[0]).all()  # no overflow near the dtype's limit
+    lows, highs = norm.stats(np.array([[[7]]], np.uint16))
+    assert lows.tolist() == [7.0] and highs.tolist() == [7.0]
+    # percentiles that differ in int32 but not in float32 fall back to the full range
+    close = np.full((1, 1, 1000), 2**25, np.int32)
+    close[..., :500] += 1
+    close[..., 0] += 50_000
+    lows, highs = norm.stats(close)
+    assert highs[0] - lows[0] >= 50_000
 
 
 def test_a_flat_or_binary_integer_channel_falls_back_to_its_full_range():

@@ -43,12 +43,20 @@ def cpu_has_fast_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def _cuda_runs_bf16() -> bool:
+    """bf16 in hardware (Ampere and later), not the emulation older GPUs report."""
+    try:
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # PyTorch before the argument existed
+        return torch.cuda.is_bf16_supported()
+
+
 def autocast_dtype(device: torch.device, enabled: bool | None) -> torch.dtype | None:
     """The autocast dtype to use on ``device`` (None: full precision)."""
     if enabled is False:
         return None
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if _cuda_runs_bf16() else torch.float16
     if device.type == "cpu" and (enabled or cpu_has_fast_bf16()):
         return torch.bfloat16
     return None

@@ -143,21 +143,29 @@ def _integer_percentiles(values: np.ndarray, qs: tuple[float, float]) -> tuple[f
     """``np.percentile(values, qs)`` of integer values (linear interpolation) from their
     histogram, several times faster than sorting, with the same flat-channel fallback
     to the full range as the float path."""
+    if values.dtype == bool:
+        values = values.view(np.uint8)
     lowest, highest = int(values.min()), int(values.max())
     if highest - lowest >= _HISTOGRAM_BINS:
         lo, hi = np.percentile(values.astype(np.float64), qs)
     else:
-        counts = np.bincount((values.astype(np.int64) - lowest).ravel())
-        ends = np.cumsum(counts)  # ends[v]: number of values <= lowest + v
+        # offsets from the lowest value, exact in the native dtype (unsigned) or int64
+        if values.dtype.kind == "u":
+            offsets = values - values.min()
+        else:
+            offsets = values.astype(np.int64) - np.int64(lowest)
+        ends = np.cumsum(np.bincount(offsets.astype(np.intp).ravel()))  # ends[v]: count <= v
         position = (values.size - 1) * (np.asarray(qs, np.float64) / 100)
         below = np.floor(position).astype(np.int64)
         above = np.minimum(below + 1, values.size - 1)
-        at = lowest + np.searchsorted(ends, below, side="right")
-        next_ = lowest + np.searchsorted(ends, above, side="right")
-        lo, hi = (at + (position - below) * (next_ - at)).tolist()
+        at = np.searchsorted(ends, below, side="right").astype(np.float64)
+        next_ = np.searchsorted(ends, above, side="right").astype(np.float64)
+        lo, hi = (float(lowest) + at + (position - below) * (next_ - at)).tolist()
+    # the fallback is judged in float32, the precision the values are used in
+    lo, hi = float(np.float32(lo)), float(np.float32(hi))
     if hi <= lo:
         lo, hi = float(lowest), float(highest)
-    return float(lo), float(hi)
+    return lo, hi
 
 
 @dataclass(frozen=True)
@@ -178,7 +186,7 @@ class Normalization:
         step = max(1, int(np.ceil(np.sqrt(height * width / _STAT_PIXELS))))
         sample = np.asarray(image[:, ::step, ::step])
         sample = sample.reshape(sample.shape[0], -1)
-        if sample.dtype.kind in "ub" or sample.dtype.kind == "i":
+        if sample.dtype.kind in "uib":
             channels = [_integer_percentiles(c, (self.low, self.high)) for c in sample]
             lows, highs = zip(*channels, strict=True)
             return np.asarray(lows, np.float32), np.asarray(highs, np.float32)
@@ -201,8 +209,9 @@ class Normalization:
     @staticmethod
     def apply(cyx: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
         """(C, Y, X) -> float32 (C, Y, X) scaled to about [0, 1]; NaN becomes 0."""
-        integer = np.asarray(cyx).dtype.kind in "uib"
-        out = np.asarray(cyx, dtype=np.float32)
+        cyx = np.asarray(cyx)
+        integer = cyx.dtype.kind in "uib"  # (training; prediction passes float tiles)
+        out = cyx.astype(np.float32, copy=False)
         out = (out - lows[:, None, None]) / np.maximum(highs - lows, 1e-6)[:, None, None]
         if integer:  # no NaN or inf to clean
             return out
