@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The speed benchmarks on a CUDA GPU, in one short call (about 3 minutes on one H100):
+# The speed benchmarks on a CUDA GPU, in one short call (about 4 minutes on one H100):
 # matmul peaks (fp32, bf16, fp16), forward-pass levers (bf16/fp16 autocast,
 # channels-last, BatchNorm folding, torch.compile, CUDA graphs), tile choices,
 # predict against MONAI sliding_window_inference, and the training step against a

@@ -339,9 +339,10 @@ def _levers_section(r: dict, gpu: bool = False) -> list[str]:
     if gpu:
         notes = [
             f"- {low}: {paired('+ channels_last', f'+ {low}'):.2f}x fp32 (both channels-last, "
-            f"BatchNorm folded); the default on CUDA ({low} where the GPU supports it). A "
-            "1024 x 1024 tile of this network keeps the GPU far below its matmul peak, so "
-            "the lower precision buys little here.",
+            f"BatchNorm folded); the default on CUDA ({low} where the GPU runs it in "
+            "hardware, else float16). A 1024 x 1024 tile of this network keeps the GPU far "
+            "below its matmul peak, so the lower precision buys little here; the fp32 rows "
+            "run their convolutions as TF32 (PyTorch's default on cuDNN).",
             f"- channels-last: {paired('+ BatchNorm folded', '+ channels_last'):.2f}x in fp32, "
             f"{paired(f'{low} without channels_last', default_name):.2f}x in {low}; kept.",
             f"- BatchNorm folded into the convolutions: "
