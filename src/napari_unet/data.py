@@ -209,12 +209,8 @@ class Normalization:
     @staticmethod
     def apply(cyx: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
         """(C, Y, X) -> float32 (C, Y, X) scaled to about [0, 1]; NaN becomes 0."""
-        cyx = np.asarray(cyx)
-        integer = cyx.dtype.kind in "uib"  # (training; prediction passes float tiles)
-        out = cyx.astype(np.float32, copy=False)
+        out = np.asarray(cyx, dtype=np.float32)
         out = (out - lows[:, None, None]) / np.maximum(highs - lows, 1e-6)[:, None, None]
-        if integer:  # no NaN or inf to clean
-            return out
         return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0, copy=False)
 
     def __call__(self, cyx: np.ndarray) -> np.ndarray:
