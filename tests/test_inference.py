@@ -201,7 +201,7 @@ def test_predict_drops_objects_below_the_learned_size_unless_told_otherwise(monk
     class Planned(Exception):
         pass
 
-    def plan(model, image, config, channel_axis, min_size, warn_tiles=True):
+    def plan(model, image, config, channel_axis, min_size, *rest):
         seen.append(min_size)
         raise Planned
 

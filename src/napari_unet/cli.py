@@ -421,6 +421,7 @@ def cmd_predict(args) -> int:
         "tta": args.tta,
         "output": "probabilities" if args.probabilities else "labels",
         "min_size": args.min_size,
+        "close_boundaries": args.close_boundaries,
     }
 
     def report(record: dict) -> dict:
@@ -693,6 +694,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="instances mode: drop objects smaller than this many pixels (default: the size "
         "the model learned from its training labels)",
+    )
+    p.add_argument(
+        "--close-boundaries",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="two-class semantic models of boundaries (membranes, cell walls) and regions: "
+        "complete gaps in the predicted boundaries so that a faint membrane still parts "
+        "two cells (default: when the model learned from its labels that they draw such "
+        "boundaries)",
     )
     device(p)
     p.set_defaults(func=cmd_predict)

@@ -445,6 +445,59 @@ def smallest_object_size(labels: Sequence[np.ndarray]) -> int | None:
     return max(2, int(round(0.5 * float(np.percentile(areas, 5)))))
 
 
+BOUNDARY_REGIONS = 10
+"""A plane draws a boundary network when one class parts the other into at least this
+many regions (see :func:`boundary_network`)."""
+
+
+def boundary_network(targets: Sequence[np.ndarray], planes: int = 32) -> tuple[int, int] | None:
+    """``(class, smallest region)`` when two-class labels draw one class as a network of
+    boundaries between regions of the other (cell membranes in EM, plant cell walls),
+    else None.
+
+    A fully labelled plane (no ignored pixels) shows a network when one class is thin
+    (the mean distance of its pixels to the other class is at most half that of the
+    other class's pixels to it), its largest 8-connected piece holds at least half of
+    its pixels, and it parts the other class into at least :data:`BOUNDARY_REGIONS`
+    4-connected regions. Nuclei, cells or lesions on a background do not: their pieces
+    are many, and the background around them is the thicker class. The class is returned when at least half of
+    the fully labelled planes (at most ``planes`` of them, spread evenly) show it, with
+    half the 5th percentile of the regions' areas (at least 2 pixels): prediction then
+    completes gaps in the predicted boundaries (:func:`napari_unet.prediction.predict`,
+    ``close_boundaries``).
+
+    ``targets`` are class indices per pixel (negative: not labelled).
+    """
+    dense = [t for t in targets if t.ndim == 2 and t.size and (t >= 0).all()]
+    if not dense or any(t.max() > 1 for t in dense):
+        return None
+    dense = [
+        dense[i] for i in np.unique(np.linspace(0, len(dense) - 1, planes).round().astype(int))
+    ]
+    votes = {0: [], 1: []}
+    for target in dense:
+        for k in (0, 1):
+            boundary = target == k
+            pieces, count = ndi.label(boundary, structure=np.ones((3, 3), bool))
+            if count == 0:
+                continue
+            largest = np.bincount(pieces.ravel())[1:].max()
+            if 2 * largest < boundary.sum():
+                continue
+            regions, found = ndi.label(~boundary)
+            if found < BOUNDARY_REGIONS:
+                continue
+            # thin: its pixels lie at most half as deep inside it as the regions' pixels
+            depth = ndi.distance_transform_edt(boundary)[boundary].mean()
+            if 2 * depth <= ndi.distance_transform_edt(~boundary)[~boundary].mean():
+                votes[k].append(np.bincount(regions.ravel())[1:])
+    for k in (1, 0):
+        if 2 * len(votes[k]) >= len(dense):
+            areas = np.concatenate(votes[k])
+            return k, max(2, int(round(0.5 * float(np.percentile(areas, 5)))))
+    return None
+
+
 def border_weights(label: np.ndarray, w0: float = 10.0, sigma: float = 5.0) -> np.ndarray:
     """The U-Net paper's weight map ``1 + w0 * exp(-(d1 + d2)^2 / (2 sigma^2))``.
 

@@ -698,6 +698,7 @@ def save_model(model, path) -> None:
         "convert_channels": model.convert_channels,
         "history": model.history,
         "min_object_size": model.min_object_size,
+        "boundary_class": model.boundary_class,
     }
     from safetensors import SafetensorError
 
@@ -758,6 +759,13 @@ def load_model(path, *, device: str = "cpu"):
         network.load_state_dict(tensors)
         encoding = LabelEncoding(notes=[], **header["encoding"])
         normalization = Normalization(**header["normalization"])
+        boundary_class = header.get("boundary_class")
+        if boundary_class is not None and (
+            type(boundary_class) is not int
+            or not 0 <= boundary_class < network.config.num_classes
+            or encoding.mode == "instances"
+        ):
+            raise ValueError(f"boundary_class {boundary_class!r} is not a class of the model")
     except ModelFileError:
         raise
     except RuntimeError as error:  # load_state_dict: weights and header disagree
@@ -777,4 +785,5 @@ def load_model(path, *, device: str = "cpu"):
         convert_channels=bool(header.get("convert_channels", False)),
         history=header.get("history"),
         min_object_size=header.get("min_object_size"),
+        boundary_class=boundary_class,
     )

@@ -191,6 +191,7 @@ class SegmentationModel:
         convert_channels: bool = False,
         history: dict | None = None,
         min_object_size: int | None = None,
+        boundary_class: int | None = None,
     ):
         self.network = network
         self.encoding = encoding
@@ -199,7 +200,11 @@ class SegmentationModel:
         self.history: dict = history if history is not None else {"runs": []}
         # instances mode: objects smaller than this are dropped by default when predicting
         # (napari_unet.data.smallest_object_size of the training labels); None: 10 pixels
+        # (semantic models whose boundary class has gaps closed: the smallest region)
         self.min_object_size = min_object_size
+        # semantic mode: the class index that the training labels drew as boundaries
+        # between regions (napari_unet.data.boundary_network); prediction closes its gaps
+        self.boundary_class = boundary_class
 
     @property
     def mode(self) -> str:
@@ -240,6 +245,11 @@ class SegmentationModel:
             **(
                 {"smallest object kept": f"{self.min_object_size} pixels"}
                 if self.mode == "instances" and self.min_object_size
+                else {}
+            ),
+            **(
+                {"boundaries": f"gaps in '{self.class_names[self.boundary_class]}' are closed"}
+                if self.boundary_class is not None
                 else {}
             ),
         }

@@ -26,6 +26,7 @@ from .data import (
     PatchSampler,
     Sample,
     border_weights,
+    boundary_network,
     channel_axis_from_labels,
     channel_axis_of,
     check_pairs,
@@ -112,6 +113,7 @@ class PreparedData:
     notes: list[str]
     description: str
     min_object_size: int | None = None
+    boundary: tuple[int, int] | None = None  # (class, smallest region), semantic mode
 
 
 def _as_list(images) -> list:
@@ -257,8 +259,14 @@ def prepare_data(
         "..." if len(shapes) > 3 else ""
     )
     smallest = smallest_object_size(label_planes) if config.mode == "instances" else None
+    boundary = boundary_network(targets) if config.mode == "semantic" else None
+    if boundary is not None:
+        notes.append(
+            f"The labels draw '{encoding.class_names[boundary[0]]}' as boundaries between "
+            "regions: predictions will close gaps in them (close_boundaries)."
+        )
     return PreparedData(
-        train, validation, encoding, in_channels, convert, notes, description, smallest
+        train, validation, encoding, in_channels, convert, notes, description, smallest, boundary
     )
 
 
@@ -400,6 +408,10 @@ def iter_train(
         )
     if data.min_object_size is not None:  # never drop sizes annotated in earlier runs
         known = [v for v in (model.min_object_size, data.min_object_size) if v is not None]
+        model.min_object_size = min(known)
+    if data.boundary is not None:  # labels that draw boundaries between regions
+        model.boundary_class, smallest_region = data.boundary
+        known = [v for v in (model.min_object_size, smallest_region) if v is not None]
         model.min_object_size = min(known)
     network = model.network.to(device).to(memory_format=torch.channels_last)
     dtype = autocast_dtype(device, config.mixed_precision)
