@@ -18,6 +18,7 @@ options) for a given number of minutes and appends a line of JSON to the results
     python benchmarks/accuracy_levers.py shrink <work>/dsb_*/model.safetensors
     python benchmarks/accuracy_levers.py seed-size <work>/dsb_*/model.safetensors
     python benchmarks/accuracy_levers.py by-type <work>/dsb_*/model.safetensors
+    python benchmarks/accuracy_levers.py close <work>/isbi_*/model.safetensors
 """
 
 from __future__ import annotations
@@ -324,6 +325,41 @@ def shrink(model_paths: list[Path], data: Path) -> list[dict]:
     return rows
 
 
+def close(model_paths: list[Path], data: Path, thresholds: list[float]) -> list[dict]:
+    """Score ISBI development slices with the membranes as predicted (argmax) and with
+    gaps closed by watershed lines (:func:`napari_unet.prediction.close_boundaries`) for
+    each core threshold (``BOUNDARY_SEED_BELOW``)."""
+    from napari_unet import load_model, predict
+    from napari_unet import prediction as p
+
+    _, (dev_x, dev_y) = isbi_dev(data)
+    truth = np.stack(dev_y)
+    rows = []
+    default = p.BOUNDARY_SEED_BELOW
+    for path in model_paths:
+        model = load_model(path)
+        size = model.min_object_size or p.DEFAULT_MIN_SIZE
+        probabilities = [predict(model, x, output="probabilities") for x in dev_x]
+        variants = [("as predicted", None)] + [
+            (f"closed, cores below {t:g}", t) for t in thresholds
+        ]
+        try:
+            for name, threshold in variants:
+                if threshold is None:
+                    predicted = [np.argmax(q, axis=0) for q in probabilities]
+                else:
+                    p.BOUNDARY_SEED_BELOW = threshold
+                    predicted = [p.close_boundaries(q, 1, size) for q in probabilities]
+                scores = score_isbi(np.stack(predicted).astype(truth.dtype), truth)
+                rows.append(
+                    {"data": "isbi", "lever": f"membranes {name}", "model": path.parent.name,
+                     **{k: round(v, 4) for k, v in scores.items()}}
+                )  # fmt: skip
+        finally:
+            p.BOUNDARY_SEED_BELOW = default
+    return rows
+
+
 def by_type(model_paths: list[Path], data: Path) -> list[dict]:
     """Score each model on the DSB development images of each type of ``index.csv``
     (grey fluorescence, colour brightfield / H&E) separately."""
@@ -381,6 +417,9 @@ def main() -> None:
     ss = sub.add_parser("seed-size", help="score the smallest seed kept (share of min size)")
     ss.add_argument("models", type=Path, nargs="+")
     ss.add_argument("--shares", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    cl = sub.add_parser("close", help="score ISBI membranes with gaps closed (watershed lines)")
+    cl.add_argument("models", type=Path, nargs="+")
+    cl.add_argument("--thresholds", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2])
     bt = sub.add_parser("by-type", help="score models on each image type of the dev split")
     bt.add_argument("models", type=Path, nargs="+")
     args, extra = parser.parse_known_args()
@@ -400,6 +439,8 @@ def main() -> None:
         if min(args.shares) < 0:
             parser.error("--shares must not be negative")
         rows = seed_size(args.models, args.data, args.shares)
+    elif args.command == "close":
+        rows = close(args.models, args.data, args.thresholds)
     elif args.command == "by-type":
         rows = by_type(args.models, args.data)
     else:
