@@ -348,3 +348,52 @@ def test_segmenting_a_renamed_image_updates_its_result_layer(viewer, qtbot):
 
     results = [x.name for x in viewer.layers if "segmentation" in x.name]
     assert results == ["b segmentation"]
+
+
+def test_boundaries_choice_is_passed_on(viewer, qtbot, monkeypatch):
+    from napari_unet import predict
+    from napari_unet import prediction as p
+
+    from ..test_boundaries import _membrane_model, cells, central_gap, membrane_probability
+
+    _, membrane, distance = cells(shape=(180, 260), count=50, seed=1)
+    image = (1 - membrane_probability(distance, central_gap(membrane, distance))) * 200
+
+    def forward(batch):
+        inside = np.clip(batch[:, :1], 0, 1)
+        return np.concatenate([inside, 1 - inside], axis=1)
+
+    monkeypatch.setattr(p, "_local_forward", lambda *args: forward)
+    layer = viewer.add_image(image.astype(np.float32), name="section")
+    learned, unlearned = _membrane_model(), _membrane_model(None)
+    closed = predict(learned, layer.data, tile_size=64)
+    plain = predict(learned, layer.data, tile_size=64, close_boundaries=False)
+    assert (closed != plain).any()
+
+    widget = segment_with(viewer, qtbot, layer, learned)  # as the model learned
+    assert widget.boundaries.value == "as the model learned"
+    assert (np.asarray(viewer.layers["section segmentation"].data) == closed).all()
+    widget.boundaries.value = "as predicted"
+    widget.start()
+    wait_for(qtbot, widget)
+    assert (np.asarray(viewer.layers["section segmentation"].data) == plain).all()
+    widget = segment_with(viewer, qtbot, layer, unlearned, boundaries="close gaps")
+    assert (np.asarray(viewer.layers["section segmentation"].data) == closed).all()
+
+
+def test_boundaries_field_is_for_two_class_models_only(viewer):
+    from napari_unet import ModelConfig, TrainConfig, train
+
+    from ..conftest import TINY, disks
+
+    registry = registry_for(viewer)
+    widget = SegmentWidget(viewer)
+    registry.add(untrained_model(), "semantic", "test")
+    widget.model.value = registry.entries[-1]
+    assert widget._boundaries_apply()
+    image, labels = disks()
+    config = TrainConfig(mode="instances", epochs=1, patch_size=32, steps_per_epoch=1)
+    instances = train(image, labels, config, model_config=ModelConfig(**TINY))
+    registry.add(instances, "instances", "test")
+    widget.model.value = registry.entries[-1]
+    assert not widget._boundaries_apply()

@@ -36,6 +36,9 @@ from ._workers import JobFailed, segment_worker
 
 EVERY_PLANE = "every plane"
 CURRENT_PLANE = "current plane"
+AS_LEARNED = "as the model learned"
+BOUNDARY_CHOICES = {AS_LEARNED: None, "close gaps": True, "as predicted": False}
+"""The Segment widget's "boundaries" choices and their ``close_boundaries`` values."""
 
 
 def foreground_probabilities(probabilities: np.ndarray) -> np.ndarray:
@@ -139,6 +142,16 @@ class SegmentWidget(QWidget):
         self.tile_size.changed.connect(self._follow_tile_size)
         self.batch_size = config_field(PredictConfig, "batch_size")
         self.tta = config_field(PredictConfig, "tta", label="test-time augmentation")
+        self.boundaries = ComboBox(
+            name="boundaries",
+            label="boundaries",
+            choices=list(BOUNDARY_CHOICES),
+            value=AS_LEARNED,
+            tooltip="Two-class models of boundaries (membranes, cell walls) and the regions "
+            "between them: close gaps in the predicted boundaries so that a faint membrane "
+            "still parts two cells. 'as the model learned': when its training labels drew "
+            "such boundaries.",
+        )
         self.device = config_field(PredictConfig, "device", choices=device_choices())
         self.output = config_field(PredictConfig, "output")
         self.output.tooltip = (
@@ -156,6 +169,7 @@ class SegmentWidget(QWidget):
                 self.overlap,
                 self.batch_size,
                 self.tta,
+                self.boundaries,
                 self.device,
             ]
         )
@@ -232,6 +246,15 @@ class SegmentWidget(QWidget):
         self.channels.visible = self._channels_apply(image)
         self.planes.visible = (
             image is not None and len(spatial_shape(image, self.channel_axis(image))) > 2
+        )
+        self.boundaries.visible = self._boundaries_apply()
+
+    def _boundaries_apply(self) -> bool:
+        """Whether the "boundaries" field means anything: a two-class model that does not
+        predict instances."""
+        entry = self.model.value
+        return (
+            entry is not None and entry.model.mode != "instances" and entry.model.num_classes == 2
         )
 
     def _channels_apply(self, image: Image | None) -> bool:
@@ -326,6 +349,9 @@ class SegmentWidget(QWidget):
             device=config.device,
             output=config.output,
             channel_axis=axis,
+            close_boundaries=BOUNDARY_CHOICES[self.boundaries.value]
+            if self._boundaries_apply()
+            else None,
         )
         self._worker.yielded.connect(self._on_event)
         self._worker.returned.connect(self._on_returned)
