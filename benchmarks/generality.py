@@ -158,7 +158,9 @@ def isbi_edge_strokes(membrane: np.ndarray, scribbles: np.ndarray) -> np.ndarray
 # training and scoring
 
 
-def train_and_predict(name, mode, train, test_images, minutes):
+def train_and_predict(name, mode, train, test_images, minutes, closed: bool = False):
+    """Train with the command line and predict the test images with default settings
+    (with ``closed`` also with ``close_boundaries=True``, in ``info["closed"]``)."""
     from napari_unet import load_model, predict
 
     process, model_path, command, start = start_ours(name, mode, train, minutes, THREADS)
@@ -166,10 +168,14 @@ def train_and_predict(name, mode, train, test_images, minutes):
         raise RuntimeError(f"napari-unet train failed: {' '.join(command)}")
     model = load_model(model_path)
     predicted = [predict(model, image) for image in test_images]
-    return predicted, {
+    info = {
         "train_seconds": round(time.perf_counter() - start, 1),
         "steps": model.history["runs"][-1]["steps"],
+        "boundaries_learned": model.boundary_class is not None,
     }
+    if closed:
+        info["closed"] = [predict(model, image, close_boundaries=True) for image in test_images]
+    return predicted, info
 
 
 def painted_share(scribbles) -> float:
@@ -230,7 +236,9 @@ def study_isbi(data: Path, minutes: float, seed: int) -> dict:
             ([volume], [targets], ["train"]),
             [test_volume],
             minutes,
+            closed=mode == "sparse",  # scribbles do not show the network: closed on request
         )
+        closed = info.pop("closed", None)
         membrane = (predicted[0] > 0).astype(np.uint8)
         pairs = list(zip(membrane, test_membranes, strict=True))
         result[key] = {
@@ -240,6 +248,12 @@ def study_isbi(data: Path, minutes: float, seed: int) -> dict:
             "area_ratio": float(membrane.sum() / test_membranes.sum()),
             **info,
         }
+        if closed is not None:
+            pairs = list(zip((closed[0] > 0).astype(np.uint8), test_membranes, strict=True))
+            result[key]["closed"] = {
+                "pixel_error": float(np.mean([pixel_error(p, t) for p, t in pairs])),
+                "rand_error": float(np.mean([rand_error(p, t) for p, t in pairs])),
+            }
     return result
 
 
@@ -309,6 +323,11 @@ def render(results: dict) -> str:
         for key, what in LABELS.items():
             run = part[key]
             scores = ", ".join(f"{label} {run[field]:.4f}" for label, field in metrics)
+            if "closed" in run:  # --close-boundaries, the Segment widget's "close gaps"
+                closed = ", ".join(f"{run['closed'][f]:.4f}" for _, f in metrics)
+                scores += f" (gaps closed on request: {closed})"
+            elif run.get("boundaries_learned"):
+                scores += " (gaps closed, as learned)"
             lines.append(
                 f"| {name} | {what} | {100 * run['painted_share']:.1f}% | {run['steps']} | "
                 f"{scores} | {run['area_ratio']:.2f}x |"
@@ -330,6 +349,26 @@ def render(results: dict) -> str:
         "([accuracy-levers.md](accuracy-levers.md)).",
         "",
     ]
+    if "closed" in isbi["scribbles"]:
+        learned = isbi["full"].get("boundaries_learned")
+        lines += [
+            "Membranes: "
+            + (
+                "the model on full labels learned that they draw membranes between cells "
+                "and closes gaps in its predicted membranes by itself "
+                "([label-modes.md](label-modes.md#boundaries-between-regions-membranes-cell-walls)). "
+                if learned
+                else ""
+            )
+            + "Scribbles cannot show such a network, so the models trained on them close "
+            "gaps only on request (`napari-unet predict --close-boundaries`, the Segment "
+            "widget's *close gaps*): Rand error "
+            f"{isbi['scribbles']['rand_error']:.3f} -> {isbi['scribbles']['closed']['rand_error']:.3f} "
+            "away from the edges, "
+            f"{isbi['edges']['rand_error']:.3f} -> {isbi['edges']['closed']['rand_error']:.3f} "
+            "along them.",
+            "",
+        ]
     lines += [
         "## Image types",
         "",
