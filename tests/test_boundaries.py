@@ -181,11 +181,21 @@ def test_prediction_closes_gaps_as_the_model_learned(dark_membranes, tmp_path):
     assert np.allclose(probabilities[1], membrane, atol=1e-6)
 
 
-def test_closing_needs_two_classes(dark_membranes):
+def test_closing_needs_two_classes_and_no_instances(dark_membranes):
     image = dark_membranes
     network = UNet(in_channels=1, num_classes=3, depth=2, base_channels=4)
     with pytest.raises(p.InputError, match="two classes"):
         predict(network, image, close_boundaries=True)
+    encoding = LabelEncoding(
+        mode="instances",
+        class_names=["background", "interior", "boundary"],
+        class_values=[0, 1, 2],
+        source_values=[0, 1, 2],
+        notes=[],
+    )
+    instances = SegmentationModel(network, encoding, Normalization())
+    with pytest.raises(p.InputError, match="instances"):
+        predict(instances, image, close_boundaries=True)
 
 
 def test_training_learns_that_labels_draw_boundaries(tmp_path):
