@@ -488,8 +488,12 @@ def boundary_network(targets: Sequence[np.ndarray], planes: int = 32) -> tuple[i
             if found < BOUNDARY_REGIONS:
                 continue
             # thin: its pixels lie at most half as deep inside it as the regions' pixels
-            depth = ndi.distance_transform_edt(boundary)[boundary].mean()
-            if 2 * depth <= ndi.distance_transform_edt(~boundary)[~boundary].mean():
+            # (city-block distances: an order of magnitude faster than Euclidean ones)
+            depth = ndi.distance_transform_cdt(boundary, metric="taxicab")[boundary].mean()
+            if (
+                2 * depth
+                <= ndi.distance_transform_cdt(~boundary, metric="taxicab")[~boundary].mean()
+            ):
                 votes[k].append(np.bincount(regions.ravel())[1:])
     for k in (1, 0):
         if 2 * len(votes[k]) >= len(dense):
