@@ -215,3 +215,16 @@ def test_resume_removes_what_an_interrupted_run_left(tmp_path, model_path, input
           "--output", str(out), "--resume", *TILES])  # fmt: skip
 
     assert not leftover.exists() and (out / "a.tif").exists()
+
+
+def test_closing_boundaries_on_a_model_without_two_classes_fails_once(tmp_path, inputs, capsys):
+    folder, _ = inputs
+    encoding = LabelEncoding("semantic", ["background", "a", "b"], [0, 1, 2], [0, 1, 2], [])
+    three = SegmentationModel(UNet(1, 3, depth=2, base_channels=8), encoding, Normalization())
+    three.save(tmp_path / "three.safetensors")
+    code = main(["predict", "--model", str(tmp_path / "three.safetensors"), "--input",
+                 str(folder), "--output", str(tmp_path / "out"), "--close-boundaries"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("error") == 1 and "two classes" in err
+    assert not (tmp_path / "out").exists()

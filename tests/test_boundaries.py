@@ -1,6 +1,8 @@
 """Labels that draw boundaries between regions (membranes, cell walls): the network is
 recognised in training labels, and prediction closes gaps in predicted boundaries."""
 
+import functools
+
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
@@ -85,17 +87,26 @@ def test_lines_close_a_gap_in_a_membrane():
     ]
     regions = ndi.label(plain == 0)[0]
     assert regions[deepest[0]] == regions[deepest[1]]  # the gap merges them
-    regions = ndi.label(closed == 0)[0]
-    assert 0 != regions[deepest[0]] != regions[deepest[1]] != 0  # apart again
+    for connectivity in (1, 2):  # apart again, as 4- and as 8-connected regions
+        structure = ndi.generate_binary_structure(2, connectivity)
+        regions = ndi.label(closed == 0, structure=structure)[0]
+        assert 0 != regions[deepest[0]] != regions[deepest[1]] != 0
     assert ndi.label(closed == 0)[1] > ndi.label(plain == 0)[1]
     added = (closed == 1) & (plain == 0)
     assert added.sum() < 40  # one-pixel lines, not thicker membranes
     assert not (closed == 0)[plain == 1].any()  # nothing predicted as boundary is lost
 
 
-def test_no_lines_without_two_cores():
-    flat = np.full((64, 64), 0.3, np.float32)
-    assert not p.boundary_lines(flat).any()
+def test_a_line_only_where_two_cores_share_a_region():
+    yy, xx = np.mgrid[:64, :64]
+    ridge = (0.3 * np.exp(-((xx - 32) ** 2) / 8.0)).astype(np.float32)  # faint, below 0.5
+    lines = p.boundary_lines(ridge, min_size=10)  # cores left and right of it
+    assert lines.any() and (lines.sum(axis=1) == 1).all()  # one pixel per row
+    assert (np.argwhere(lines)[:, 1] == 32).all()  # on the ridge
+    one_core = ridge.copy()
+    one_core[:, 33:] = 0.2  # the right side no longer a core
+    assert not p.boundary_lines(one_core, min_size=10).any()
+    assert not p.boundary_lines(np.full((64, 64), 0.3, np.float32)).any()  # no core
 
 
 @pytest.mark.parametrize("band, block, halo", [(64, 128, 64), (40, 70, 96)])
@@ -153,7 +164,7 @@ def dark_membranes(monkeypatch):
     return image
 
 
-def test_prediction_closes_gaps_as_the_model_learned(dark_membranes, tmp_path):
+def test_prediction_closes_gaps_as_the_model_learned(dark_membranes, tmp_path, monkeypatch):
     image = dark_membranes
     model = _membrane_model()
     normalized = Normalization(0, 100)(image[None])[0]
@@ -167,7 +178,13 @@ def test_prediction_closes_gaps_as_the_model_learned(dark_membranes, tmp_path):
     assert ndi.label(plain == 0)[1] < ndi.label(closed == 0)[1]  # the gap closed
     assert (predict(_membrane_model(None), image) == plain).all()  # not learned: plain
     assert (predict(_membrane_model(None), image, close_boundaries=True) == closed).all()
-    # tiles, a file written band by band, a lazy dask array: the same lines
+    # tiles, a file written band by band, a lazy dask array: the same lines, also where
+    # windows and chunks are smaller than the image
+    monkeypatch.setattr(
+        p, "BoundaryCloser", functools.partial(p.BoundaryCloser, band=48, block=96, halo=48)
+    )
+    monkeypatch.setattr(p, "BOUNDARY_HALO", 48)
+    monkeypatch.setattr(p, "_CHUNK_TARGET", 64)
     tiled = predict(model, image, tile_size=64)
     assert (tiled != closed).mean() < 0.002
     written = predict(model, image, tile_size=64, out=tmp_path / "closed.tif")
@@ -175,7 +192,7 @@ def test_prediction_closes_gaps_as_the_model_learned(dark_membranes, tmp_path):
     import dask.array as da
 
     lazy = predict(model, da.from_array(image, chunks=(90, 130)), tile_size=64)
-    assert isinstance(lazy, da.Array)
+    assert isinstance(lazy, da.Array) and len(lazy.chunks[0]) > 1
     assert (lazy.compute() != closed).mean() < 0.002
     probabilities = predict(model, image, output="probabilities")  # untouched
     assert np.allclose(probabilities[1], membrane, atol=1e-6)
@@ -221,3 +238,16 @@ def test_a_model_file_with_a_foreign_boundary_class_is_refused(tmp_path):
     model.save(tmp_path / "bad.safetensors")
     with pytest.raises(ModelFileError, match="boundary_class"):
         load_model(tmp_path / "bad.safetensors")
+    encoding = LabelEncoding(
+        mode="semantic", class_names=["a", "b", "c"], class_values=[0, 1, 2],
+        source_values=[0, 1, 2], notes=[],
+    )  # fmt: skip
+    three = SegmentationModel(
+        UNet(in_channels=1, num_classes=3, depth=2, base_channels=4),
+        encoding,
+        Normalization(),
+        boundary_class=1,
+    )
+    three.save(tmp_path / "three.safetensors")  # closing is for two classes only
+    with pytest.raises(ModelFileError, match="boundary_class"):
+        load_model(tmp_path / "three.safetensors")

@@ -383,6 +383,7 @@ def cmd_predict(args) -> int:
     from ._device import resolve_device
     from .config import PredictConfig
     from .io import _remove, atomic_path, list_images, load_model, output_is_complete
+    from .prediction import _check_closing
 
     model = load_model(args.model)
     files = list(dict.fromkeys(list_images(args.input)))
@@ -399,6 +400,7 @@ def cmd_predict(args) -> int:
     )
     if not args.scheduler:  # with a scheduler the workers' devices count, not this one's
         resolve_device(args.device)
+    _check_closing(model, args.close_boundaries)
     sources = {source.resolve() for source in files}
     clashes = [
         source.name
@@ -693,16 +695,17 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="instances mode: drop objects smaller than this many pixels (default: the size "
-        "the model learned from its training labels)",
+        "the model learned from its training labels); with boundaries closed, regions' "
+        "cores under half of it are not used",
     )
     p.add_argument(
         "--close-boundaries",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="two-class semantic models of boundaries (membranes, cell walls) and regions: "
-        "complete gaps in the predicted boundaries so that a faint membrane still parts "
-        "two cells (default: when the model learned from its labels that they draw such "
-        "boundaries)",
+        help="two-class semantic or sparse models of boundaries (membranes, cell walls) and "
+        "regions: complete gaps in the predicted boundaries so that a faint membrane still "
+        "parts two cells (default: when the model learned from its labels that they draw "
+        "such boundaries; forced on, the class of the higher label value is the boundary)",
     )
     device(p)
     p.set_defaults(func=cmd_predict)

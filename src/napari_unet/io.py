@@ -763,6 +763,7 @@ def load_model(path, *, device: str = "cpu"):
         if boundary_class is not None and (
             type(boundary_class) is not int
             or not 0 <= boundary_class < network.config.num_classes
+            or network.config.num_classes != 2
             or encoding.mode == "instances"
         ):
             raise ValueError(f"boundary_class {boundary_class!r} is not a class of the model")

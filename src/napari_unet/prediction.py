@@ -430,6 +430,25 @@ def _tile_dependence_message(norm: str, height: int, width: int, grid: TileGrid)
     )
 
 
+def _check_closing(model, close_boundaries: bool | None) -> None:
+    """Refuse ``close_boundaries=True`` for a model it cannot apply to."""
+    if not close_boundaries:
+        return
+    if isinstance(model, SegmentationModel) and model.mode == "instances":
+        raise InputError(
+            "Closing gaps in boundaries is for semantic and sparse models; this model "
+            "predicts instances, which its boundary class already parts."
+        )
+    classes = model.num_classes if isinstance(model, SegmentationModel) else None
+    if isinstance(model, UNet):
+        classes = model.config.num_classes
+    if classes is not None and classes != 2:
+        raise InputError(
+            "Closing gaps in boundaries needs a model of two classes (regions and "
+            f"boundary); this one has {classes}."
+        )
+
+
 def _plan(
     model,
     image,
@@ -470,21 +489,12 @@ def _plan(
             TileDependenceWarning,
             stacklevel=2,
         )
-    if close_boundaries and mode == "instances":
-        raise InputError(
-            "Closing gaps in boundaries is for semantic and sparse models; this model "
-            "predicts instances, which its boundary class already parts."
-        )
+    _check_closing(model, close_boundaries)
     boundary = None
     if config.output == "labels" and mode != "instances" and close_boundaries is not False:
         boundary = getattr(model, "boundary_class", None)
         if close_boundaries and boundary is None:
-            if network.config.num_classes != 2:
-                raise InputError(
-                    "Closing gaps in boundaries needs a model of two classes (background "
-                    f"and boundary); this one has {network.config.num_classes}."
-                )
-            boundary = 1
+            boundary = 1  # the second class: the higher label value
     return _Job(
         network,
         normalization,
@@ -653,7 +663,8 @@ def predict(model: SegmentationModel | UNet, image, **kwargs):
         Instances mode: objects smaller than this many pixels are dropped. None: the
         size the model learned from its training labels (half the 5th percentile of the
         annotated objects' areas, :func:`napari_unet.data.smallest_object_size`), or
-        10 for models trained before it was recorded.
+        10 for models trained before it was recorded. With gaps in boundaries closed
+        (``close_boundaries``): regions' cores smaller than half of it are not used.
     close_boundaries
         Semantic labels of a two-class model whose classes are boundaries (membranes, cell
         walls) and the regions between them: complete gaps in the predicted boundaries
@@ -661,7 +672,8 @@ def predict(model: SegmentationModel | UNet, image, **kwargs):
         that a faint membrane still parts two cells. None: when the model learned from
         its training labels that they draw such a network
         (:func:`napari_unet.data.boundary_network`; ``model.boundary_class``); True: also
-        for other two-class models (the second class as the boundary); False: never.
+        for other two-class models, with the second class (the higher label value; in
+        ``sparse`` mode the higher painted value) as the boundary; False: never.
     out
         Where the result goes, band by band as it is computed, so that memory does not
         grow with the image: a path ending in ``.tif``/``.tiff`` or ``.zarr`` (written
@@ -816,7 +828,9 @@ def _lazy_result(job: _Job, spec: ModelSpec):
 
 def _lazy_closed(job: _Job, probabilities):
     """Labels (Y, X) of lazy probabilities (K, Y, X) with gaps in the boundary class closed,
-    chunk by chunk with :data:`BOUNDARY_HALO` pixels of context (as :class:`BoundaryCloser`)."""
+    chunk by chunk with :data:`BOUNDARY_HALO` pixels of context. The chunks are not
+    :class:`BoundaryCloser`'s windows; both agree with closing the plane whole except
+    where a gap's region reaches beyond the context of a window or chunk."""
     import dask.array as da
 
     height, width = probabilities.shape[1:]
@@ -1070,7 +1084,9 @@ def boundary_lines(
     of at least :data:`SEED_SHARE` x ``min_size`` pixels. Where one connected piece of
     ``inside`` holds two or more cores (a gap in the boundary joins their regions), a
     watershed of ``probability`` from the cores, confined to that piece, marks with a
-    line of one pixel where two meet, along the ridge of the probability. Pieces with one
+    line one pixel wide where two meet, along the ridge of the probability; the line is
+    4-connected, so the regions it parts stay apart whether they are then labelled with
+    4- or 8-connectivity. Pieces with one
     core or none need no line: a watershed over the whole image would draw its lines
     there on boundary pixels only, as flooding fills each piece from its own core before
     it crosses a boundary.
@@ -1096,7 +1112,11 @@ def boundary_lines(
         box = boxes[piece - 1]
         mask = pieces[box] == piece
         basins = watershed(
-            probability[box], markers=np.where(mask, cores[box], 0), mask=mask, watershed_line=True
+            probability[box],
+            markers=np.where(mask, cores[box], 0),
+            mask=mask,
+            connectivity=2,  # lines part the regions for 8-connected labelling too
+            watershed_line=True,
         )
         lines[box] |= mask & (basins == 0)
     return lines
@@ -1124,7 +1144,8 @@ class BoundaryCloser(_RowWindows):
     label rows as ``[(y0, labels (h, X)), ...]``; ``finish()`` returns the rest.
 
     ``band`` defaults to as many rows (256 to 2048) as keep the held rows (about 8 bytes
-    a pixel, ``band + 2 * halo`` rows) near 64 MB. On a 4096 x 4096 mosaic of ISBI slices
+    a pixel, ``band + 2 * halo`` rows) near 64 MB (more for images wider than about
+    8,000 pixels, where the band is at its smallest: about 200 MB at 50,000). On a 4096 x 4096 mosaic of ISBI slices
     closing took 2.3-2.7 s with these windows (2.9 s as one window; the network's prediction
     5.4 s on 2 CPU cores), and every label agreed with closing the plane whole.
     """

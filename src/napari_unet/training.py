@@ -259,7 +259,9 @@ def prepare_data(
         "..." if len(shapes) > 3 else ""
     )
     smallest = smallest_object_size(label_planes) if config.mode == "instances" else None
-    boundary = boundary_network(targets) if config.mode == "semantic" else None
+    boundary = None
+    if config.mode == "semantic" and encoding.num_classes == 2:
+        boundary = boundary_network(targets)
     if boundary is not None:
         notes.append(
             f"The labels draw '{encoding.class_names[boundary[0]]}' as boundaries between "
