@@ -456,15 +456,15 @@ def boundary_network(targets: Sequence[np.ndarray], planes: int = 32) -> tuple[i
     else None.
 
     A fully labelled plane (no ignored pixels) shows a network when one class is thin
-    (the mean distance of its pixels to the other class is at most half that of the
-    other class's pixels to it), its largest 8-connected piece holds at least half of
-    its pixels, and it parts the other class into at least :data:`BOUNDARY_REGIONS`
+    (the mean city-block distance of its pixels to the other class is at most half that
+    of the other class's pixels to it), its largest 8-connected piece holds at least half
+    of its pixels, and it parts the other class into at least :data:`BOUNDARY_REGIONS`
     4-connected regions. Nuclei, cells or lesions on a background do not: their pieces
-    are many, and the background around them is the thicker class. The class is returned when at least half of
-    the fully labelled planes (at most ``planes`` of them, spread evenly) show it, with
-    half the 5th percentile of the regions' areas (at least 2 pixels): prediction then
-    completes gaps in the predicted boundaries (:func:`napari_unet.prediction.predict`,
-    ``close_boundaries``).
+    are many, and the background around them is the thicker class. The class is returned
+    when at least half of the fully labelled planes (at most ``planes`` of them, spread
+    evenly) show it, with half the 5th percentile of the regions' areas (at least 2
+    pixels): prediction then completes gaps in the predicted boundaries
+    (:func:`napari_unet.prediction.predict`, ``close_boundaries``).
 
     ``targets`` are class indices per pixel (negative: not labelled).
     """
