@@ -1084,9 +1084,9 @@ def boundary_lines(
     of at least :data:`SEED_SHARE` x ``min_size`` pixels. Where one connected piece of
     ``inside`` holds two or more cores (a gap in the boundary joins their regions), a
     watershed of ``probability`` from the cores, confined to that piece, marks with a
-    line one pixel wide where two meet, along the ridge of the probability; the line is
-    4-connected, so the regions it parts stay apart whether they are then labelled with
-    4- or 8-connectivity. Pieces with one
+    line one pixel wide where two meet, along the ridge of the probability, with the
+    corner pixel added where two regions would still touch diagonally, so the regions it
+    parts stay apart whether they are then labelled with 4- or 8-connectivity. Pieces with one
     core or none need no line: a watershed over the whole image would draw its lines
     there on boundary pixels only, as flooding fills each piece from its own core before
     it crosses a boundary.
