@@ -1,3 +1,4 @@
+import json
 import os
 import pickle
 from unittest import mock
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from napari_unet import ModelConfig, TrainConfig, load_model, predict, train
+from napari_unet.data import Normalization
 from napari_unet.io import ModelFileError, list_images, match_labels
 
 from .conftest import TINY
@@ -162,6 +164,25 @@ def test_a_model_file_with_a_malformed_header_gets_a_clear_error(tmp_path):
     path = tmp_path / "odd.safetensors"
     save_file({"w": torch.zeros(1)}, str(path), metadata={"napari_unet": "[]"})
     with pytest.raises(ModelFileError, match="not a valid napari-unet model"):
+        load_model(path)
+
+
+@pytest.mark.parametrize(
+    "percentiles", [{"low": 99.0, "high": 1.0}, {"low": -5, "high": 99.8}, {"low": 1, "high": "x"}]
+)
+def test_a_model_file_with_impossible_percentiles_is_refused(model, tmp_path, percentiles):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    with safe_open(str(path), framework="pt") as handle:
+        header = json.loads(handle.metadata()["napari_unet"])
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    assert load_model(path).normalization == Normalization(**header["normalization"])
+    header["normalization"] = percentiles
+    save_file(tensors, str(path), metadata={"napari_unet": json.dumps(header)})
+    with pytest.raises(ModelFileError, match="percentile"):
         load_model(path)
 
 

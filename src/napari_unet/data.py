@@ -180,6 +180,18 @@ class Normalization:
     low: float = 1.0
     high: float = 99.8
 
+    def __post_init__(self):
+        # also what a model file's header is checked against when it is loaded
+        for name in ("low", "high"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"percentile {name}={value!r} is not a number")
+        if not 0 <= self.low < self.high <= 100:
+            raise ValueError(
+                f"percentiles low={self.low!r}, high={self.high!r} must satisfy "
+                "0 <= low < high <= 100"
+            )
+
     def stats(self, image) -> tuple[np.ndarray, np.ndarray]:
         """Per-channel (low, high) values of a (C, Y, X) array-like (numpy, zarr, dask)."""
         height, width = image.shape[-2:]
