@@ -125,6 +125,32 @@ def test_predict_writes_a_stack_for_a_stack(tmp_path):
     assert tifffile.imread(tmp_path / "out" / "stack.tif").shape == (3, 40, 50)
 
 
+def test_a_warning_is_one_line_of_its_own(tmp_path, capsys):
+    import warnings
+
+    from napari_unet import UNet
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.model import SegmentationModel
+
+    encoding = LabelEncoding("semantic", ["background", "class 1"], [0, 1], [0, 1], [])
+    network = UNet(1, 2, depth=2, base_channels=4, norm="instance")
+    SegmentationModel(network, encoding, Normalization()).save(tmp_path / "m.safetensors")
+    tifffile.imwrite(tmp_path / "big.tif", np.random.default_rng(0).random((100, 90)))
+    args = ["predict", "--model", str(tmp_path / "m.safetensors"), "--input",
+            str(tmp_path / "big.tif"), "--tile-size", "64", "--output", str(tmp_path / "o")]  # fmt: skip
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(args) == 0
+        shown = warnings.showwarning
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "warning:" in line]
+    assert len(lines) == 1, err
+    assert lines[0].split("warning: ")[1].startswith("This model normalises with each tile")
+    assert "100 x 90 image" in lines[0] and "prediction.py" not in err and "_plan(" not in err
+    assert shown is not None and shown.__module__ == "warnings"  # restored after the command
+
+
 def _run(args, capsys):
     code = main(args)
     return code, capsys.readouterr().err

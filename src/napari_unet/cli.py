@@ -729,7 +729,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Print a warning as one line of its own, not inside a progress bar and without the
+    source line Python shows by default; where it comes from is named only for warnings
+    of other libraries."""
+    from tqdm import tqdm
+
+    from .prediction import TileDependenceWarning
+
+    text = f"warning: {message}"
+    if not issubclass(category, TileDependenceWarning) and (
+        Path(__file__).parent not in Path(filename).parents
+    ):
+        text += f" ({category.__name__}, {filename}:{lineno})"
+    tqdm.write(text, file=sys.stderr if file is None else file)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     from pydantic import ValidationError
 
     from .config import describe_error
@@ -740,7 +758,9 @@ def main(argv: list[str] | None = None) -> int:
 
         keep_freed_memory()
     try:
-        return args.func(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.func(args)
     except (InputError, ValidationError, OSError) as error:
         if isinstance(error, ValidationError):
             message = describe_error(error)
