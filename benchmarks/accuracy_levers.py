@@ -360,6 +360,39 @@ def close(model_paths: list[Path], data: Path, thresholds: list[float]) -> list[
     return rows
 
 
+def offset(model_paths: list[Path], data: Path) -> list[dict]:
+    """Measure each model's label offset on its own validation planes (as training does
+    at its end, :func:`napari_unet.training.estimate_label_offset`) and score the
+    development images with predictions moved by it and not moved."""
+    from napari_unet import TrainConfig, load_model, predict
+    from napari_unet.training import estimate_label_offset, prepare_data
+
+    rows = []
+    for path in model_paths:
+        model = load_model(path)
+        if model.mode == "instances":
+            (images, labels, _), (dev_x, dev_y, _) = dsb_dev(data)
+        else:
+            (images, labels, _), (dev_x, dev_y) = isbi_dev(data)
+        prepared = prepare_data(images, labels, TrainConfig(mode=model.mode), model=model)
+        found = estimate_label_offset(model.network, prepared.validation)
+        for moved in (found, None) if found is not None else (None,):
+            model.label_offset = moved
+            predicted = [predict(model, x) for x in dev_x]
+            if model.mode == "instances":
+                scores = score_dsb(predicted, dev_y)
+                scores.pop("per_image")
+            else:
+                scores = score_isbi(np.stack(predicted), np.stack(dev_y))
+            rows.append(
+                {"data": "dsb" if model.mode == "instances" else "isbi",
+                 "lever": "predictions moved by the label offset" if moved else "not moved",
+                 "label offset found": found, "model": path.parent.name,
+                 **{k: round(v, 4) for k, v in scores.items()}}
+            )  # fmt: skip
+    return rows
+
+
 def by_type(model_paths: list[Path], data: Path) -> list[dict]:
     """Score each model on the DSB development images of each type of ``index.csv``
     (grey fluorescence, colour brightfield / H&E) separately."""
@@ -422,6 +455,8 @@ def main() -> None:
     cl.add_argument("--thresholds", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2])
     bt = sub.add_parser("by-type", help="score models on each image type of the dev split")
     bt.add_argument("models", type=Path, nargs="+")
+    lo = sub.add_parser("offset", help="measure the label offset, score moved and not moved")
+    lo.add_argument("models", type=Path, nargs="+")
     args, extra = parser.parse_known_args()
     torch.set_num_threads(os.cpu_count() or 2)
     started = time.strftime("%Y-%m-%d")
@@ -443,6 +478,8 @@ def main() -> None:
         rows = close(args.models, args.data, args.thresholds)
     elif args.command == "by-type":
         rows = by_type(args.models, args.data)
+    elif args.command == "offset":
+        rows = offset(args.models, args.data)
     else:
         rows = postprocess(args.model, args.data, "min-size", args.sizes, args.tta)
     with args.results.open("a") as f:

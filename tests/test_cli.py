@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
+from napari_unet import TrainConfig
 from napari_unet.cli import main
 
 from .conftest import DATA
@@ -300,13 +301,14 @@ def test_train_options_reach_the_training_configuration(monkeypatch, folders, tm
               "--out", str(tmp_path / "m.safetensors"), "--minutes", "1", "--elastic",
               "--border-weight", "0", "--dice-weight", "0.5", "--ce-weight", "2", "--dropout", "0.5",
               "--norm", "none", "--foreground-sampling", "0.9", "--zoom", "1.25",
-              "--high-percentile", "99.99"])  # fmt: skip
+              "--high-percentile", "99.99", "--no-label-offset"])  # fmt: skip
 
     config = seen["config"]
     assert config.elastic and config.border_weight == 0 and config.minutes == 1
     assert config.dice_weight == 0.5 and config.ce_weight == 2
     assert config.foreground_sampling == 0.9 and config.zoom == 1.25
     assert (config.low_percentile, config.high_percentile) == (1.0, 99.99)
+    assert config.label_offset is False and TrainConfig().label_offset is True
     assert seen["model_config"].dropout == 0.5 and seen["model_config"].norm == "none"
 
 

@@ -16,6 +16,7 @@ without compiling.
 from __future__ import annotations
 
 import copy
+import math
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ def make_forward(
     cuda_graphs: bool = False,
     tta: bool = False,
     fuse_relu: bool = True,
+    offset: tuple[float, float] | None = None,
 ):
     """Return ``forward(batch)``: (B, C, H, W) float32 numpy -> (B, K, H, W) float32 numpy.
 
@@ -111,7 +113,7 @@ def make_forward(
                 x = torch.cat([x, x.new_zeros((fixed_batch[0] - count, *x.shape[1:]))])
         x = x.to(device).contiguous(memory_format=memory_format)
         if not tta:
-            return run(x)[:count].cpu().numpy()
+            return shift_maps(run(x)[:count], offset).cpu().numpy()
         square = x.shape[-1] == x.shape[-2]
         total = None
         for turns in (0, 1, 2, 3) if square else (0, 2):
@@ -122,7 +124,7 @@ def make_forward(
                 y = y.flip(-1) if flip else y
                 y = torch.rot90(y, -turns, dims=(-2, -1))
                 total = y if total is None else total + y
-        return (total[:count] / (8 if square else 4)).cpu().numpy()
+        return shift_maps(total[:count] / (8 if square else 4), offset).cpu().numpy()
 
     def run(x: torch.Tensor) -> torch.Tensor:
         if weights_dtype is not None:
@@ -134,6 +136,25 @@ def make_forward(
         return torch.softmax(y, dim=1) if softmax else y
 
     return forward
+
+
+def shift_maps(maps: torch.Tensor, offset: tuple[float, float] | None) -> torch.Tensor:
+    """Move (..., H, W) maps by ``offset`` = (dy, dx) pixels: ``out[y, x] = maps[y - dy,
+    x - dx]``, linearly interpolated, with the edge rows and columns repeated (what
+    ``scipy.ndimage.shift(..., order=1, mode="nearest")`` does)."""
+    if offset is None:
+        return maps
+    for axis, shift in ((-2, offset[0]), (-1, offset[1])):
+        if not shift:
+            continue
+        size = maps.shape[axis]
+        whole = math.floor(-shift)
+        part = -shift - whole
+        index = torch.arange(size, device=maps.device) + whole
+        low = maps.index_select(axis, index.clamp(0, size - 1))
+        high = maps.index_select(axis, (index + 1).clamp(0, size - 1))
+        maps = low * (1 - part) + high * part if part else low
+    return maps
 
 
 def _fusable_convs(block: nn.Module) -> list[nn.Conv2d] | None:

@@ -205,6 +205,7 @@ def cmd_train(args) -> int:
         seed=args.seed,
         validation_fraction=args.validation_fraction,
         elastic=args.elastic,
+        label_offset=args.label_offset,
         **{field: getattr(args, field) for field in _TRAIN_NUMBERS},
         **budget,
     )
@@ -230,6 +231,12 @@ def cmd_train(args) -> int:
     )
     score = trained.best_score
     print(f"Best validation Dice: {score:.4f}" if score is not None else "No validation score.")
+    if trained.label_offset is not None:
+        dy, dx = trained.label_offset
+        print(
+            f"The labels sit {dy:+.2f}, {dx:+.2f} pixels (y, x) off where the network draws "
+            "them (measured on the validation planes); predictions are moved by that."
+        )
     return 0
 
 
@@ -653,6 +660,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--elastic",
         action="store_true",
         help="also deform patches elastically, as the U-Net paper did (slower steps)",
+    )
+    t.add_argument(
+        "--label-offset",
+        action=argparse.BooleanOptionalAction,
+        default=train_defaults.label_offset,
+        help="after training, measure whether the labels sit a fraction of a pixel off the "
+        "image (on the validation planes) and move predictions by it (default: on)",
     )
     for field, text in _TRAIN_NUMBERS.items():
         flag = "--" + field.replace("_", "-")

@@ -105,6 +105,12 @@ class TrainConfig(_Config):
     high_percentile: float = Field(
         99.8, gt=50, le=100, description="Normalisation high percentile."
     )
+    label_offset: bool = Field(
+        True,
+        description="After training, measure on the validation planes whether the labels "
+        "sit a fraction of a pixel off where the network draws them (labels drawn or "
+        "resampled on a shifted grid), and move predictions by it.",
+    )
 
     @model_validator(mode="after")
     def _one_budget(self) -> TrainConfig:

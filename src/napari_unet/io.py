@@ -17,6 +17,7 @@ import contextlib
 import errno
 import glob
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -699,6 +700,7 @@ def save_model(model, path) -> None:
         "history": model.history,
         "min_object_size": model.min_object_size,
         "boundary_class": model.boundary_class,
+        "label_offset": None if model.label_offset is None else list(model.label_offset),
     }
     from safetensors import SafetensorError
 
@@ -767,6 +769,18 @@ def load_model(path, *, device: str = "cpu"):
             or encoding.mode == "instances"
         ):
             raise ValueError(f"boundary_class {boundary_class!r} is not a class of the model")
+        label_offset = header.get("label_offset")
+        if label_offset is not None:
+            if not (
+                isinstance(label_offset, list)
+                and len(label_offset) == 2
+                and all(
+                    type(v) in (int, float) and math.isfinite(v) and abs(v) < 1
+                    for v in label_offset
+                )
+            ):
+                raise ValueError(f"label_offset {label_offset!r} is not two shifts below a pixel")
+            label_offset = (float(label_offset[0]), float(label_offset[1]))
     except ModelFileError:
         raise
     except RuntimeError as error:  # load_state_dict: weights and header disagree
@@ -787,4 +801,5 @@ def load_model(path, *, device: str = "cpu"):
         history=header.get("history"),
         min_object_size=header.get("min_object_size"),
         boundary_class=boundary_class,
+        label_offset=label_offset,
     )

@@ -192,6 +192,7 @@ class SegmentationModel:
         history: dict | None = None,
         min_object_size: int | None = None,
         boundary_class: int | None = None,
+        label_offset: tuple[float, float] | None = None,
     ):
         self.network = network
         self.encoding = encoding
@@ -205,6 +206,10 @@ class SegmentationModel:
         # semantic mode: the class index that the training labels drew as boundaries
         # between regions (napari_unet.data.boundary_network); prediction closes its gaps
         self.boundary_class = boundary_class
+        # (dy, dx) pixels, below one: how far the training labels sit from where the
+        # network draws them (napari_unet.training.estimate_label_offset); prediction
+        # moves its probabilities by it. None: no offset found
+        self.label_offset = label_offset
 
     @property
     def mode(self) -> str:
@@ -250,6 +255,11 @@ class SegmentationModel:
             **(
                 {"boundaries": f"gaps in '{self.class_names[self.boundary_class]}' are closed"}
                 if self.boundary_class is not None
+                else {}
+            ),
+            **(
+                {"label offset": "{:+.2f}, {:+.2f} pixels (y, x)".format(*self.label_offset)}
+                if self.label_offset is not None
                 else {}
             ),
         }

@@ -220,6 +220,7 @@ class ModelSpec:
     token: str
     min_object_size: int | None = None
     boundary_class: int | None = None
+    label_offset: tuple[float, float] | None = None
 
     @classmethod
     def from_model(cls, model: SegmentationModel | UNet) -> ModelSpec:
@@ -235,12 +236,13 @@ class ModelSpec:
             normalization = (model.normalization.low, model.normalization.high)
             convert = model.convert_channels
             smallest, boundary = model.min_object_size, model.boundary_class
+            offset = model.label_offset
         else:
             network, encoding, normalization, convert = model, None, None, False
-            smallest = boundary = None
+            smallest = boundary = offset = None
         state = {k: v.detach().cpu().numpy().copy() for k, v in network.state_dict().items()}
         digest = hashlib.sha1(
-            repr((network.config.model_dump(), encoding, smallest, boundary)).encode()
+            repr((network.config.model_dump(), encoding, smallest, boundary, offset)).encode()
         )
         for key in sorted(state):
             digest.update(key.encode())
@@ -254,6 +256,7 @@ class ModelSpec:
             digest.hexdigest(),
             smallest,
             boundary,
+            offset,
         )
 
     def build(self) -> SegmentationModel | UNet:
@@ -277,6 +280,7 @@ class ModelSpec:
                 convert_channels=self.convert_channels,
                 min_object_size=self.min_object_size,
                 boundary_class=self.boundary_class,
+                label_offset=self.label_offset,
             )
         _remember(_MODELS, self.token, model)
         return model
@@ -313,7 +317,7 @@ DEFAULT_MIN_SIZE = 10
 """Smallest object kept (pixels) by a model that has no size learned from its labels."""
 
 
-def _local_forward(network: UNet, device, dtype, tta: bool):
+def _local_forward(network: UNet, device, dtype, tta: bool, offset=None):
     """``make_forward`` for this process, reused by the next call on the same network.
 
     Building a forward pass copies the network, folds BatchNorm and converts the
@@ -325,11 +329,11 @@ def _local_forward(network: UNet, device, dtype, tta: bool):
     """
     tensors = list(network.state_dict(keep_vars=True).values())
     state = tuple((t.data_ptr(), t._version) for t in tensors)
-    key = (id(network), str(device), dtype, tta)
+    key = (id(network), str(device), dtype, tta, offset)
     entry = _recall(_LOCAL_FORWARDS, key)
     if entry is not None and entry[0]() is network and entry[1] == state:
         return entry[2]
-    forward = make_forward(network, device, dtype, softmax=True, tta=tta)
+    forward = make_forward(network, device, dtype, softmax=True, tta=tta, offset=offset)
     _remember(_LOCAL_FORWARDS, key, (weakref.ref(network), state, forward))
     return forward
 
@@ -342,7 +346,8 @@ def _forward_for(spec: ModelSpec, device: str, mixed_precision: bool | None, tta
         network = model.network if isinstance(model, SegmentationModel) else model
         torch_device = resolve_device(device)
         dtype = autocast_dtype(torch_device, mixed_precision)
-        forward = make_forward(network, torch_device, dtype, softmax=True, tta=tta)
+        offset = model.label_offset if isinstance(model, SegmentationModel) else None
+        forward = make_forward(network, torch_device, dtype, softmax=True, tta=tta, offset=offset)
         _remember(_FORWARDS, key, forward)
     return forward
 
@@ -366,6 +371,7 @@ class _Job:
     grid: TileGrid
     min_size: int
     boundary: int | None = None  # class index whose gaps are closed (semantic labels)
+    offset: tuple[float, float] | None = None  # the model's label_offset (dy, dx)
 
     @property
     def in_channels(self) -> int:
@@ -509,6 +515,7 @@ def _plan(
         grid,
         min_size,
         boundary,
+        getattr(model, "label_offset", None),
     )
 
 
@@ -577,7 +584,7 @@ def iter_predict(
     if client is None:
         torch_device = resolve_device(config.device)
         dtype = autocast_dtype(torch_device, config.mixed_precision)
-        forward = _local_forward(job.network, torch_device, dtype, config.tta)
+        forward = _local_forward(job.network, torch_device, dtype, config.tta, job.offset)
 
     from .io import open_band_writer
 

@@ -433,9 +433,12 @@ def test_advanced_settings_reach_the_configs(viewer):
     train.dropout.value = 0.95  # the command line allows up to 0.99; so does the form
     assert train.dropout.value == pytest.approx(0.95)
     train.dropout.value = 0.3
+    assert train.label_offset.value is True
+    train.label_offset.value = False
     config, model_config = train.train_config(), train.model_config()
 
     assert config.elastic and config.foreground_sampling == pytest.approx(0.8)
+    assert config.label_offset is False
     assert config.zoom == pytest.approx(1.5)
     assert (config.border_weight, config.dice_weight, config.ce_weight) == (3.0, 0.5, 2.0)
     assert (model_config.norm, model_config.dropout) == ("group", pytest.approx(0.3))

@@ -164,6 +164,7 @@ class TrainWidget(QWidget):
         self.dice_weight = config_field(TrainConfig, "dice_weight", step=0.1, label="Dice weight")
         self.ce_weight = config_field(TrainConfig, "ce_weight", step=0.1, label="CE weight")
         self.validation_fraction = config_field(TrainConfig, "validation_fraction", step=0.05)
+        self.label_offset = config_field(TrainConfig, "label_offset", label="measure label offset")
         self.device = config_field(TrainConfig, "device", choices=device_choices())
         self.norm = config_field(ModelConfig, "norm", label="normalisation")
         self.dropout = config_field(ModelConfig, "dropout", step=0.01)
@@ -178,6 +179,7 @@ class TrainWidget(QWidget):
                 self.dice_weight,
                 self.ce_weight,
                 self.validation_fraction,
+                self.label_offset,
                 self.device,
                 self.norm,
                 self.dropout,
@@ -337,6 +339,7 @@ class TrainWidget(QWidget):
             dice_weight=self.dice_weight.value,
             ce_weight=self.ce_weight.value,
             validation_fraction=self.validation_fraction.value,
+            label_offset=self.label_offset.value,
             device=self.device.value,
         )
 
