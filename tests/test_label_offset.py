@@ -25,7 +25,6 @@ def test_shift_maps_moves_like_scipy(offset):
     moved = shift_maps(torch.from_numpy(maps), offset).numpy()
     expected = ndi.shift(maps, (0, 0, *offset), order=1, mode="nearest")
     np.testing.assert_allclose(moved, expected, atol=1e-6)
-    assert shift_maps(torch.from_numpy(maps), None).numpy() is not None
 
 
 def _soft_disks(centres, size=96, radius=7.0):
@@ -55,6 +54,44 @@ def test_the_offset_of_the_labels_is_measured(monkeypatch, offset):
     found = estimate_label_offset(UNet(**TINY), [sample])
 
     assert found == (None if offset == (0.0, 0.0) else offset)
+
+
+def _measure(monkeypatch, probabilities, targets):
+    """estimate_label_offset with the network's probabilities of each plane given."""
+    import napari_unet.prediction as prediction
+
+    given = iter(probabilities)
+    monkeypatch.setattr(prediction, "predict", lambda *args, **kwargs: next(given))
+    samples = [Sample(np.zeros((1, *t.shape), np.float32), t) for t in targets]
+    return estimate_label_offset(UNet(**TINY), samples)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_scattered_confident_mistakes_are_not_read_as_an_offset(monkeypatch, seed):
+    """Moving by a fraction of a pixel also smooths, which lowers the cross-entropy of a
+    confident network's scattered mistakes by itself, in some direction or other."""
+    rng = np.random.default_rng(seed)
+    labels = (_soft_disks(rng.uniform(12, 84, size=(12, 2)))[1] > 0.5).astype(np.int64)
+    ring = (labels != ndi.binary_erosion(labels)) | (ndi.binary_dilation(labels) > labels)
+    drawn = np.where(ring & (rng.random(labels.shape) < 0.3), 1 - labels, labels)
+    confident = np.stack([1 - drawn, drawn]).astype(np.float32).clip(1e-6, 1 - 1e-6)
+    assert _measure(monkeypatch, [confident] * 2, [labels] * 2) is None
+
+
+def test_no_offset_where_every_shift_scores_the_same(monkeypatch):
+    labels = (_soft_disks([(40, 40)])[1] > 0.5).astype(np.int64)
+    labels[:] = 0  # an empty plane, predicted as empty with certainty: every shift is exact
+    certain = np.stack([np.ones_like(labels), np.zeros_like(labels)]).astype(np.float32)
+    assert _measure(monkeypatch, [certain] * 2, [labels] * 2) is None
+
+
+def test_planes_that_disagree_give_no_offset(monkeypatch):
+    centres = np.random.default_rng(3).uniform(12, 84, size=(12, 2))
+    drawn = _soft_disks(centres)
+    up, down = ((_soft_disks(centres + np.asarray(d))[1] > 0.5).astype(np.int64)
+                for d in ((-0.5, 0.0), (0.5, 0.0)))  # fmt: skip
+    assert _measure(monkeypatch, [drawn] * 3, [up, up, up]) == (-0.5, 0.0)
+    assert _measure(monkeypatch, [drawn] * 3, [up, up, down]) is None  # 2 of 3 agree
 
 
 def _model(offset=None) -> SegmentationModel:
@@ -115,7 +152,7 @@ def test_training_measures_the_offset_unless_told_not_to(monkeypatch, disk_data)
 
     seen = []
 
-    def measured(network, samples, device="cpu"):
+    def measured(network, samples, device="cpu", tile=None):
         seen.append(len(samples))
         return (-0.5, 0.0)
 
@@ -130,3 +167,29 @@ def test_training_measures_the_offset_unless_told_not_to(monkeypatch, disk_data)
     off = config.model_copy(update={"label_offset": False})
     again = train(images, [m > 0 for m in labels], off, model=model)
     assert again.label_offset is None and again.history["runs"][-1]["label_offset"] is None
+
+    # without a validation part there is nothing the network has not trained on to measure
+    whole = config.model_copy(update={"validation_fraction": 0.0})
+    assert train(images, [m > 0 for m in labels], whole).label_offset is None
+    assert seen == [1]
+
+    # a continued run that is stopped keeps none; one that fails before a step keeps it
+    model.label_offset = (-0.5, 0.0)
+    run = training.iter_train(images, [m > 0 for m in labels], config, model=model)
+    for event in run:
+        if isinstance(event, training.StepEnded):
+            run.close()
+    assert model.label_offset is None
+    model.label_offset = (-0.5, 0.0)
+    with pytest.raises(Exception, match="labels"):
+        train(images, [np.zeros((3, 3), bool)] * 3, config, model=model)
+    assert model.label_offset == (-0.5, 0.0)
+
+
+def test_a_model_takes_only_an_offset_it_can_save():
+    model = _model()
+    model.label_offset = [np.float32(-0.5), 0]
+    assert model.label_offset == (-0.5, 0.0) and isinstance(model.label_offset[0], float)
+    for bad in ((1.0, 0.0), (0.5,), ("a", 0), (True, 0), (float("inf"), 0)):
+        with pytest.raises(ValueError, match="label_offset"):
+            model.label_offset = bad

@@ -749,12 +749,9 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     of other libraries."""
     from tqdm import tqdm
 
-    from .prediction import TileDependenceWarning
-
     text = f"warning: {message}"
-    if not issubclass(category, TileDependenceWarning) and (
-        Path(__file__).parent not in Path(filename).parents
-    ):
+    ours = category.__name__ == "TileDependenceWarning"  # no import: it may be loading
+    if not ours and Path(__file__).parent not in Path(filename).parents:
         text += f" ({category.__name__}, {filename}:{lineno})"
     tqdm.write(text, file=sys.stderr if file is None else file)
 

@@ -9,6 +9,7 @@ for pixels without annotation.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -184,7 +185,7 @@ class Normalization:
         # also what a model file's header is checked against when it is loaded
         for name in ("low", "high"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
                 raise TypeError(f"percentile {name}={value!r} is not a number")
         if not 0 <= self.low < self.high <= 100:
             raise ValueError(

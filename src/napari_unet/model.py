@@ -9,6 +9,9 @@ size of the input.
 
 from __future__ import annotations
 
+import math
+import numbers
+
 import torch
 from torch import nn
 
@@ -210,6 +213,25 @@ class SegmentationModel:
         # network draws them (napari_unet.training.estimate_label_offset); prediction
         # moves its probabilities by it. None: no offset found
         self.label_offset = label_offset
+
+    @property
+    def label_offset(self) -> tuple[float, float] | None:
+        return self._label_offset
+
+    @label_offset.setter
+    def label_offset(self, value) -> None:
+        if value is not None:
+            values = tuple(value)
+            if len(values) != 2 or not all(
+                isinstance(v, numbers.Real)
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+                and abs(v) < 1
+                for v in values
+            ):
+                raise ValueError(f"label_offset {value!r} is not two shifts below a pixel")
+            value = (float(values[0]), float(values[1]))
+        self._label_offset = value
 
     @property
     def mode(self) -> str:
