@@ -17,7 +17,6 @@ import contextlib
 import errno
 import glob
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -720,7 +719,7 @@ def load_model(path, *, device: str = "cpu"):
     from safetensors import SafetensorError, safe_open
 
     from .data import LabelEncoding, Normalization
-    from .model import SegmentationModel, UNet
+    from .model import SegmentationModel, UNet, checked_label_offset
 
     path = Path(path)
     if not path.is_file():
@@ -769,18 +768,7 @@ def load_model(path, *, device: str = "cpu"):
             or encoding.mode == "instances"
         ):
             raise ValueError(f"boundary_class {boundary_class!r} is not a class of the model")
-        label_offset = header.get("label_offset")
-        if label_offset is not None:
-            if not (
-                isinstance(label_offset, list)
-                and len(label_offset) == 2
-                and all(
-                    type(v) in (int, float) and math.isfinite(v) and abs(v) < 1
-                    for v in label_offset
-                )
-            ):
-                raise ValueError(f"label_offset {label_offset!r} is not two shifts below a pixel")
-            label_offset = (float(label_offset[0]), float(label_offset[1]))
+        label_offset = checked_label_offset(header.get("label_offset"))
     except ModelFileError:
         raise
     except RuntimeError as error:  # load_state_dict: weights and header disagree

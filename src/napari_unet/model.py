@@ -177,6 +177,23 @@ def fuse_batchnorm(network: UNet) -> UNet:
     return network
 
 
+def checked_label_offset(value) -> tuple[float, float] | None:
+    """``value`` as a label offset, (dy, dx) floats below one pixel, or None; ValueError
+    for anything else (also what a model file's header is checked against)."""
+    if value is None:
+        return None
+    try:
+        values = tuple(value)
+    except TypeError:
+        values = ()
+    if len(values) != 2 or not all(
+        isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) and abs(v) < 1
+        for v in values
+    ):
+        raise ValueError(f"label_offset {value!r} is not two shifts below a pixel")
+    return float(values[0]), float(values[1])
+
+
 class SegmentationModel:
     """A trained U-Net with everything needed to apply it to new images.
 
@@ -220,18 +237,7 @@ class SegmentationModel:
 
     @label_offset.setter
     def label_offset(self, value) -> None:
-        if value is not None:
-            values = tuple(value)
-            if len(values) != 2 or not all(
-                isinstance(v, numbers.Real)
-                and not isinstance(v, bool)
-                and math.isfinite(v)
-                and abs(v) < 1
-                for v in values
-            ):
-                raise ValueError(f"label_offset {value!r} is not two shifts below a pixel")
-            value = (float(values[0]), float(values[1]))
-        self._label_offset = value
+        self._label_offset = checked_label_offset(value)
 
     @property
     def mode(self) -> str:
