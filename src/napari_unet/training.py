@@ -383,7 +383,8 @@ def estimate_label_offset(
     network's probabilities onto the labels of ``samples`` (lowest cross-entropy over the
     annotated pixels), or None where it does not gain :data:`OFFSET_MIN_GAIN` over no
     shift and over the opposite shift, or where the planes disagree
-    (:data:`OFFSET_AGREEMENT`). ``tile``: the prediction tile size (None: the default).
+    (:data:`OFFSET_AGREEMENT`); every candidate is scored on the probabilities smoothed by
+    (1/4, 1/2, 1/4). ``tile``: the prediction tile size (None: the default).
 
     Labels can sit a fraction of a pixel off the image, when they were drawn or
     resampled on a grid shifted against it. A network trained with flips and turns
@@ -452,9 +453,8 @@ def estimate_label_offset(
     joint = totals.sum(axis=1) / counts.sum()
     best = int(np.argmin(joint))
     mirror = offsets.index((-offsets[best][0], -offsets[best][1]))
-    # Beating no shift is not enough: moving by a fraction of a pixel also smooths the
-    # probabilities, which lowers the cross-entropy of a confident network by itself,
-    # in either direction. An offset of the labels makes one direction win over the other.
+    # An offset of the labels makes one direction win over the other, where what is
+    # left of smoothing after the common (1/4, 1/2, 1/4) would favour both alike.
     if joint[best] >= (1 - OFFSET_MIN_GAIN) * min(joint[offsets.index((0.0, 0.0))], joint[mirror]):
         return None
     own = [offsets[i] for i in np.argmin(totals / np.maximum(counts, 1), axis=0)]
