@@ -1,0 +1,291 @@
+"""Accuracy levers at a fixed number of steps, many runs at once on one GPU.
+
+The lever runs of ``accuracy_levers.py`` train for a time budget on the CPU, so each
+run's number of steps, and with it its score, varies with the state of the machine,
+and one run per lever and seed is all a CPU hour holds. This script trains on the same
+development split (DSB 2018: 25 training images, 8 scored; ISBI 2012: slices 0-14,
+scored on 15-19) for a fixed number of optimiser steps instead, with the settings of a
+CPU run (16 base channels, bf16), several runs at a time on one GPU, so that levers
+can be compared over several seeds at the step counts the CPU reaches in the study's
+10 minutes (about 1100; about 600 for instance normalisation, whose steps cost the CPU
+about twice as much). It also trains the defaults for 2 and 4 times the steps: what a
+faster CPU step would buy. A lever seen here still has to show in the CPU study.
+
+    python benchmarks/gpu_levers.py --data ../shared/data --out levers.jsonl
+    python benchmarks/gpu_levers.py --data ../shared/data --out smoke.jsonl --smoke
+
+One line of JSON per run is appended to ``--out`` as soon as the run ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+STEPS = 1100  # the study's 10 CPU minutes (1122-1137 steps in its latest run)
+
+
+def plan(steps: int = STEPS) -> list[dict]:
+    """Runs in order of priority: longest first within a block, so that the pool's tail
+    holds short runs."""
+    jobs: list[dict] = []
+
+    def add(data, lever, n_steps, seeds, train=None, model=None, schedule=None):
+        for seed in seeds:
+            jobs.append(
+                {
+                    "data": data,
+                    "lever": lever,
+                    "steps": n_steps,
+                    "seed": seed,
+                    "train": train or {},
+                    "model": model or {},
+                    "schedule": schedule,
+                }
+            )
+
+    # what more steps buy (the ceiling of a faster CPU step)
+    add("dsb", "defaults x4 steps", 4 * steps, [0])
+    add("isbi", "defaults x4 steps", 4 * steps, [0])
+    add("dsb", "defaults x2 steps", 2 * steps, [0, 1])
+    add("isbi", "defaults x2 steps", 2 * steps, [0])
+    # the defaults over seeds: the spread every lever is judged against
+    add("dsb", "defaults", steps, [0, 1, 2, 3])
+    add("isbi", "defaults", steps, [0, 1, 2])
+    # DSB levers
+    add(
+        "dsb",
+        "instance norm (CPU-equal steps)",
+        steps * 6 // 11,
+        [0, 1, 2],
+        model={"norm": "instance"},
+    )
+    add("dsb", "patches 128 x 32", steps, [0, 1, 2], train={"patch_size": 128, "batch_size": 32})
+    add("dsb", "cross-entropy alone", steps, [0, 1, 2], train={"dice_weight": 0.0})
+    add("dsb", "learning rate 5e-3", steps, [0, 1, 2], train={"learning_rate": 5e-3})
+    add("dsb", "constant learning rate", steps, [0, 1, 2], schedule="constant")
+    add("dsb", "border weight 5", steps, [0, 1], train={"border_weight": 5.0})
+    add("dsb", "border weight 20", steps, [0, 1], train={"border_weight": 20.0})
+    add("dsb", "instance norm (same steps)", steps, [0, 1], model={"norm": "instance"})
+    # ISBI levers
+    add("isbi", "patches 512 x 2", steps, [0, 1], train={"patch_size": 512, "batch_size": 2})
+    add("isbi", "learning rate 5e-3", steps, [0, 1], train={"learning_rate": 5e-3})
+    add(
+        "isbi",
+        "instance norm (CPU-equal steps)",
+        steps * 6 // 11,
+        [0, 1],
+        model={"norm": "instance"},
+    )
+    add("isbi", "constant learning rate", steps, [0, 1], schedule="constant")
+    add("isbi", "cross-entropy alone", steps, [0, 1], train={"dice_weight": 0.0})
+    # if time is left: more seeds and smaller levers
+    add("dsb", "defaults", steps, [4, 5])
+    add("isbi", "defaults", steps, [3, 4])
+    add("dsb", "90% of patches on objects", steps, [0, 1], train={"foreground_sampling": 0.9})
+    add("dsb", "learning rate 1e-3", steps, [0, 1], train={"learning_rate": 1e-3})
+    add("isbi", "learning rate 1e-3", steps, [0, 1], train={"learning_rate": 1e-3})
+    add("dsb", "batches of 16 (CPU-equal steps)", steps // 2, [0, 1], train={"batch_size": 16})
+    add(
+        "dsb",
+        "patches 128 x 32, x2 steps",
+        2 * steps,
+        [0],
+        train={"patch_size": 128, "batch_size": 32},
+    )
+    return jobs
+
+
+def followup(steps: int = STEPS) -> list[dict]:
+    """The second call: more seeds for the loss weights, the lever the first call showed
+    on both data sets (cross-entropy alone), and a Dice term at half weight."""
+    jobs = []
+    for data, seeds in (("dsb", [0, 1, 2, 3]), ("isbi", [0, 1, 2])):
+        jobs += [
+            {**j, "lever": "Dice at half weight", "train": {"dice_weight": 0.5}}
+            for j in _runs(data, steps, seeds)
+        ]
+    for data, seeds in (("dsb", [3, 4, 5]), ("isbi", [2, 3, 4])):
+        jobs += [
+            {**j, "lever": "cross-entropy alone", "train": {"dice_weight": 0.0}}
+            for j in _runs(data, steps, seeds)
+        ]
+    for data, seeds in (("dsb", [6, 7]), ("isbi", [5, 6])):
+        jobs += [{**j, "lever": "defaults"} for j in _runs(data, steps, seeds)]
+    return jobs
+
+
+def _runs(data: str, steps: int, seeds: list[int]) -> list[dict]:
+    return [
+        {"data": data, "lever": "", "steps": steps, "seed": seed, "train": {}, "model": {},
+         "schedule": None}
+        for seed in seeds
+    ]  # fmt: skip
+
+
+_DATA: dict = {}
+
+
+def _dev(name: str, data: Path):
+    if name not in _DATA:
+        from accuracy_levers import dsb_dev, isbi_dev
+
+        _DATA[name] = dsb_dev(data) if name == "dsb" else isbi_dev(data)
+    return _DATA[name]
+
+
+def run_job(job: dict, data: Path, device: str, smoke: bool) -> dict:
+    import numpy as np
+    import torch
+    from accuracy import score_dsb, score_isbi
+    from accuracy_levers import SCHEDULES
+
+    from napari_unet import predict, training
+    from napari_unet.config import ModelConfig, TrainConfig
+
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    start = time.perf_counter()
+    if job["data"] == "dsb":
+        (images, labels, _), (dev_x, dev_y, _) = _dev("dsb", data)
+        mode = "instances"
+    else:
+        (images, labels, _), (dev_x, dev_y) = _dev("isbi", data)
+        mode = "semantic"
+    if smoke:
+        images, labels = images[:3], labels[:3]
+        dev_x, dev_y = dev_x[:2], dev_y[:2]
+    config = TrainConfig(mode=mode, seed=job["seed"], device=device, **job["train"])
+    prepared = training.prepare_data(images, labels, config)
+    per_epoch = training._steps_per_epoch(prepared.train, config)
+    epochs = max(1, round(job["steps"] / per_epoch))
+    config = config.model_copy(update={"epochs": epochs})
+    model_config = ModelConfig(base_channels=16, **job["model"])
+
+    default_schedule = training._schedule
+    if job["schedule"]:
+        rule = SCHEDULES[job["schedule"]]
+
+        def patched(progress: float, warmup: float = 0.03) -> float:
+            if progress < warmup:
+                return default_schedule(progress, warmup)
+            return rule((progress - warmup) / (1 - warmup))
+
+        training._schedule = patched
+    try:
+        model = training.train(images, labels, config, model_config=model_config)
+    finally:
+        training._schedule = default_schedule
+    trained = time.perf_counter() - start
+    predicted = [predict(model, image, device=device) for image in dev_x]
+    if job["data"] == "dsb":
+        scores = score_dsb(predicted, dev_y)
+        per_image = scores.pop("per_image")
+    else:
+        scores = score_isbi(np.stack(predicted), np.stack(dev_y))
+        per_image = None
+    run = model.history["runs"][-1]
+    return {
+        **{k: job[k] for k in ("data", "lever", "seed", "train", "model", "schedule")},
+        "steps_asked": job["steps"],
+        "steps": run["steps"],
+        "epochs": run["epochs"],
+        "best_validation": run["best_score"],
+        "label_offset": run.get("label_offset"),
+        "train_s": round(trained, 1),
+        "total_s": round(time.perf_counter() - start, 1),
+        **{k: round(float(v), 4) for k, v in scores.items()},
+        "per_image": per_image,
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+    }
+
+
+def _worker(args):
+    job, data, device, smoke = args
+    try:
+        return run_job(job, data, device, smoke)
+    except Exception as error:  # one failed run must not stop the others
+        import traceback
+
+        return {
+            **job,
+            "error": f"{type(error).__name__}: {error}",
+            "trace": traceback.format_exc(),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--deadline", type=float, default=480, help="seconds: no run starts after")
+    parser.add_argument("--stop", type=float, default=520, help="seconds: runs cut off after")
+    parser.add_argument("--plan", choices=["first", "followup"], default="first")
+    parser.add_argument("--smoke", action="store_true", help="tiny runs: 20 steps, few images")
+    args = parser.parse_args()
+
+    make = plan if args.plan == "first" else followup
+    jobs = make(20) if args.smoke else make()
+    if args.smoke:
+        jobs = [j for j in jobs if j["lever"] in ("defaults", "constant learning rate")][:4]
+    threads = max(1, (os.cpu_count() or 2) // args.workers)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    print(f"{len(jobs)} runs, {args.workers} at a time, {threads} threads each", flush=True)
+    start = time.perf_counter()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    context = mp.get_context("spawn")
+    done = 0
+    with context.Pool(args.workers, maxtasksperchild=None) as pool:
+        pending = []
+        queue = list(jobs)
+        while queue or pending:
+            while queue and len(pending) < args.workers:
+                if time.perf_counter() - start > args.deadline:
+                    print(f"deadline: {len(queue)} runs not started", flush=True)
+                    queue.clear()
+                    break
+                job = queue.pop(0)
+                pending.append(
+                    pool.apply_async(_worker, ((job, args.data, args.device, args.smoke),))
+                )
+            time.sleep(0.5)
+            if time.perf_counter() - start > args.stop:
+                print(f"stop: {len(pending)} runs cut off", flush=True)
+                pool.terminate()
+                break
+            for result in [p for p in pending if p.ready()]:
+                pending.remove(result)
+                row = result.get()
+                done += 1
+                with open(args.out, "a") as f:
+                    f.write(json.dumps(row) + "\n")
+                brief = {
+                    k: row.get(k) for k in ("data", "lever", "seed", "steps", "train_s", "error")
+                }
+                scores = {
+                    k: row[k]
+                    for k in (
+                        "foreground_dice",
+                        "f1@0.5",
+                        "dsb_score",
+                        "pixel_error",
+                        "rand_error",
+                    )
+                    if k in row
+                }
+                print(f"[{time.perf_counter() - start:6.0f} s] {brief} {scores}", flush=True)
+    print(f"{done} runs in {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
