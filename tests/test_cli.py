@@ -43,7 +43,7 @@ def test_train_predict_evaluate_end_to_end(folders, tmp_path, capsys):
                 "--out",
                 str(model),
                 "--epochs",
-                "6",
+                "10",
                 "--depth",
                 "2",
                 "--base-channels",
@@ -299,13 +299,13 @@ def test_train_options_reach_the_training_configuration(monkeypatch, folders, tm
     with pytest.raises(SystemExit):
         main(["train", "--images", str(images), "--labels", str(labels), "--mode", "instances",
               "--out", str(tmp_path / "m.safetensors"), "--minutes", "1", "--elastic",
-              "--border-weight", "0", "--dice-weight", "0.5", "--ce-weight", "2", "--dropout", "0.5",
+              "--border-weight", "0", "--dice-weight", "0.25", "--ce-weight", "2", "--dropout", "0.5",
               "--norm", "none", "--foreground-sampling", "0.9", "--zoom", "1.25",
               "--high-percentile", "99.99", "--no-label-offset"])  # fmt: skip
 
     config = seen["config"]
     assert config.elastic and config.border_weight == 0 and config.minutes == 1
-    assert config.dice_weight == 0.5 and config.ce_weight == 2
+    assert config.dice_weight == 0.25 and config.ce_weight == 2
     assert config.foreground_sampling == 0.9 and config.zoom == 1.25
     assert (config.low_percentile, config.high_percentile) == (1.0, 99.99)
     assert config.label_offset is False and TrainConfig().label_offset is True

@@ -670,7 +670,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for field, text in _TRAIN_NUMBERS.items():
         flag = "--" + field.replace("_", "-")
-        t.add_argument(flag, type=float, default=getattr(train_defaults, field), help=text)
+        t.add_argument(
+            flag,
+            type=float,
+            default=getattr(train_defaults, field),
+            help=f"{text} (default: %(default)s)",
+        )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", help="continue training this model file")
     device(t)

@@ -88,7 +88,11 @@ class TrainConfig(_Config):
     validation_fraction: float = Field(
         0.1, ge=0, lt=0.9, description="Held-out share: whole images or slices, else a strip."
     )
-    dice_weight: float = Field(1.0, ge=0, description="Weight of the Dice term of the loss.")
+    dice_weight: float = Field(
+        0.5,
+        ge=0,
+        description="Weight of the Dice term of the loss (against the cross-entropy's).",
+    )
     ce_weight: float = Field(1.0, ge=0, description="Weight of the cross-entropy term.")
     border_weight: float = Field(
         10.0,

@@ -427,7 +427,7 @@ def test_advanced_settings_reach_the_configs(viewer):
     train.zoom.value = 1.5
     train.foreground_sampling.value = 0.8
     train.border_weight.value = 3.0
-    train.dice_weight.value = 0.5
+    train.dice_weight.value = 0.25
     train.ce_weight.value = 2.0
     train.norm.value = "group"
     train.dropout.value = 0.95  # the command line allows up to 0.99; so does the form
@@ -440,7 +440,7 @@ def test_advanced_settings_reach_the_configs(viewer):
     assert config.elastic and config.foreground_sampling == pytest.approx(0.8)
     assert config.label_offset is False
     assert config.zoom == pytest.approx(1.5)
-    assert (config.border_weight, config.dice_weight, config.ce_weight) == (3.0, 0.5, 2.0)
+    assert (config.border_weight, config.dice_weight, config.ce_weight) == (3.0, 0.25, 2.0)
     assert (model_config.norm, model_config.dropout) == ("group", pytest.approx(0.3))
 
 
