@@ -12,7 +12,9 @@ about twice as much). It also trains the defaults for 2 and 4 times the steps: w
 faster CPU step would buy. A lever seen here still has to show in the CPU study.
 
     python benchmarks/gpu_levers.py --data ../shared/data --out levers.jsonl
+    python benchmarks/gpu_levers.py --data ../shared/data --out more.jsonl --plan followup
     python benchmarks/gpu_levers.py --data ../shared/data --out smoke.jsonl --smoke
+    python benchmarks/gpu_levers.py table docs/gpu-levers.jsonl   # the table of the docs
 
 One line of JSON per run is appended to ``--out`` as soon as the run ends.
 """
@@ -222,7 +224,45 @@ def _worker(args):
         }
 
 
+METRICS = {
+    "dsb": [("foreground_dice", "fg Dice"), ("f1@0.5", "F1@0.5"), ("dsb_score", "DSB score")],
+    "isbi": [("pixel_error", "pixel error"), ("rand_error", "Rand error")],
+}
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one line per data set and lever, the mean and standard deviation over
+    its seeds."""
+    import numpy as np
+
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        if "error" not in row:
+            groups.setdefault((row["data"], row["lever"]), []).append(row)
+    lines = [
+        "| data | lever | steps | seeds | scores: mean (standard deviation over the seeds) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for (data, lever), runs in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "defaults")
+    ):
+        parts = []
+        for key, label in METRICS[data]:
+            values = np.array([r[key] for r in runs])
+            spread = (
+                f" ({values.std(ddof=1):.{3 if data == 'dsb' else 4}f})" if len(values) > 1 else ""
+            )
+            parts.append(f"{label} {values.mean():.{3 if data == 'dsb' else 4}f}{spread}")
+        lines.append(
+            f"| {data.upper()} | {lever} | {runs[0]['steps']} | {len(runs)} | {', '.join(parts)} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["table"]:  # python benchmarks/gpu_levers.py table RESULTS.jsonl
+        print(table([json.loads(line) for line in Path(sys.argv[2]).read_text().splitlines()]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--out", type=Path, required=True)
