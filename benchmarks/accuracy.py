@@ -363,11 +363,10 @@ def render(results: dict, minutes: float) -> str:
         "chosen on validation images, membrane threshold, gaps in membranes closed (adopted; "
         "the ISBI runs from 2026-11-27 on have it), batches of 4, labels a fraction of a pixel "
         "off the image (adopted; the runs from 2026-11-27 15:20 on have it); where the "
-        "development scores "
-        "vary: the colour "
-        "images). The "
-        "border weight map was adopted earlier from the two "
-        "runs of the study itself in the table above.",
+        "development scores vary: the colour images; several seeds per lever at a fixed "
+        "number of steps on a GPU, where the Dice term at half weight was adopted, which the "
+        "runs from 2026-11-27 17:29 on have). The border weight map was adopted earlier "
+        "from the two runs of the study itself in the table above.",
         "",
         "Scribbles instead of full labels, and the scores per image type (fluorescence, "
         "brightfield/H&E): [generality.md](generality.md).",
