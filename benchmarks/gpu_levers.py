@@ -7,12 +7,14 @@ development split (DSB 2018: 25 training images, 8 scored; ISBI 2012: slices 0-1
 scored on 15-19) for a fixed number of optimiser steps instead, with the settings of a
 CPU run (16 base channels, bf16), several runs at a time on one GPU, so that levers
 can be compared over several seeds at the step counts the CPU reaches in the study's
-10 minutes (about 1100; about 600 for instance normalisation, whose steps cost the CPU
+10 minutes (about 1100, rounded to whole epochs of 16 steps; about 600 for instance normalisation, whose steps cost the CPU
 about twice as much). It also trains the defaults for 2 and 4 times the steps: what a
 faster CPU step would buy. A lever seen here still has to show in the CPU study.
 
-    python benchmarks/gpu_levers.py --data ../shared/data --out levers.jsonl
-    python benchmarks/gpu_levers.py --data ../shared/data --out more.jsonl --plan followup
+    python benchmarks/gpu_levers.py --data ../shared/data --out levers.jsonl --workers 10 \
+        --deadline 400 --stop 525
+    python benchmarks/gpu_levers.py --data ../shared/data --out more.jsonl --plan followup \
+        --workers 10 --deadline 200 --stop 285
     python benchmarks/gpu_levers.py --data ../shared/data --out smoke.jsonl --smoke
     python benchmarks/gpu_levers.py table docs/gpu-levers.jsonl   # the table of the docs
 
@@ -32,6 +34,9 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+BASE = "defaults (Dice weight 1)"
+"""The reference runs: the defaults of the time, the Dice term at weight 1."""
+
 STEPS = 1100  # the study's 10 CPU minutes (1122-1137 steps in its latest run)
 
 
@@ -48,20 +53,22 @@ def plan(steps: int = STEPS) -> list[dict]:
                     "lever": lever,
                     "steps": n_steps,
                     "seed": seed,
-                    "train": train or {},
+                    # the runs of docs/gpu-levers.jsonl had the Dice weight of the
+                    # time, 1, wherever the lever does not set it
+                    "train": {"dice_weight": 1.0, **(train or {})},
                     "model": model or {},
                     "schedule": schedule,
                 }
             )
 
     # what more steps buy (the ceiling of a faster CPU step)
-    add("dsb", "defaults x4 steps", 4 * steps, [0])
-    add("isbi", "defaults x4 steps", 4 * steps, [0])
-    add("dsb", "defaults x2 steps", 2 * steps, [0, 1])
-    add("isbi", "defaults x2 steps", 2 * steps, [0])
+    add("dsb", BASE + " x4 steps", 4 * steps, [0])
+    add("isbi", BASE + " x4 steps", 4 * steps, [0])
+    add("dsb", BASE + " x2 steps", 2 * steps, [0, 1])
+    add("isbi", BASE + " x2 steps", 2 * steps, [0])
     # the defaults over seeds: the spread every lever is judged against
-    add("dsb", "defaults", steps, [0, 1, 2, 3])
-    add("isbi", "defaults", steps, [0, 1, 2])
+    add("dsb", BASE, steps, [0, 1, 2, 3])
+    add("isbi", BASE, steps, [0, 1, 2])
     # DSB levers
     add(
         "dsb",
@@ -90,8 +97,8 @@ def plan(steps: int = STEPS) -> list[dict]:
     add("isbi", "constant learning rate", steps, [0, 1], schedule="constant")
     add("isbi", "cross-entropy alone", steps, [0, 1], train={"dice_weight": 0.0})
     # if time is left: more seeds and smaller levers
-    add("dsb", "defaults", steps, [4, 5])
-    add("isbi", "defaults", steps, [3, 4])
+    add("dsb", BASE, steps, [4, 5])
+    add("isbi", BASE, steps, [3, 4])
     add("dsb", "90% of patches on objects", steps, [0, 1], train={"foreground_sampling": 0.9})
     add("dsb", "learning rate 1e-3", steps, [0, 1], train={"learning_rate": 1e-3})
     add("isbi", "learning rate 1e-3", steps, [0, 1], train={"learning_rate": 1e-3})
@@ -121,14 +128,14 @@ def followup(steps: int = STEPS) -> list[dict]:
             for j in _runs(data, steps, seeds)
         ]
     for data, seeds in (("dsb", [6, 7]), ("isbi", [5, 6])):
-        jobs += [{**j, "lever": "defaults"} for j in _runs(data, steps, seeds)]
+        jobs += [{**j, "lever": BASE} for j in _runs(data, steps, seeds)]
     return jobs
 
 
 def _runs(data: str, steps: int, seeds: list[int]) -> list[dict]:
     return [
-        {"data": data, "lever": "", "steps": steps, "seed": seed, "train": {}, "model": {},
-         "schedule": None}
+        {"data": data, "lever": "", "steps": steps, "seed": seed,
+         "train": {"dice_weight": 1.0}, "model": {}, "schedule": None}
         for seed in seeds
     ]  # fmt: skip
 
@@ -243,9 +250,7 @@ def table(rows: list[dict]) -> str:
         "| data | lever | steps | seeds | scores: mean (standard deviation over the seeds) |",
         "| --- | --- | --- | --- | --- |",
     ]
-    for (data, lever), runs in sorted(
-        groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != "defaults")
-    ):
+    for (data, lever), runs in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != BASE)):
         parts = []
         for key, label in METRICS[data]:
             values = np.array([r[key] for r in runs])
@@ -266,7 +271,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=10)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--deadline", type=float, default=480, help="seconds: no run starts after")
     parser.add_argument("--stop", type=float, default=520, help="seconds: runs cut off after")
@@ -277,7 +282,7 @@ def main() -> None:
     make = plan if args.plan == "first" else followup
     jobs = make(20) if args.smoke else make()
     if args.smoke:
-        jobs = [j for j in jobs if j["lever"] in ("defaults", "constant learning rate")][:4]
+        jobs = [j for j in jobs if j["lever"] in (BASE, "constant learning rate")][:4]
     threads = max(1, (os.cpu_count() or 2) // args.workers)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     print(f"{len(jobs)} runs, {args.workers} at a time, {threads} threads each", flush=True)
@@ -299,10 +304,6 @@ def main() -> None:
                     pool.apply_async(_worker, ((job, args.data, args.device, args.smoke),))
                 )
             time.sleep(0.5)
-            if time.perf_counter() - start > args.stop:
-                print(f"stop: {len(pending)} runs cut off", flush=True)
-                pool.terminate()
-                break
             for result in [p for p in pending if p.ready()]:
                 pending.remove(result)
                 row = result.get()
@@ -324,6 +325,10 @@ def main() -> None:
                     if k in row
                 }
                 print(f"[{time.perf_counter() - start:6.0f} s] {brief} {scores}", flush=True)
+            if time.perf_counter() - start > args.stop:
+                print(f"stop: {len(pending)} runs cut off", flush=True)
+                pool.terminate()
+                break
     print(f"{done} runs in {time.perf_counter() - start:.0f} s", flush=True)
 
 
