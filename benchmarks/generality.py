@@ -288,6 +288,7 @@ def render(results: dict) -> str:
         f"{THREADS} threads, torch {results['torch']}). Default settings throughout; only "
         "`--mode` and `--minutes` are given.",
         "",
+        *([results["note"], ""] if results.get("note") else []),
         "## Scribbles instead of full labels",
         "",
         "The accuracy study's training images ([accuracy.md](accuracy.md)) with a few strokes "
