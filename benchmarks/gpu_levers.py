@@ -37,7 +37,25 @@ sys.path.insert(0, str(HERE))
 BASE = "defaults (Dice weight 1)"
 """The reference runs: the defaults of the time, the Dice term at weight 1."""
 
-STEPS = 1100  # the study's 10 CPU minutes (1122-1137 steps in its latest run)
+STEPS = 1100  # the study's 10 CPU minutes (1115-1137 steps in its last runs)
+
+
+def _jobs(data, lever, steps, seeds, train=None, model=None, schedule=None) -> list[dict]:
+    """One run per seed of a lever."""
+    return [
+        {
+            "data": data,
+            "lever": lever,
+            "steps": steps,
+            "seed": seed,
+            # the runs of docs/gpu-levers.jsonl had the Dice weight of the time, 1,
+            # wherever the lever does not set it
+            "train": {"dice_weight": 1.0, **(train or {})},
+            "model": model or {},
+            "schedule": schedule,
+        }
+        for seed in seeds
+    ]
 
 
 def plan(steps: int = STEPS) -> list[dict]:
@@ -45,21 +63,8 @@ def plan(steps: int = STEPS) -> list[dict]:
     holds short runs."""
     jobs: list[dict] = []
 
-    def add(data, lever, n_steps, seeds, train=None, model=None, schedule=None):
-        for seed in seeds:
-            jobs.append(
-                {
-                    "data": data,
-                    "lever": lever,
-                    "steps": n_steps,
-                    "seed": seed,
-                    # the runs of docs/gpu-levers.jsonl had the Dice weight of the
-                    # time, 1, wherever the lever does not set it
-                    "train": {"dice_weight": 1.0, **(train or {})},
-                    "model": model or {},
-                    "schedule": schedule,
-                }
-            )
+    def add(*args, **kwargs):
+        jobs.extend(_jobs(*args, **kwargs))
 
     # what more steps buy (the ceiling of a faster CPU step)
     add("dsb", BASE + " x4 steps", 4 * steps, [0])
@@ -116,28 +121,15 @@ def plan(steps: int = STEPS) -> list[dict]:
 def followup(steps: int = STEPS) -> list[dict]:
     """The second call: more seeds for the loss weights, the lever the first call showed
     on both data sets (cross-entropy alone), and a Dice term at half weight."""
-    jobs = []
-    for data, seeds in (("dsb", [0, 1, 2, 3]), ("isbi", [0, 1, 2])):
-        jobs += [
-            {**j, "lever": "Dice at half weight", "train": {"dice_weight": 0.5}}
-            for j in _runs(data, steps, seeds)
-        ]
-    for data, seeds in (("dsb", [3, 4, 5]), ("isbi", [2, 3, 4])):
-        jobs += [
-            {**j, "lever": "cross-entropy alone", "train": {"dice_weight": 0.0}}
-            for j in _runs(data, steps, seeds)
-        ]
-    for data, seeds in (("dsb", [6, 7]), ("isbi", [5, 6])):
-        jobs += [{**j, "lever": BASE} for j in _runs(data, steps, seeds)]
-    return jobs
-
-
-def _runs(data: str, steps: int, seeds: list[int]) -> list[dict]:
+    half, alone = {"dice_weight": 0.5}, {"dice_weight": 0.0}
     return [
-        {"data": data, "lever": "", "steps": steps, "seed": seed,
-         "train": {"dice_weight": 1.0}, "model": {}, "schedule": None}
-        for seed in seeds
-    ]  # fmt: skip
+        *_jobs("dsb", "Dice at half weight", steps, [0, 1, 2, 3], train=half),
+        *_jobs("isbi", "Dice at half weight", steps, [0, 1, 2], train=half),
+        *_jobs("dsb", "cross-entropy alone", steps, [3, 4, 5], train=alone),
+        *_jobs("isbi", "cross-entropy alone", steps, [2, 3, 4], train=alone),
+        *_jobs("dsb", BASE, steps, [6, 7]),
+        *_jobs("isbi", BASE, steps, [5, 6]),
+    ]
 
 
 _DATA: dict = {}
