@@ -96,6 +96,15 @@ def test_rgb_detected_only_on_trailing_small_axis():
     assert channel_axis_of((5, 100, 120, 4)) == 3
 
 
+def test_a_given_channel_axis_must_exist():
+    assert channel_axis_of((3, 100, 120), 0) == 0 and channel_axis_of((100, 3, 120), -2) == 1
+    assert channel_axis_of((100, 120), None) is None
+    with pytest.raises(InputError, match="give an axis from -3 to 2"):
+        channel_axis_of((3, 100, 120), 3)
+    with pytest.raises(InputError, match="a 2-D image has no channel axis"):
+        channel_axis_of((100, 120), 0)
+
+
 def test_channel_conversion():
     grey = np.ones((1, 4, 4), np.float32)
     rgba = np.ones((4, 4, 4), np.float32)

@@ -69,6 +69,7 @@ def run_training(
     quiet=False,
     reraise=False,
     paths=None,
+    channel_axis="auto",
 ):
     """Train with a progress bar; save the best model to ``out`` (also on Ctrl-C, after
     which ``reraise`` raises KeyboardInterrupt again, so that the command exits 130).
@@ -76,7 +77,15 @@ def run_training(
     from .training import EpochEnded, StepEnded, TrainingFinished, TrainingStarted, iter_train
 
     events = _naming_errors(
-        iter_train(images, labels, config, model=model, model_config=model_config), paths
+        iter_train(
+            images,
+            labels,
+            config,
+            model=model,
+            model_config=model_config,
+            channel_axis=channel_axis,
+        ),
+        paths,
     )
     bar = None
     trained = None
@@ -228,6 +237,7 @@ def cmd_train(args) -> int:
         out=args.out,
         reraise=True,
         paths=paths,
+        channel_axis=args.channel_axis,
     )
     score = trained.best_score
     print(f"Best validation Dice: {score:.4f}" if score is not None else "No validation score.")
@@ -291,7 +301,7 @@ def _predict_one(model, source: Path, target: Path, options: dict, *, lazy=False
     try:
         image = open_image(source)
         if lazy:
-            image = _as_dask(image, model)
+            image = _as_dask(image, model, options.get("channel_axis", "auto"))
         bar = _progress_bar(100, source.name)
         for event in iter_predict(model, image, out=target, **options):
             if isinstance(event, TileProgress):
@@ -319,14 +329,14 @@ def _predict_file_task(spec, source: str, target: str, options: dict) -> dict:
     return _record(Path(source), Path(target), "ok", time.perf_counter() - start)
 
 
-def _as_dask(image, model):
+def _as_dask(image, model, channel_axis="auto"):
     """A lazy dask array over ``image``: one chunk per 1024 x 1024 pixels of each plane."""
     import dask.array as da
 
     from .prediction import _resolve_layout
 
     shape = tuple(image.shape)
-    axis = _resolve_layout(shape, model.in_channels, "auto", model.convert_channels)
+    axis = _resolve_layout(shape, model.in_channels, channel_axis, model.convert_channels)
     spatial = [a for a in range(len(shape)) if a != axis]
     chunks = [1] * len(shape)
     if axis is not None:
@@ -431,6 +441,7 @@ def cmd_predict(args) -> int:
         "output": "probabilities" if args.probabilities else "labels",
         "min_size": args.min_size,
         "close_boundaries": args.close_boundaries,
+        "channel_axis": args.channel_axis,
     }
 
     def report(record: dict) -> dict:
@@ -520,6 +531,7 @@ def cmd_evaluate(args) -> int:
             device=args.device,
             tile_size=args.tile_size,
             tta=args.tta,
+            channel_axis=args.channel_axis,
             on_image=advance,
         )
     finally:
@@ -587,6 +599,22 @@ def cmd_demo(args) -> int:
 # ---------------------------------------------------------------------------
 
 
+def _channel_axis(text: str):
+    """``--channel-axis``: "auto", "none" or an axis number."""
+    value = text.strip().lower()
+    if value == "auto":
+        return "auto"
+    if value == "none":
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an axis: give auto, none or an axis number such as 0 for "
+            "(C, Y, X) images or -1 for (Y, X, C)"
+        ) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .config import OVERLAP_PIXELS, ModelConfig, Norm, PredictConfig, TrainConfig
 
@@ -599,6 +627,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     def device(p):
         p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, mps")
+
+    def channels(p):
+        p.add_argument(
+            "--channel-axis",
+            type=_channel_axis,
+            default="auto",
+            metavar="AXIS",
+            help="the axis of the image files that holds the channels: auto (default: a last "
+            "axis of 3 or 4 is colour; in training also a short axis the labels lack), none "
+            "(every axis is spatial: a stack of grey planes), or its number, e.g. 0 for "
+            "(C, Y, X) files or 1 for (Z, C, Y, X)",
+        )
 
     def tiles(p):
         p.add_argument("--tile-size", type=int, default=predict_defaults.tile_size)
@@ -678,6 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", help="continue training this model file")
+    channels(t)
     device(t)
     t.set_defaults(func=cmd_train)
 
@@ -726,6 +767,7 @@ def build_parser() -> argparse.ArgumentParser:
         "parts two cells (default: when the model learned from its labels that they draw "
         "such boundaries; forced on, the class of the higher label value is the boundary)",
     )
+    channels(p)
     device(p)
     p.set_defaults(func=cmd_predict)
 
@@ -736,6 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="also write per-image scores to this JSON file")
     e.add_argument("--tile-size", type=int, default=predict_defaults.tile_size)
     e.add_argument("--tta", action="store_true", help="average the 8 flips/rotations of each tile")
+    channels(e)
     device(e)
     e.set_defaults(func=cmd_evaluate)
 

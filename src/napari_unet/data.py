@@ -39,7 +39,18 @@ def channel_axis_of(shape: Sequence[int], channel_axis: int | None | str = "auto
     if channel_axis != "auto":
         if channel_axis is None:
             return None
-        return int(channel_axis) % len(shape)
+        axis = int(channel_axis)
+        if len(shape) < 3 or not -len(shape) <= axis < len(shape):
+            raise InputError(
+                f"Channel axis {channel_axis} does not fit an image of shape {tuple(shape)}: "
+                + (
+                    "a 2-D image has no channel axis; give none (grey)."
+                    if len(shape) < 3
+                    else f"give an axis from {-len(shape)} to {len(shape) - 1}, or none if "
+                    "every axis is spatial."
+                )
+            )
+        return axis % len(shape)
     if len(shape) < 2:
         raise InputError(f"An image needs at least 2 dimensions (Y, X); got shape {tuple(shape)}.")
     if len(shape) >= 3 and shape[-1] in (3, 4) and min(shape[-3:-1]) > 4:

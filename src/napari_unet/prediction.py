@@ -173,7 +173,8 @@ def _check_channels(
         if axes:
             hint = (
                 f" If axis {axes[-1]} holds the colour channels, save the image with them "
-                f"last (Y, X, C), or from Python give predict(..., channel_axis={axes[-1]})."
+                f"last (Y, X, C), give --channel-axis {axes[-1]} on the command line, or "
+                f"predict(..., channel_axis={axes[-1]}) from Python."
             )
     raise InputError(
         f"The model expects {model_channels} channel(s) ({kind.get(model_channels, 'multichannel')}) "
