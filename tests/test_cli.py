@@ -57,7 +57,9 @@ def test_train_predict_evaluate_end_to_end(folders, tmp_path, capsys):
         == 0
     )
     # Not a terminal: the progress bar redraws every 10 s, not at every step.
-    assert capsys.readouterr().err.count("train:") < 10
+    err = capsys.readouterr().err
+    assert err.count("train:") < 10
+    assert "measuring the label offset on 1 validation plane(s)" in err  # no silent pause
     assert (
         main(
             [

@@ -165,13 +165,21 @@ def test_training_measures_the_offset_unless_told_not_to(monkeypatch, disk_data)
 
     # continued without measuring: the offset belonged to the weights before
     off = config.model_copy(update={"label_offset": False})
-    again = train(images, [m > 0 for m in labels], off, model=model)
+    events = list(training.iter_train(images, [m > 0 for m in labels], off, model=model))
+    assert not any(isinstance(e, training.MeasuringLabelOffset) for e in events)
+    again = events[-1].model
     assert again.label_offset is None and again.history["runs"][-1]["label_offset"] is None
+
+    # the measuring is announced, after the last step and before the end
+    events = list(training.iter_train(images, [m > 0 for m in labels], config))
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[-3:] == ["EpochEnded", "MeasuringLabelOffset", "TrainingFinished"]
+    assert events[-2].validation_planes == 1 and seen == [1, 1]
 
     # without a validation part there is nothing the network has not trained on to measure
     whole = config.model_copy(update={"validation_fraction": 0.0})
     assert train(images, [m > 0 for m in labels], whole).label_offset is None
-    assert seen == [1]
+    assert seen == [1, 1]
 
     # a continued run that is stopped keeps none; one that fails before a step keeps it
     model.label_offset = (-0.5, 0.0)

@@ -74,7 +74,14 @@ def run_training(
     """Train with a progress bar; save the best model to ``out`` (also on Ctrl-C, after
     which ``reraise`` raises KeyboardInterrupt again, so that the command exits 130).
     ``paths``: the image files, named in notes and errors about an image."""
-    from .training import EpochEnded, StepEnded, TrainingFinished, TrainingStarted, iter_train
+    from .training import (
+        EpochEnded,
+        MeasuringLabelOffset,
+        StepEnded,
+        TrainingFinished,
+        TrainingStarted,
+        iter_train,
+    )
 
     events = _naming_errors(
         iter_train(
@@ -113,6 +120,10 @@ def run_training(
                     f"epoch {event.epoch} loss {event.loss:.3f} val dice {event.score:.3f} "
                     f"(best {event.best_score:.3f})",
                     refresh=False,
+                )
+            elif isinstance(event, MeasuringLabelOffset) and bar is not None:
+                bar.set_postfix_str(
+                    f"measuring the label offset on {event.validation_planes} validation plane(s)"
                 )
             elif isinstance(event, TrainingFinished):
                 trained = event.model

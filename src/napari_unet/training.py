@@ -86,6 +86,16 @@ class EpochEnded:
 
 
 @dataclass
+class MeasuringLabelOffset:
+    """The budget is used up and the best weights are back; the label offset is being
+    measured on the validation planes (``TrainConfig.label_offset``; seconds, during
+    which no other event comes)."""
+
+    validation_planes: int
+    elapsed: float
+
+
+@dataclass
 class TrainingFinished:
     """Training ended (budget used up); ``model`` holds the best validation weights."""
 
@@ -96,7 +106,7 @@ class TrainingFinished:
     elapsed: float
 
 
-TrainEvent = TrainingStarted | StepEnded | EpochEnded | TrainingFinished
+TrainEvent = TrainingStarted | StepEnded | EpochEnded | MeasuringLabelOffset | TrainingFinished
 
 
 # ---------------------------------------------------------------------------
@@ -501,8 +511,10 @@ def iter_train(
     Yields
     ------
     :class:`TrainingStarted`, then :class:`StepEnded` per step and :class:`EpochEnded`
-    per epoch, and :class:`TrainingFinished` at the end. Closing the generator stops
-    training; the model keeps the best validation weights either way.
+    per epoch, :class:`MeasuringLabelOffset` before the label offset is measured, and
+    :class:`TrainingFinished` at the end. Closing the generator stops training (before
+    :class:`TrainingFinished`, no offset is measured); the model keeps the best
+    validation weights either way.
     """
     config = config or TrainConfig(mode=model.mode if model is not None else "semantic")
     data = prepare_data(images, labels, config, model=model, channel_axis=channel_axis)
@@ -674,6 +686,7 @@ def iter_train(
             finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
     if config.label_offset and step and data.validation:
+        yield MeasuringLabelOffset(len(data.validation), time.perf_counter() - start)
         try:
             model.label_offset = estimate_label_offset(
                 network, data.validation, str(device), tile=validation_tile

@@ -356,6 +356,30 @@ def test_stop_before_the_first_step_makes_no_model(viewer, qtbot):
     assert train.train_button.isEnabled() and not train.save_button.isEnabled()
 
 
+def test_stop_while_the_label_offset_is_measured_keeps_a_finished_run(viewer, qtbot, monkeypatch):
+    import napari_unet.training as training
+
+    train = TrainWidget(viewer)
+    set_tiny(train)
+    train.mode.value = "instances"
+
+    def measured(network, samples, device="cpu", tile=None):
+        train.stop()  # pressed while the offset is measured: too late to stop anything
+        return (-0.5, 0.0)
+
+    monkeypatch.setattr(training, "estimate_label_offset", measured)
+    train.start()
+    wait_for(qtbot, train)
+
+    assert train.model is not None and train.model.label_offset == (-0.5, 0.0)
+    assert "Training finished" in train.status.text()
+    assert train.progress.format() == "done"
+
+    train._on_event(training.MeasuringLabelOffset(2, 1.0))  # what the panel shows meanwhile
+    assert "measuring" in train.progress.format()
+    assert "Training stopped" not in train.status.text()
+
+
 def test_bad_inputs_become_notifications(make_napari_viewer, qtbot, sample, notifications):
     viewer = make_napari_viewer()
     train = TrainWidget(viewer)

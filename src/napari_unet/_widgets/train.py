@@ -27,7 +27,13 @@ from .._device import default_base_channels, resolve_device
 from ..config import ModelConfig, TrainConfig, describe_error
 from ..data import InputError, channel_axis_from_labels
 from ..model import SegmentationModel
-from ..training import EpochEnded, StepEnded, TrainingFinished, TrainingStarted
+from ..training import (
+    EpochEnded,
+    MeasuringLabelOffset,
+    StepEnded,
+    TrainingFinished,
+    TrainingStarted,
+)
 from ._form import config_field, device_choices
 from ._layers import (
     AUTO,
@@ -77,6 +83,7 @@ class TrainWidget(QWidget):
         self.model: SegmentationModel | None = None
         self._worker = None
         self._stop = threading.Event()
+        self._completed = False  # the running training reached TrainingFinished
         self._preview_layer_source: Image | None = None
         self._preview_data: np.ndarray | None = None
         self._preview_axis: int | None = None
@@ -422,6 +429,7 @@ class TrainWidget(QWidget):
                 "axes holds channels, choose it in the 'channels' field."
             )
         self._stop.clear()
+        self._completed = False
         self._worker = train_worker(
             full_resolution(image),
             full_resolution(labels),
@@ -493,7 +501,16 @@ class TrainWidget(QWidget):
             )
             for note in event.notes:
                 show_info(note)
+        elif isinstance(event, MeasuringLabelOffset):
+            self.progress.setValue(1000)
+            self.progress.setFormat("measuring the label offset…")
+            if not self._stop.is_set():
+                self.status.setText(
+                    "Training done; measuring whether the labels sit a fraction of a pixel "
+                    f"off the image, on {event.validation_planes} validation part(s)…"
+                )
         elif isinstance(event, TrainingFinished):
+            self._completed = True
             self.progress.setValue(1000)
             self.progress.setFormat("done")
         elif isinstance(event, JobFailed):
@@ -521,7 +538,8 @@ class TrainWidget(QWidget):
     def _on_returned(self, model: SegmentationModel | None) -> None:
         if model is None:
             return
-        stopped = self._stop.is_set()
+        # Stop pressed while the label offset was measured still ends a finished run
+        stopped = self._stop.is_set() and not self._completed
         known = self.registry.entry_of(model)
         if known is None and not model.history["runs"][-1].get("steps"):
             self.progress.setFormat("stopped")
