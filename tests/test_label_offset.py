@@ -94,6 +94,18 @@ def test_planes_that_disagree_give_no_offset(monkeypatch):
     assert _measure(monkeypatch, [drawn] * 3, [up, up, down]) is None  # 2 of 3 agree
 
 
+def test_too_few_annotated_pixels_measure_no_offset(monkeypatch):
+    centres = np.random.default_rng(3).uniform(12, 84, size=(12, 2))
+    drawn = _soft_disks(centres)
+    up = (_soft_disks(centres + np.asarray((-0.5, 0.0)))[1] > 0.5).astype(np.int64)
+    assert _measure(monkeypatch, [drawn], [up]) == (-0.5, 0.0)
+    scribbled = np.full_like(up, -1)
+    scribbled[::10] = up[::10]  # every tenth row: 960 of 9216 pixels annotated
+    assert _measure(monkeypatch, [drawn], [scribbled]) is None
+    # a plane a few pixels tall is left out (never predicted), whatever its labels say
+    assert _measure(monkeypatch, [], [up[:20]]) is None
+
+
 def _model(offset=None) -> SegmentationModel:
     torch.manual_seed(0)
     encoding = LabelEncoding("semantic", ["background", "class 1"], [0, 1], [0, 1], [])

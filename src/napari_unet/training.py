@@ -374,6 +374,8 @@ outlined a little off in their own direction, up to a pixel)."""
 _OFFSET_SIDE = 2048  # larger planes are measured on a central crop of this side
 _OFFSET_PIXELS = 2**22  # planes are measured until this many pixels are reached
 _OFFSET_PLANES = 8  # nor more planes than this
+_OFFSET_MIN_SIDE = 32  # narrower planes are left out: their edges would decide the shift
+_OFFSET_MIN_ANNOTATED = 32 * 32  # fewer annotated pixels in all measure no offset
 
 
 def _smooth(maps: torch.Tensor) -> torch.Tensor:
@@ -394,7 +396,9 @@ def estimate_label_offset(
     annotated pixels), or None where it does not gain :data:`OFFSET_MIN_GAIN` over no
     shift and over the opposite shift, or where the planes disagree
     (:data:`OFFSET_AGREEMENT`); every candidate is scored on the probabilities smoothed by
-    (1/4, 1/2, 1/4). ``tile``: the prediction tile size (None: the default).
+    (1/4, 1/2, 1/4). ``tile``: the prediction tile size (None: the default). Planes
+    narrower than 32 pixels are left out, and with fewer than 32 x 32 annotated pixels
+    in all no offset is measured: too little to tell an offset from chance.
 
     Labels can sit a fraction of a pixel off the image, when they were drawn or
     resampled on a grid shifted against it. A network trained with flips and turns
@@ -409,6 +413,8 @@ def estimate_label_offset(
     planes, pixels = [], 0
     for sample in samples:
         height, width = sample.target.shape
+        if min(height, width) < _OFFSET_MIN_SIDE:
+            continue
         y0, x0 = max(0, (height - _OFFSET_SIDE) // 2), max(0, (width - _OFFSET_SIDE) // 2)
         crop = (slice(y0, y0 + _OFFSET_SIDE), slice(x0, x0 + _OFFSET_SIDE))
         target = np.ascontiguousarray(sample.target[crop])
@@ -431,7 +437,8 @@ def estimate_label_offset(
         pixels += target.size
         if pixels >= _OFFSET_PIXELS or len(planes) >= _OFFSET_PLANES:
             break
-    if not planes:
+    annotated = sum(int((target != IGNORE).sum()) for _, target in planes)
+    if annotated < _OFFSET_MIN_ANNOTATED:
         return None
 
     def parts(target: torch.Tensor) -> list[torch.Tensor]:
