@@ -59,7 +59,8 @@ def test_train_predict_evaluate_end_to_end(folders, tmp_path, capsys):
     # Not a terminal: the progress bar redraws every 10 s, not at every step.
     err = capsys.readouterr().err
     assert err.count("train:") < 10
-    assert "measuring the label offset on 1 validation plane(s)" in err  # no silent pause
+    assert "measuring the label offset on the validation part" in err  # no silent pause
+    assert err.rstrip().splitlines()[-2].rstrip().endswith(")")  # the last epoch's scores
     assert (
         main(
             [
@@ -525,7 +526,8 @@ def test_channel_axis_option_reads_channels_where_the_files_keep_them(
 
     evaluate = ["evaluate", "--model", str(grey_model), "--images", str(image), "--labels",
                 str(truth)]  # fmt: skip
-    assert _run(evaluate, capsys)[0] != 0
+    code, err = _run(evaluate, capsys)
+    assert code == 2 and "Image #0 (middle.tif): The model expects 3 channel" in err
     assert main(evaluate + ["--channel-axis", "1"]) == 0
     assert "dice" in json.loads(capsys.readouterr().out)["1"]
 
@@ -535,21 +537,50 @@ def test_channel_axis_option_reaches_training(tmp_path, capsys):
     images.mkdir()
     labels.mkdir()
     rng = np.random.default_rng(0)
-    tifffile.imwrite(images / "two.tif", rng.integers(0, 255, (2, 64, 64), dtype=np.uint8))
+    # four stains, channels first: not RGBA, whichever way the axis is found
+    tifffile.imwrite(images / "four.tif", rng.integers(0, 255, (4, 64, 64), dtype=np.uint8))
     label = np.zeros((64, 64), np.uint8)
     label[20:40, 20:40] = 1
-    tifffile.imwrite(labels / "two.tif", label)
+    tifffile.imwrite(labels / "four.tif", label)
     out = tmp_path / "m.safetensors"
     train = ["train", "--images", str(images), "--labels", str(labels), "--out", str(out),
              "--epochs", "1", "--depth", "2", "--base-channels", "4", "--patch-size", "32",
              "--batch-size", "2"]  # fmt: skip
 
     code, err = _run(train + ["--channel-axis", "none"], capsys)
-    assert code == 2 and "has 2 plane(s) but its labels (64, 64) have 1" in err
+    assert code == 2 and "has 4 plane(s) but its labels (64, 64) have 1" in err
     assert not out.exists()
-    code, err = _run(train + ["--channel-axis", "0"], capsys)
-    assert code == 0 and "one axis more" not in err  # asked for, so no note
-
     from napari_unet.io import load_model
 
-    assert load_model(out).in_channels == 2
+    for axis in ("0", "-3", "auto"):
+        code, err = _run(train + ["--channel-axis", axis], capsys)
+        assert code == 0 and ("one axis more" in err) == (axis == "auto")  # asked: no note
+        assert load_model(out).in_channels == 4, axis
+
+    # the option applies to every file: one that lacks the axis is named
+    tifffile.imwrite(images / "grey.tif", rng.integers(0, 255, (64, 64), dtype=np.uint8))
+    tifffile.imwrite(labels / "grey.tif", label)
+    code, err = _run(train + ["--channel-axis", "0"], capsys)
+    assert code == 2 and "(grey.tif): Channel axis 0 does not fit" in err
+
+
+def test_channel_axis_option_reaches_lazy_predictions(tmp_path, grey_model):
+    import napari_unet.cli as cli
+    from napari_unet.io import load_model
+
+    model = load_model(grey_model)
+    image = np.random.default_rng(0).random((40, 3, 50)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "middle.tif", image)
+    lazy = cli._as_dask(image, model, 1)
+    assert lazy.chunks[1] == (3,)  # the channels stay together in every chunk
+
+    options = {"tile_size": 64, "channel_axis": -2}
+    record = cli._predict_one(
+        model, tmp_path / "middle.tif", tmp_path / "lazy.tif", options, lazy=True
+    )
+    assert record["status"] == "ok", record
+    direct = cli._predict_one(model, tmp_path / "middle.tif", tmp_path / "now.tif", options)
+    assert direct["status"] == "ok", direct
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "lazy.tif"), tifffile.imread(tmp_path / "now.tif")
+    )

@@ -101,7 +101,7 @@ def test_a_given_channel_axis_must_exist():
     assert channel_axis_of((100, 120), None) is None
     with pytest.raises(InputError, match="give an axis from -3 to 2"):
         channel_axis_of((3, 100, 120), 3)
-    with pytest.raises(InputError, match="a 2-D image has no channel axis"):
+    with pytest.raises(InputError, match="a 2-D \\(grey\\) image has no channel axis"):
         channel_axis_of((100, 120), 0)
 
 

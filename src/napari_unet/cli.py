@@ -96,6 +96,7 @@ def run_training(
     )
     bar = None
     trained = None
+    summary = ""
     try:
         for event in events:
             if isinstance(event, TrainingStarted):
@@ -116,17 +117,17 @@ def run_training(
                 # update() redraws at most every mininterval (10 s in logs, not a terminal)
                 bar.update(round(100 * event.progress, 1) - bar.n)
             elif isinstance(event, EpochEnded) and bar is not None and event.score is not None:
-                bar.set_postfix_str(
+                summary = (
                     f"epoch {event.epoch} loss {event.loss:.3f} val dice {event.score:.3f} "
-                    f"(best {event.best_score:.3f})",
-                    refresh=False,
+                    f"(best {event.best_score:.3f})"
                 )
+                bar.set_postfix_str(summary, refresh=False)
             elif isinstance(event, MeasuringLabelOffset) and bar is not None:
-                bar.set_postfix_str(
-                    f"measuring the label offset on {event.validation_planes} validation plane(s)"
-                )
+                bar.set_postfix_str("measuring the label offset on the validation part")
             elif isinstance(event, TrainingFinished):
                 trained = event.model
+                if bar is not None and summary:  # the last line shows the last epoch
+                    bar.set_postfix_str(summary, refresh=False)
     except KeyboardInterrupt:
         events.close()
         if trained is None:
@@ -545,6 +546,8 @@ def cmd_evaluate(args) -> int:
             channel_axis=args.channel_axis,
             on_image=advance,
         )
+    except InputError as error:
+        raise InputError(_named(str(error), paths)) from None
     finally:
         bar.close()
     for path, scores in zip(paths, result["images"], strict=True):
@@ -639,17 +642,21 @@ def build_parser() -> argparse.ArgumentParser:
     def device(p):
         p.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, mps")
 
-    def channels(p):
+    def channels(p, auto: str):
         p.add_argument(
             "--channel-axis",
             type=_channel_axis,
             default="auto",
             metavar="AXIS",
-            help="the axis of the image files that holds the channels: auto (default: a last "
-            "axis of 3 or 4 is colour; in training also a short axis the labels lack), none "
-            "(every axis is spatial: a stack of grey planes), or its number, e.g. 0 for "
-            "(C, Y, X) files or 1 for (Z, C, Y, X)",
+            help="the axis of the image files that holds the channels, for every file: auto "
+            f"(default: {auto}), none (every axis is spatial: a stack of grey planes), or its "
+            "number, e.g. 0 for (C, Y, X) files or 1 for (Z, C, Y, X)",
         )
+
+    found_by_model = (
+        "a last axis of the model's channel count, or of 3 or 4 (colour), else a leading "
+        "axis of that count"
+    )
 
     def tiles(p):
         p.add_argument("--tile-size", type=int, default=predict_defaults.tile_size)
@@ -729,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", help="continue training this model file")
-    channels(t)
+    channels(t, "a last axis of 3 or 4 is colour, else an axis of at most 8 that the labels lack")
     device(t)
     t.set_defaults(func=cmd_train)
 
@@ -778,7 +785,7 @@ def build_parser() -> argparse.ArgumentParser:
         "parts two cells (default: when the model learned from its labels that they draw "
         "such boundaries; forced on, the class of the higher label value is the boundary)",
     )
-    channels(p)
+    channels(p, found_by_model)
     device(p)
     p.set_defaults(func=cmd_predict)
 
@@ -789,7 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="also write per-image scores to this JSON file")
     e.add_argument("--tile-size", type=int, default=predict_defaults.tile_size)
     e.add_argument("--tta", action="store_true", help="average the 8 flips/rotations of each tile")
-    channels(e)
+    channels(e, found_by_model)
     device(e)
     e.set_defaults(func=cmd_evaluate)
 

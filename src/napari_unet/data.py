@@ -44,7 +44,8 @@ def channel_axis_of(shape: Sequence[int], channel_axis: int | None | str = "auto
             raise InputError(
                 f"Channel axis {channel_axis} does not fit an image of shape {tuple(shape)}: "
                 + (
-                    "a 2-D image has no channel axis; give none (grey)."
+                    "a 2-D (grey) image has no channel axis; give one only for images "
+                    "that have channels."
                     if len(shape) < 3
                     else f"give an axis from {-len(shape)} to {len(shape) - 1}, or none if "
                     "every axis is spatial."

@@ -124,7 +124,10 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
             )
             values = np.asarray(model.encoding.class_values)
             truth = np.where(encoded >= 0, values[np.maximum(encoded, 0)], -1)
-        prediction = predict(model, image, **predict_kwargs)
+        try:
+            prediction = predict(model, image, **predict_kwargs)
+        except InputError as error:  # say which image
+            raise InputError(f"Image #{i}: {error}") from None
         if prediction.shape != label.shape:
             raise InputError(
                 f"Image #{i}: prediction {prediction.shape} and labels {label.shape} differ in "

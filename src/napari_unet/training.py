@@ -88,10 +88,9 @@ class EpochEnded:
 @dataclass
 class MeasuringLabelOffset:
     """The budget is used up and the best weights are back; the label offset is being
-    measured on the validation planes (``TrainConfig.label_offset``; seconds, during
+    measured on the validation part (``TrainConfig.label_offset``; seconds, during
     which no other event comes)."""
 
-    validation_planes: int
     elapsed: float
 
 
@@ -143,9 +142,17 @@ def _planes(images, labels, channel_axis, notes: list[str]):
     planes, owners, rgba = [], [], False
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         image = np.asarray(image)
-        colour = channel_axis_of(image.shape, channel_axis)
-        axis = channel_axis_from_labels(image.shape, np.shape(label), channel_axis)
-        if axis is not None and axis != colour and image.shape[axis] > 1:
+        colour = channel_axis_of(image.shape)  # a trailing RGB(A) axis, whatever was asked
+        try:
+            axis = channel_axis_from_labels(image.shape, np.shape(label), channel_axis)
+        except InputError as error:  # a channel axis given that this image lacks
+            raise InputError(f"Image #{i}: {error}") from None
+        if (
+            channel_axis == "auto"
+            and axis is not None
+            and axis != colour
+            and image.shape[axis] > 1
+        ):
             notes.append(
                 f"Image #{i} {image.shape} has one axis more than its labels "
                 f"{tuple(np.shape(label))}: read as {image.shape[axis]} channels (axis {axis})."
@@ -374,7 +381,7 @@ outlined a little off in their own direction, up to a pixel)."""
 _OFFSET_SIDE = 2048  # larger planes are measured on a central crop of this side
 _OFFSET_PIXELS = 2**22  # planes are measured until this many pixels are reached
 _OFFSET_PLANES = 8  # nor more planes than this
-_OFFSET_MIN_SIDE = 32  # narrower planes are left out: their edges would decide the shift
+_OFFSET_MIN_SIDE = 16  # narrower planes are left out (a strip held out is at least 16)
 _OFFSET_MIN_ANNOTATED = 32 * 32  # fewer annotated pixels in all measure no offset
 
 
@@ -397,7 +404,7 @@ def estimate_label_offset(
     shift and over the opposite shift, or where the planes disagree
     (:data:`OFFSET_AGREEMENT`); every candidate is scored on the probabilities smoothed by
     (1/4, 1/2, 1/4). ``tile``: the prediction tile size (None: the default). Planes
-    narrower than 32 pixels are left out, and with fewer than 32 x 32 annotated pixels
+    narrower than 16 pixels are left out, and with fewer than 32 x 32 annotated pixels
     in all no offset is measured: too little to tell an offset from chance.
 
     Labels can sit a fraction of a pixel off the image, when they were drawn or
@@ -692,11 +699,12 @@ def iter_train(
             best_score=best_score,
             finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
-    if config.label_offset and step and data.validation:
-        yield MeasuringLabelOffset(len(data.validation), time.perf_counter() - start)
+    measurable = [s for s in data.validation if min(s.target.shape) >= _OFFSET_MIN_SIDE]
+    if config.label_offset and step and measurable:
+        yield MeasuringLabelOffset(time.perf_counter() - start)
         try:
             model.label_offset = estimate_label_offset(
-                network, data.validation, str(device), tile=validation_tile
+                network, measurable, str(device), tile=validation_tile
             )
         except (RuntimeError, MemoryError) as error:  # out of memory: keep the run
             run["label_offset_error"] = str(error).splitlines()[0] if str(error) else "?"

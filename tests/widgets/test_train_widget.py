@@ -364,7 +364,7 @@ def test_stop_while_the_label_offset_is_measured_keeps_a_finished_run(viewer, qt
     train.mode.value = "instances"
 
     def measured(network, samples, device="cpu", tile=None):
-        train.stop()  # pressed while the offset is measured: too late to stop anything
+        train._stop.set()  # Stop pressed while the offset is measured (from this thread)
         return (-0.5, 0.0)
 
     monkeypatch.setattr(training, "estimate_label_offset", measured)
@@ -375,9 +375,14 @@ def test_stop_while_the_label_offset_is_measured_keeps_a_finished_run(viewer, qt
     assert "Training finished" in train.status.text()
     assert train.progress.format() == "done"
 
-    train._on_event(training.MeasuringLabelOffset(2, 1.0))  # what the panel shows meanwhile
+    # what the panel shows while measuring: no Stop, which would stop nothing
+    train._stop.clear()
+    train._set_running(True)
+    train._on_event(training.MeasuringLabelOffset(1.0))
     assert "measuring" in train.progress.format()
-    assert "Training stopped" not in train.status.text()
+    assert "measuring on the validation part" in train.status.text()
+    assert not train.stop_button.isEnabled()
+    train._set_running(False)
 
 
 def test_bad_inputs_become_notifications(make_napari_viewer, qtbot, sample, notifications):

@@ -504,10 +504,11 @@ class TrainWidget(QWidget):
         elif isinstance(event, MeasuringLabelOffset):
             self.progress.setValue(1000)
             self.progress.setFormat("measuring the label offset…")
+            self.stop_button.setEnabled(False)  # seconds, and nothing left to stop
             if not self._stop.is_set():
                 self.status.setText(
-                    "Training done; measuring whether the labels sit a fraction of a pixel "
-                    f"off the image, on {event.validation_planes} validation part(s)…"
+                    "Training done; measuring on the validation part whether the labels sit "
+                    "a fraction of a pixel off the image…"
                 )
         elif isinstance(event, TrainingFinished):
             self._completed = True
