@@ -134,6 +134,27 @@ def test_same_names_from_two_folders_are_not_overwritten(tmp_path, model_path, i
     assert "same name" in capsys.readouterr().err
 
 
+def test_names_that_differ_in_case_only_meet_where_the_output_folder_ignores_case(
+    tmp_path, model_path, inputs, capsys, monkeypatch
+):
+    folder, images = inputs
+    other = tmp_path / "other"
+    other.mkdir()
+    tifffile.imwrite(other / "A.tif", images["a.tif"])
+    args = ["predict", "--model", str(model_path), "--input", str(folder / "a.tif")]
+    args += [str(other / "A.tif")] + TILES
+    assert not cli._ignores_case(tmp_path)  # this file system tells A.tif from a.tif
+
+    assert main(args + ["--output", str(tmp_path / "out")]) == 0
+    assert {p.name for p in (tmp_path / "out").glob("*.tif")} == {"a.tif", "A.tif"}
+    assert not list((tmp_path / "out").glob(".napari-unet-case-probe-*"))  # cleaned up
+
+    monkeypatch.setattr(cli, "_ignores_case", lambda folder: True)  # macOS, Windows
+    assert main(args + ["--output", str(tmp_path / "mac")]) == 1
+    assert "a.tif has the same name and is written to" in capsys.readouterr().err
+    assert [p.name for p in (tmp_path / "mac").glob("*.tif")] == ["a.tif"]
+
+
 def test_a_batch_runs_on_a_cluster_with_the_same_results(
     tmp_path, model_path, inputs, monkeypatch
 ):

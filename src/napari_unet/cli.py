@@ -281,6 +281,21 @@ _CLUSTER_TILED_PIXELS = 64 * 2**20  # larger images fan out tile by tile on a cl
 _CONNECT_SECONDS = 30
 
 
+def _ignores_case(folder: Path) -> bool:
+    """Whether file names in ``folder`` ignore case (as on macOS and Windows by default),
+    so that A.tif and a.tif would be written to one file."""
+    import os
+    import tempfile
+
+    fd, probe = tempfile.mkstemp(prefix=".napari-unet-case-probe-", dir=folder)
+    os.close(fd)
+    probe = Path(probe)
+    try:
+        return probe.with_name(probe.name.upper()).exists()
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def _record(source: Path, target: Path, status: str, seconds: float = 0.0, error=None) -> dict:
     return {
         "input": str(source),
@@ -464,16 +479,18 @@ def cmd_predict(args) -> int:
         return record
 
     records, jobs, owners = [], [], {}
+    fold = str.casefold if _ignores_case(out_dir) else str
     for source in files:
         target = _output_path(source, out_dir, args.format)
-        if target in owners:
+        key = fold(target.name)
+        if key in owners:
             records.append(
                 report(
                     _record(
                         source,
                         target,
                         "failed",
-                        error=f"{owners[target]} has the same name and is written to {target}; "
+                        error=f"{owners[key]} has the same name and is written to {target}; "
                         "rename one of them or run them with different --output folders.",
                     )
                 )
@@ -485,7 +502,7 @@ def cmd_predict(args) -> int:
                 for leftover in out_dir.glob(f".{glob.escape(target.name)}.*.part"):
                     _remove(leftover)
             jobs.append((source, target))
-        owners.setdefault(target, source)
+        owners.setdefault(key, source)
 
     overall = _progress_bar(len(files), "all files", unit=" files")
     overall.update(len(records))
