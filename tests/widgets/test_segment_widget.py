@@ -350,6 +350,24 @@ def test_segmenting_a_renamed_image_updates_its_result_layer(viewer, qtbot):
     assert results == ["b segmentation"]
 
 
+def test_a_result_the_user_renamed_is_kept(viewer, qtbot):
+    layer = viewer.add_image(np.random.default_rng(0).random((48, 48), np.float32), name="a")
+    widget = segment_with(viewer, qtbot, layer, untrained_model())
+    kept = viewer.layers["a segmentation"]
+    kept.name = "first run"
+    kept.data[:10, :10] = 7  # corrected by hand
+
+    widget.start()
+    wait_for(qtbot, widget)
+    widget.start()  # again: the new result is replaced, the renamed one stays
+    wait_for(qtbot, widget)
+
+    assert (kept.data[:10, :10] == 7).all() and kept.name == "first run"
+    results = [x.name for x in viewer.layers if x is not layer]
+    assert results == ["first run", "a segmentation"]
+    assert widget.status.text() == "Wrote the layer 'a segmentation'."
+
+
 def test_boundaries_choice_is_passed_on(viewer, qtbot, monkeypatch):
     from napari_unet import predict
     from napari_unet import prediction as p

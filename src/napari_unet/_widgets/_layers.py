@@ -256,13 +256,16 @@ def output_layer(viewer, source: Layer, suffix: str) -> Layer | None:
     """The layer written earlier for ``source`` with ``suffix``, if it is still there.
 
     Only layers this plugin created carry the mark, so a user's own layer that
-    happens to have the same name is never overwritten.
+    happens to have the same name is never overwritten; nor is a result the user has
+    renamed since (to keep it, say): it is theirs now.
     """
     source_id = str(source.unique_id)
 
     def written_for(layer: Layer) -> bool:
         mark = layer.metadata.get(OUTPUT_KEY)
         if not isinstance(mark, dict) or mark.get("kind") != suffix:
+            return False
+        if layer.name != mark.get("name", layer.name):
             return False
         if "source_id" in mark:  # follows the source through a rename
             return mark["source_id"] == source_id
@@ -290,9 +293,9 @@ def write_layer(
     mark = {"source": source.name, "kind": suffix, "source_id": str(source.unique_id)}
     if existing is not None and isinstance(existing, layer_type) and existing.ndim == data.ndim:
         existing.data = data
-        if existing.metadata.get(OUTPUT_KEY) != mark:  # the source was renamed
-            existing.metadata[OUTPUT_KEY] = mark
+        if existing.metadata[OUTPUT_KEY].get("source") != source.name:  # the source was renamed
             existing.name = f"{source.name} {suffix}"
+        existing.metadata[OUTPUT_KEY] = {**mark, "name": existing.name}
         for name, value in placement.items():
             setattr(existing, name, value)
         if kind == "image":
@@ -311,6 +314,7 @@ def write_layer(
         layer = viewer.add_image(
             data, colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", **options
         )
+    layer.metadata[OUTPUT_KEY]["name"] = layer.name  # as napari named it (unique)
     return layer
 
 
