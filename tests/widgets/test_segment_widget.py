@@ -151,6 +151,7 @@ def test_bad_inputs_become_notifications(viewer, qtbot, notifications):
     assert "2 channel(s)" in notifications.errors[1] and "3" in notifications.errors[1]
     assert "being trained" in notifications.errors[2]
     assert [lay.name for lay in viewer.layers] == ["rgb"]
+    assert widget.status.text().startswith("Not started: 'two channels' is being trained")
 
 
 def test_a_channel_axis_of_a_layer_that_is_not_rgb(viewer, qtbot, notifications):

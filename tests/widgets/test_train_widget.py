@@ -392,6 +392,7 @@ def test_bad_inputs_become_notifications(make_napari_viewer, qtbot, sample, noti
     (image, labels), _ = sample
 
     train.start()
+    assert train.status.text().startswith("Not started: Add an image layer")  # not a last run
     viewer.add_image(image, name="nuclei")
     train.start()
     viewer.add_labels(labels[:128], name="half labels")

@@ -290,6 +290,13 @@ class SegmentWidget(QWidget):
         self.cancel_button.setEnabled(running)
         self.form.enabled = not running
 
+    def _refuse(self, message: str) -> None:
+        """A start refused: the notification, and the panel says so too (not the last run)."""
+        show_error(message)
+        self.status.setText(f"Not started: {message}")
+        self.progress.setValue(0)
+        self.progress.setFormat("")
+
     def start(self) -> None:
         """Segment with the form's settings; problems appear as notifications."""
         if self.running:
@@ -319,10 +326,10 @@ class SegmentWidget(QWidget):
                 output=self.output.value,
             )
         except InputError as error:
-            show_error(str(error))
+            self._refuse(str(error))
             return
         except ValidationError as error:
-            show_error(describe_error(error))
+            self._refuse(describe_error(error))
             return
 
         stacked = len(spatial_shape(image, axis)) > 2

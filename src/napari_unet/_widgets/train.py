@@ -374,6 +374,13 @@ class TrainWidget(QWidget):
         if not running:
             self._update_model_fields()
 
+    def _refuse(self, message: str) -> None:
+        """A start refused: the notification, and the panel says so too (not the last run)."""
+        show_error(message)
+        self.status.setText(f"Not started: {message}")
+        self.progress.setValue(0)
+        self.progress.setFormat("")
+
     def start(self) -> None:
         """Start training with the form's settings; problems appear as notifications."""
         if self.running:
@@ -407,10 +414,10 @@ class TrainWidget(QWidget):
                 model = entry.model
             model_config = None if model is not None else self.model_config()
         except InputError as error:
-            show_error(str(error))
+            self._refuse(str(error))
             return
         except ValidationError as error:
-            show_error(describe_error(error))
+            self._refuse(describe_error(error))
             return
 
         preview = None
