@@ -35,6 +35,21 @@ def test_semantic_classes_keep_their_values():
     assert encoding.class_values == [0, 1, 2, 3]
 
 
+def test_semantic_values_with_gaps_get_a_note_and_long_lists_are_cut():
+    label = np.array([[0, 3], [200, 0]], np.uint8)
+    _, encoding = encode_labels([label], "semantic")
+    assert encoding.num_classes == 201 and len(encoding.notes) == 1
+    assert (
+        "201 classes, of which 198 ([1, 2, 4, 5, 6, 7, 8, 9, ... 190 more])" in (encoding.notes[0])
+    )
+    assert not encode_labels([np.array([[0, 1], [2, 0]])], "semantic")[1].notes
+
+    model = encode_labels([np.array([[0, 1], [2, 0]])], "sparse")[1]
+    ids = np.arange(100, 200).reshape(10, 10)
+    with pytest.raises(InputError, match=r"values \[100, 101, .*, 107, ... 92 more\] are not"):
+        encode_labels([ids], "sparse", previous=model)
+
+
 def test_many_values_in_semantic_mode_suggest_instances():
     label = np.arange(100, dtype=np.uint16).reshape(10, 10)
     with pytest.raises(InputError, match="instances"):

@@ -282,6 +282,13 @@ def _check_integer_labels(
     return label
 
 
+def _some(values, shown: int = 8) -> str:
+    """A list of values for a message: the first ``shown`` and how many more."""
+    values = list(values)
+    text = ", ".join(str(v) for v in values[:shown])
+    return f"[{text}, ... {len(values) - shown} more]" if len(values) > shown else f"[{text}]"
+
+
 def encode_labels(
     labels: Sequence[np.ndarray],
     mode: str,
@@ -327,7 +334,8 @@ def encode_labels(
             unknown = sorted(set(painted.tolist()) - set(source))
             if unknown:
                 raise InputError(
-                    f"Label values {unknown} are not classes of the model ({source}); "
+                    f"Label values {_some(unknown)} are not classes of the model "
+                    f"({_some(source)}); "
                     "paint with the model's values or train a new model."
                 )
             encoding = previous
@@ -358,7 +366,7 @@ def encode_labels(
         beyond = values[values >= len(source)]
         if beyond.size:
             raise InputError(
-                f"Label values {beyond.tolist()} are beyond the model's {len(source)} classes "
+                f"Label values {_some(beyond.tolist())} are beyond the model's {len(source)} classes "
                 f"(0..{len(source) - 1}); fix the labels or train a new model."
             )
         return list(labels), previous
@@ -389,6 +397,14 @@ def encode_labels(
             )
         targets = list(labels)
         num_classes = int(values.max()) + 1
+        if num_classes > len(values):
+            unused = sorted(set(range(num_classes)) - set(values.tolist()))
+            notes.append(
+                f"The labels hold the values {_some(values.tolist())}: in semantic mode a "
+                f"value is its class, so the model gets {num_classes} classes, of which "
+                f"{len(unused)} ({_some(unused)}) are never painted. Renumber the classes "
+                "0, 1, 2, ... for a model of only the painted ones."
+            )
     names = ["background"] + [f"class {v}" for v in range(1, num_classes)]
     encoding = LabelEncoding(
         mode, names, list(range(num_classes)), list(range(num_classes)), notes
