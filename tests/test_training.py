@@ -187,6 +187,21 @@ def test_four_channels_first_are_channels_not_rgba(disk_data):
     assert predict(model, four[0]).shape == binary[0].shape
 
 
+def test_a_last_axis_of_four_is_rgba_unless_it_is_named(disk_data):
+    from napari_unet.training import prepare_data
+
+    images, labels = disk_data
+    last = [np.stack([image, image.max() - image, image, image], -1) for image in images[:2]]
+    binary = [(label > 0).astype(np.uint8) for label in labels[:2]]
+    config = TrainConfig(mode="semantic")
+
+    found = prepare_data(last, binary, config)
+    assert found.in_channels == 3 and sum("read as RGBA" in n for n in found.notes) == 1
+    for axis in (-1, 2):
+        named = prepare_data(last, binary, config, channel_axis=axis)
+        assert named.in_channels == 4 and not any("RGBA" in n for n in named.notes)
+
+
 def test_a_stack_with_labels_for_one_plane_is_refused():
     image, label = disks(64)
     stack = np.stack([image] * 20)

@@ -157,7 +157,16 @@ def _planes(images, labels, channel_axis, notes: list[str]):
                 f"Image #{i} {image.shape} has one axis more than its labels "
                 f"{tuple(np.shape(label))}: read as {image.shape[axis]} channels (axis {axis})."
             )
-        rgba |= axis is not None and axis == colour and image.shape[axis] == 4
+        # a trailing axis of 4 found on its own is RGBA; one asked for holds 4 channels
+        if channel_axis == "auto" and axis is not None and axis == colour:
+            if image.shape[axis] == 4 and not rgba:
+                notes.append(
+                    f"Image #{i} {image.shape} is read as RGBA: its fourth channel (alpha) is "
+                    "left out. If it holds a fourth stain, name that axis as the channel "
+                    "axis (--channel-axis -1, channel_axis=-1, or in napari a layer that is "
+                    "not RGB and its 'channels' field) to train on all four."
+                )
+            rgba |= image.shape[axis] == 4
         first = len(planes)
         for _, plane in iter_planes(image, axis):
             planes.append(to_cyx(plane, None if axis is None else plane.ndim - 1))

@@ -145,10 +145,14 @@ def test_sparse_scribbles_on_one_plane_of_a_stack(make_napari_viewer, qtbot, sam
     assert not result[0].any() and not result[2].any()
 
 
-def test_rgb_image_trains_a_three_channel_model(make_napari_viewer, qtbot):
+@pytest.mark.parametrize("alpha", [False, True])
+def test_rgb_image_trains_a_three_channel_model(make_napari_viewer, qtbot, alpha):
     data = Path(__file__).parents[1] / "data"
     viewer = make_napari_viewer()
-    image = viewer.add_image(tifffile.imread(data / "he_12.tif"), name="he")
+    pixels = tifffile.imread(data / "he_12.tif")
+    if alpha:  # an RGBA layer: alpha is not a channel to learn from
+        pixels = np.concatenate([pixels, np.full_like(pixels[..., :1], 255)], axis=-1)
+    image = viewer.add_image(pixels, name="he")
     viewer.add_labels(tifffile.imread(data / "he_12_labels.tif"), name="he labels")
     assert image.rgb
     train = TrainWidget(viewer)

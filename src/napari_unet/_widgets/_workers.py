@@ -140,7 +140,8 @@ def _train(
         config,
         model=model,
         model_config=model_config,
-        channel_axis=plane_axis,
+        # an RGB(A) layer (-1): its colour axis as read on its own, RGBA without alpha
+        channel_axis="auto" if plane_axis == -1 else plane_axis,
     )
     trained = None
     try:
