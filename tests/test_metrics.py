@@ -22,3 +22,20 @@ def test_instance_scores_of_a_stack_match_objects_within_their_plane():
 def test_tiles_keep_at_least_two_pixels_at_the_bottleneck(shape):
     grid = TileGrid.plan(shape, tile_size=16, overlap=0.125, divisor=16)
     assert min(grid.tile_shape) >= 32
+
+
+def test_a_class_absent_from_an_image_and_its_prediction_is_not_scored():
+    from napari_unet.metrics import _mean_scores, class_scores
+
+    truth = np.zeros((4, 4), np.int64)
+    truth[0] = 1
+    rare = truth.copy()
+    rare[3] = 2  # class 2 is annotated in one image only
+    never = [class_scores(truth, truth, [1, 2, 3]) for _ in range(9)]
+    missed = class_scores(truth, rare, [1, 2, 3])  # ... and never predicted
+
+    assert never[0]["2"] == {"dice": None, "iou": None}
+    mean = _mean_scores(never + [missed])
+    assert mean["1"]["dice"] == 1.0
+    assert mean["2"]["dice"] == 0.0  # not 0.9: the nine images without it say nothing
+    assert mean["3"] == {"dice": None, "iou": None}  # in no image at all

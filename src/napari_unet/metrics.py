@@ -8,7 +8,9 @@ DSB_THRESHOLDS = np.arange(0.5, 1.0, 0.05)
 
 
 def class_scores(prediction: np.ndarray, truth: np.ndarray, classes) -> dict[str, dict]:
-    """Dice and IoU of each class value in ``classes`` (pixels of ``truth`` < 0 ignored)."""
+    """Dice and IoU of each class value in ``classes`` (pixels of ``truth`` < 0 ignored);
+    None for a class in neither the truth nor the prediction, which says nothing about
+    it (and is left out of the means of :func:`evaluate`)."""
     valid = truth >= 0
     scores = {}
     for value in classes:
@@ -16,8 +18,8 @@ def class_scores(prediction: np.ndarray, truth: np.ndarray, classes) -> dict[str
         p = (prediction == value) & valid
         inter, total, union = (t & p).sum(), t.sum() + p.sum(), (t | p).sum()
         scores[str(value)] = {
-            "dice": float(2 * inter / total) if total else 1.0,
-            "iou": float(inter / union) if union else 1.0,
+            "dice": float(2 * inter / total) if total else None,
+            "iou": float(inter / union) if union else None,
         }
     return scores
 
@@ -145,10 +147,14 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
 
 
 def _mean_scores(per_image: list[dict]) -> dict:
+    """Means over the images; scores that are None (a class absent from an image and its
+    prediction) are left out, and a score None in every image stays None."""
+
     def merge(items):
         first = items[0]
         if isinstance(first, dict):
             return {k: merge([item[k] for item in items]) for k in first}
-        return float(np.mean(items))
+        known = [item for item in items if item is not None]
+        return float(np.mean(known)) if known else None
 
     return merge(per_image) if per_image else {}
