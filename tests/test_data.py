@@ -50,6 +50,22 @@ def test_semantic_values_with_gaps_get_a_note_and_long_lists_are_cut():
         encode_labels([ids], "sparse", previous=model)
 
 
+def test_masks_saved_as_0_255_and_as_0_1_train_together():
+    boolean = np.zeros((8, 8), np.int64)
+    boolean[:3] = 1
+    wide = np.zeros((8, 8), np.int64)
+    wide[4:] = 255
+    targets, encoding = encode_labels([boolean, wide], "semantic")
+    assert encoding.num_classes == 2 and "0/255" in encoding.notes[0]
+    np.testing.assert_array_equal(targets[1], wide > 0)
+
+    classes = boolean * 2  # a class 2 elsewhere: the mask's foreground is class 1
+    targets, encoding = encode_labels([classes, wide], "semantic")
+    assert encoding.class_values == [0, 1, 2] and set(np.unique(targets[1])) == {0, 1}
+    with pytest.raises(InputError, match="0..254"):  # not a two-valued mask
+        encode_labels([boolean, np.where(wide > 0, 300, 2)], "semantic")
+
+
 def test_many_values_in_semantic_mode_suggest_instances():
     label = np.arange(100, dtype=np.uint16).reshape(10, 10)
     with pytest.raises(InputError, match="instances"):

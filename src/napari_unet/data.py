@@ -282,6 +282,14 @@ def _check_integer_labels(
     return label
 
 
+def _wide_mask(label: np.ndarray) -> bool:
+    """Labels of 0 and a single value beyond the semantic classes (0..254): 0/255."""
+    high = label.max(initial=0)
+    return (
+        high > 254 and label.min(initial=0) == 0 and bool(np.all((label == 0) | (label == high)))
+    )
+
+
 def _some(values, shown: int = 8) -> str:
     """A list of values for a message: the first ``shown`` and how many more."""
     values = list(values)
@@ -358,6 +366,18 @@ def encode_labels(
         return [lut[label] for label in labels], encoding
     if mode != "semantic":
         raise InputError(f"Unknown label mode {mode!r}; use semantic, sparse or instances.")
+    # A plane holding 0 and one value beyond the classes (0/255) is a binary mask, also
+    # among planes saved otherwise (0/1, boolean, several classes).
+    masks = [k for k, label in enumerate(labels) if _wide_mask(label)]
+    if masks and len(values) > 2:
+        labels = list(labels)
+        for k in masks:
+            labels[k] = (labels[k] > 0).astype(np.int64)
+        values = np.unique(np.concatenate([np.unique(label) for label in labels]))
+        notes.append(
+            f"{len(masks)} label plane(s) are two-valued masks such as 0/255 (the first: "
+            f"{_plane_name(masks[0], owners)}); read as background (0) / class 1."
+        )
     if previous is not None:
         source = previous.source_values
         if len(values) == 2 and values[0] == 0 and len(source) == 2:
