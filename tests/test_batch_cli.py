@@ -249,3 +249,21 @@ def test_closing_boundaries_on_a_model_without_two_classes_fails_once(tmp_path, 
     assert code == 2
     assert err.count("error") == 1 and "two classes" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_label_files_beside_their_images_are_not_segmented(tmp_path, model_path, capsys):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = (np.random.default_rng(0).random((40, 50)) * 255).astype(np.uint8)
+    tifffile.imwrite(folder / "a.tif", image)
+    tifffile.imwrite(folder / "a_mask.tif", (image > 128).astype(np.uint8))
+    tifffile.imwrite(folder / "b_mask.tif", image)  # no image "b": an image of its own
+    args = ["predict", "--model", str(model_path)] + TILES
+
+    assert main(args + ["--input", str(folder), "--output", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.tif")) == ["a.tif", "b_mask.tif"]
+    assert "left out 1 label file(s) beside their images (a_mask.tif)" in capsys.readouterr().err
+
+    named = [str(folder / "a.tif"), str(folder / "a_mask.tif")]  # named: segmented
+    assert main(args + ["--input", *named, "--output", str(tmp_path / "named")]) == 0
+    assert len(list((tmp_path / "named").glob("*.tif"))) == 2

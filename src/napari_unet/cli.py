@@ -426,11 +426,31 @@ def _run_on_cluster(address: str, model, jobs, options, overall, report) -> list
 def cmd_predict(args) -> int:
     from ._device import resolve_device
     from .config import PredictConfig
-    from .io import _remove, atomic_path, list_images, load_model, output_is_complete
+    from .io import (
+        _remove,
+        atomic_path,
+        list_images,
+        load_model,
+        output_is_complete,
+        without_label_files,
+    )
     from .prediction import _check_closing
 
     model = load_model(args.model)
-    files = list(dict.fromkeys(list_images(args.input)))
+    files, left_out = [], []
+    for spec in args.input:  # label files beside their images in a folder or glob: not inputs
+        found = list_images(spec)
+        kept = found if Path(spec).is_file() else without_label_files(found)
+        files += kept
+        left_out += [path for path in found if path not in kept]
+    files = list(dict.fromkeys(files))
+    if left_out:
+        print(
+            f"note: left out {len(left_out)} label file(s) beside their images "
+            f"({', '.join(p.name for p in left_out[:3])}{', ...' if len(left_out) > 3 else ''}); "
+            "name a file to segment it anyway.",
+            file=sys.stderr,
+        )
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--output {out_dir} is a file; give a folder for the results.")
