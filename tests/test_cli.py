@@ -584,3 +584,13 @@ def test_channel_axis_option_reaches_lazy_predictions(tmp_path, grey_model):
     np.testing.assert_array_equal(
         tifffile.imread(tmp_path / "lazy.tif"), tifffile.imread(tmp_path / "now.tif")
     )
+
+
+def test_training_without_a_validation_score_says_why(tmp_path, capsys, nuclei_paths):
+    out = tmp_path / "m.safetensors"
+    code = main(["train", "--images", str(nuclei_paths["images"][0]), "--labels",
+                 str(nuclei_paths["labels"][0]), "--mode", "instances", "--out", str(out),
+                 "--epochs", "1", "--depth", "2", "--base-channels", "4", "--patch-size", "32",
+                 "--batch-size", "2", "--validation-fraction", "0"])  # fmt: skip
+    assert code == 0 and out.exists()
+    assert "No validation score: the validation part held no" in capsys.readouterr().out

@@ -252,7 +252,12 @@ def cmd_train(args) -> int:
         channel_axis=args.channel_axis,
     )
     score = trained.best_score
-    print(f"Best validation Dice: {score:.4f}" if score is not None else "No validation score.")
+    print(
+        f"Best validation Dice: {score:.4f}"
+        if score is not None
+        else "No validation score: the validation part held no annotated foreground (or there "
+        "was none, --validation-fraction 0); the model keeps its last weights."
+    )
     if trained.label_offset is not None:
         dy, dx = trained.label_offset
         print(

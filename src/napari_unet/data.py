@@ -423,7 +423,8 @@ def encode_labels(
                 f"The labels hold the values {_some(values.tolist())}: in semantic mode a "
                 f"value is its class, so the model gets {num_classes} classes, of which "
                 f"{len(unused)} ({_some(unused)}) are never painted. Renumber the classes "
-                "0, 1, 2, ... for a model of only the painted ones."
+                "0, 1, 2, ... for a model of only the painted ones (or, if the values are "
+                "object ids, use mode 'instances')."
             )
     names = ["background"] + [f"class {v}" for v in range(1, num_classes)]
     encoding = LabelEncoding(

@@ -562,8 +562,14 @@ class TrainWidget(QWidget):
         entry = self.registry.add(model, name, "trained")
         score = "-" if model.best_score is None else f"{model.best_score:.3f}"
         verb = "stopped" if stopped else "finished"
+        why = ""
+        if model.best_score is None and not stopped:
+            why = (
+                " (the validation part held no painted foreground, or there was none: the "
+                "model keeps its last weights)"
+            )
         self.status.setText(
-            f"Training {verb}. Best validation score {score}. "
+            f"Training {verb}. Best validation score {score}{why}. "
             f"'{entry.name}' is now the active model for segmenting."
         )
         if stopped:
