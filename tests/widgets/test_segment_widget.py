@@ -293,7 +293,7 @@ def test_channel_layouts_the_model_cannot_read_get_advice(viewer, notifications)
     assert len(errors) == 3
     assert "read as grey planes" in errors[0] and "'channels' field" in errors[0]
     assert "axis 0" in errors[1] and "has 3" in errors[1]
-    assert "napari-unet predict" in errors[2]
+    assert "napari-unet predict" in errors[2] and "Merge to Stack" in errors[2]
     assert [lay.name for lay in viewer.layers] == ["three planes", "channels last"]
 
 

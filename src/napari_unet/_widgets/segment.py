@@ -75,7 +75,9 @@ def _check_channels(entry: ModelEntry, image: Image, axis: int | None) -> None:
             "choose the axis that holds its channels in the 'channels' field."
             if channel_choices(image)
             else "this widget reads channels from an axis before Y, X (one with a slider) "
-            "or from an RGB layer; segment other layouts with `napari-unet predict` or "
+            "or from an RGB layer. If napari opened the channels as separate layers, select "
+            "them and right-click > Merge to Stack, then choose the new axis in the "
+            "'channels' field; segment other layouts with `napari-unet predict` or "
             "`napari_unet.predict(model, image)`."
         )
         raise InputError(
