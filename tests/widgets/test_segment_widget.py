@@ -134,6 +134,28 @@ def test_cancel_leaves_the_layers_alone(viewer, qtbot):
     assert not registry_for(viewer).active.busy
 
 
+def test_removing_the_image_stops_its_segmentation(viewer, qtbot):
+    layer = viewer.add_image(np.zeros((4, 512, 512), np.float32), name="big")
+    registry_for(viewer).add(untrained_model(), "test model", "test")
+    widget = SegmentWidget(viewer)
+    widget.image.value = layer
+    widget.tile_size.value = 32
+    widget.overlap.value = 0.25
+    widget.device.value = "cpu"
+    progress = []
+
+    widget.start()
+    widget._worker.yielded.connect(progress.append)
+    qtbot.waitUntil(lambda: len(progress) > 0, timeout=30_000)
+    viewer.layers.remove(layer)
+    assert widget._stop.is_set() and "removed; stopping" in widget.status.text()
+    wait_for(qtbot, widget)
+
+    assert len(viewer.layers) == 0
+    assert widget.status.text() == "The image layer 'big' was removed; segmenting stopped."
+    assert progress[-1].fraction < 1  # not run to the end
+
+
 def test_bad_inputs_become_notifications(viewer, qtbot, notifications):
     widget = SegmentWidget(viewer)
     layer = viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="rgb")

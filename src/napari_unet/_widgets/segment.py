@@ -205,6 +205,7 @@ class SegmentWidget(QWidget):
         self.channels.changed.connect(self._update_planes)
         self.model.changed.connect(self._update_planes)
         watch_layers(self.viewer, self.reset_choices)
+        self.viewer.layers.events.removed.connect(self._on_layer_removed)
         self.reset_choices()
         self._select_active_model()
         self._set_running(False)
@@ -386,6 +387,13 @@ class SegmentWidget(QWidget):
             self.cancel_button.setEnabled(False)
             self.status.setText("Cancelling…")
 
+    def _on_layer_removed(self, event) -> None:
+        """The image being segmented was removed: nothing left to write to, so stop."""
+        if self.running and event.value is self._job.get("image"):
+            self._stop.set()
+            self.cancel_button.setEnabled(False)
+            self.status.setText(f"The image layer '{event.value.name}' was removed; stopping…")
+
     def _on_event(self, event) -> None:
         if isinstance(event, TileProgress):
             self.progress.setValue(int(round(event.fraction * 1000)))
@@ -397,12 +405,17 @@ class SegmentWidget(QWidget):
 
     def _on_returned(self, result: np.ndarray | None) -> None:
         job = self._job
+        image = job["image"]
         if result is None:
             if self._stop.is_set():
-                self.status.setText("Cancelled; no layer was changed.")
+                gone = image not in self.viewer.layers
+                self.status.setText(
+                    f"The image layer '{image.name}' was removed; segmenting stopped."
+                    if gone
+                    else "Cancelled; no layer was changed."
+                )
                 self.progress.setFormat("cancelled")
             return
-        image = job["image"]
         if image not in self.viewer.layers:
             self.status.setText(f"The image layer '{image.name}' was removed meanwhile.")
             return
