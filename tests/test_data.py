@@ -136,6 +136,19 @@ def test_a_given_channel_axis_must_exist():
         channel_axis_of((100, 120), 0)
 
 
+def test_float_images_spanning_more_than_float32s_range_are_normalised():
+    import warnings
+
+    from napari_unet.data import Normalization
+
+    ramp = np.linspace(0, 1, 64 * 64).reshape(1, 64, 64)
+    wide = (ramp * 6e38 - 3e38).astype(np.float32)  # finite, but max - min overflows
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow on the way
+        out = Normalization(0, 100)(wide)
+    np.testing.assert_allclose(out, ramp, atol=1e-5)
+
+
 def test_channel_conversion():
     grey = np.ones((1, 4, 4), np.float32)
     rgba = np.ones((4, 4, 4), np.float32)

@@ -235,7 +235,12 @@ class Normalization:
     def apply(cyx: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
         """(C, Y, X) -> float32 (C, Y, X) scaled to about [0, 1]; NaN becomes 0."""
         out = np.asarray(cyx, dtype=np.float32)
-        out = (out - lows[:, None, None]) / np.maximum(highs - lows, 1e-6)[:, None, None]
+        # scale first, then shift: (x - low) / (high - low) would overflow float32 for
+        # images whose values span more than its range
+        lows, highs = np.asarray(lows, np.float64), np.asarray(highs, np.float64)
+        scale = 1.0 / np.maximum(highs - lows, 1e-6)
+        out = out * scale.astype(np.float32)[:, None, None]
+        out -= (lows * scale).astype(np.float32)[:, None, None]
         return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0, copy=False)
 
     def __call__(self, cyx: np.ndarray) -> np.ndarray:
