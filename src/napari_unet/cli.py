@@ -843,7 +843,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     d = sub.add_parser("demo", help="train on the bundled nuclei sample, segment, score")
-    d.add_argument("--minutes", type=float, default=1.0)
+    d.add_argument(
+        "--minutes", type=float, default=1.0, help="training time budget (default: %(default)s)"
+    )
     d.add_argument("--output", default="napari-unet-demo", help="folder for the results")
     d.add_argument("--gui", action="store_true", help="open napari with the sample and widgets")
     device(d)
