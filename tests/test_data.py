@@ -130,6 +130,9 @@ def test_rgb_detected_only_on_trailing_small_axis():
 def test_a_given_channel_axis_must_exist():
     assert channel_axis_of((3, 100, 120), 0) == 0 and channel_axis_of((100, 3, 120), -2) == 1
     assert channel_axis_of((100, 120), None) is None
+    assert channel_axis_of((3, 100, 120), "none") is None
+    with pytest.raises(InputError, match="give 'auto', None"):
+        channel_axis_of((3, 100, 120), "first")
     with pytest.raises(InputError, match="give an axis from -3 to 2"):
         channel_axis_of((3, 100, 120), 3)
     with pytest.raises(InputError, match="a 2-D \\(grey\\) image has no channel axis"):

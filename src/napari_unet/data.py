@@ -37,9 +37,15 @@ def channel_axis_of(shape: Sequence[int], channel_axis: int | None | str = "auto
     spatial (a leading axis is a Z or T stack).
     """
     if channel_axis != "auto":
-        if channel_axis is None:
+        if channel_axis is None or str(channel_axis).lower() == "none":
             return None
-        axis = int(channel_axis)
+        try:
+            axis = int(channel_axis)
+        except (TypeError, ValueError):
+            raise InputError(
+                f"channel_axis={channel_axis!r}: give 'auto', None (every axis spatial) or "
+                "the number of the axis that holds the channels."
+            ) from None
         if len(shape) < 3 or not -len(shape) <= axis < len(shape):
             raise InputError(
                 f"Channel axis {channel_axis} does not fit an image of shape {tuple(shape)}: "
