@@ -28,7 +28,7 @@ def test_identity_model_reconstructs_input_exactly(shape, overlap):
 def test_every_overlap_is_at_least_the_requested_one():
     grid = TileGrid.plan((1000, 1000), tile_size=256, overlap=0.25, divisor=16)
     starts = np.array(grid.y.starts)
-    assert starts[0] == 0 and starts[-1] == 1000 - 256
+    assert starts[0] == 0 and starts[-1] == 752  # 1000 - 256 = 744, up to a multiple of 16
     assert (256 - np.diff(starts) >= 64).all()
 
 
@@ -41,7 +41,8 @@ def test_tiles_shrink_to_fit_the_axis(length):
     count = len(starts)
 
     assert axis.tile <= tile and axis.tile % divisor == 0
-    assert starts[0] == 0 and starts[-1] + axis.tile == length
+    assert starts[0] == 0 and (starts % divisor == 0).all()  # one pooling grid for all
+    assert length <= starts[-1] + axis.tile < length + divisor  # reflected past the end
     assert (axis.tile - np.diff(starts) >= overlap).all()
     # No fewer tiles of the full size would do, and one divisor less would not cover.
     assert (count - 1) * (tile - overlap) + tile < length + (tile - overlap)
@@ -79,6 +80,34 @@ def test_tiled_and_untiled_unet_agree(disk_data):
     tiled = predict(net, image, tile_size=128, overlap=0.25, mixed_precision=False)
 
     assert (tiled == reference).mean() >= 0.999
+
+
+def test_tiles_pool_on_the_grid_of_the_whole_image():
+    """Tiles start at multiples of the network's divisor: away from its edges, a tile
+    computes what one pass over the whole image computes there (pooling windows on
+    another grid would change its whole area)."""
+    torch.manual_seed(0)
+    net = UNet(1, 2, depth=2, base_channels=8).eval()
+    with torch.no_grad():
+        for parameter in net.parameters():
+            parameter *= 3  # a network that reacts strongly to where it pools
+    image = np.random.default_rng(0).random((701, 701)).astype(np.float32)
+    options = {"output": "probabilities", "mixed_precision": False, "device": "cpu"}
+
+    whole = predict(net, image, tile_size=1024, **options)[1]
+    tiled = predict(net, image, tile_size=256, overlap=0.25, **options)[1]
+
+    grid = TileGrid.plan(image.shape, 256, 0.25, net.divisor)
+    assert all(s % net.divisor == 0 for s in grid.y.starts) and len(grid.y.starts) > 2
+    inner = np.zeros(701, bool)  # 48 pixels inside one tile, beyond the others
+    starts = grid.y.starts
+    for i, start in enumerate(starts):
+        lo = max(start + 48, starts[i - 1] + grid.y.tile if i else 0)
+        hi = min(start + grid.y.tile - 48, starts[i + 1] if i + 1 < len(starts) else 701)
+        inner[lo:hi] = True
+    inner = inner[:, None] & inner[None, :]
+    assert inner.mean() > 0.1
+    np.testing.assert_allclose(tiled[inner], whole[inner], atol=1e-5)
 
 
 @pytest.mark.parametrize("norm", ["instance", "group"])

@@ -31,33 +31,51 @@ def _round_up(value: int, multiple: int) -> int:
 
 @dataclass(frozen=True)
 class Axis:
-    """Tiling of one axis: tile length, starts, and reflection padding of short axes."""
+    """Tiling of one axis: tile length and starts.
+
+    Every tile starts at a multiple of the network's divisor (its total pooling factor),
+    so that all tiles, and a prediction of the image in one piece, pool the image on the
+    same grid: a U-Net's output depends on where its pooling windows fall, and tiles
+    pooled on different grids would disagree over their whole area, not only at their
+    edges. The last tile may reach up to ``divisor - 1`` pixels beyond the image; a tile
+    (or the single tile of a short axis) is filled up to its length by reflection.
+    """
 
     length: int
     tile: int
     starts: tuple[int, ...]
-    pad_before: int
-    pad_after: int
 
     @classmethod
     def plan(cls, length: int, tile: int, overlap: int, divisor: int) -> Axis:
         if length <= tile:
-            size = max(_round_up(length, divisor), 2 * divisor)
-            pad = size - length
-            return cls(length, size, (0,), pad // 2, pad - pad // 2)
+            return cls(length, max(_round_up(length, divisor), 2 * divisor), (0,))
         stride = max(divisor, tile - overlap)
         count = -(-(length - tile) // stride) + 1
         # The fewest tiles of at most ``tile`` pixels are ``count``; shrink them to the
         # smallest multiple of ``divisor`` that still covers the axis with overlaps of at
         # least ``overlap``, so no pixels are computed beyond what blending needs.
+        most = tile
         tile = min(tile, _round_up(-(-(length + (count - 1) * overlap) // count), divisor))
-        # Spread the tiles evenly so that every overlap is at least ``overlap``.
-        starts = np.round(np.linspace(0, length - tile, count)).astype(int)
-        return cls(length, tile, tuple(int(s) for s in starts), 0, 0)
+        while True:
+            # starts spread evenly over multiples of ``divisor`` up to the last tile's
+            last = _round_up(length - tile, divisor) // divisor
+            widest = -(-last // (count - 1)) * divisor  # the largest step between starts
+            if widest <= tile - overlap:
+                break
+            if tile + divisor <= most:
+                tile += divisor
+            else:
+                count += 1
+        starts = np.round(np.linspace(0, last, count)).astype(int) * divisor
+        return cls(length, tile, tuple(int(s) for s in starts))
+
+    def valid(self, index: int) -> int:
+        """The image pixels that tile ``index`` covers (the rest of it is padding)."""
+        return min(self.tile, self.length - self.starts[index])
 
     def weights(self, index: int, ramp: int) -> np.ndarray:
         """1-D blending weight of tile ``index`` over its valid (unpadded) pixels."""
-        size = self.tile - self.pad_before - self.pad_after
+        size = self.valid(index)
         w = np.ones(size, np.float32)
         if len(self.starts) == 1 or ramp <= 0:
             return w
@@ -73,9 +91,8 @@ class Axis:
 
     def weight_sum(self, ramp: int) -> np.ndarray:
         total = np.zeros(self.length, np.float32)
-        valid = self.tile - self.pad_before - self.pad_after
         for i, start in enumerate(self.starts):
-            total[start : start + valid] += self.weights(i, ramp)
+            total[start : start + self.valid(i)] += self.weights(i, ramp)
         return total
 
 
@@ -107,10 +124,11 @@ class TileGrid:
         cls, shape: tuple[int, int], tile_size: int, overlap: float, divisor: int
     ) -> TileGrid:
         """Plan tiles of at most ``tile_size`` (rounded up to ``divisor``) overlapping by at
-        least ``overlap`` (a share of ``tile_size``). Each axis gets the fewest tiles that
-        cover it, shrunk to fit it (so a 2048-pixel axis takes 5 tiles of 464 rather than 5
-        of 512). Axes shorter than a tile get one tile, padded by reflection to a multiple
-        of ``divisor`` (and to at least twice it)."""
+        least ``overlap`` (a share of ``tile_size``), each starting at a multiple of
+        ``divisor``. Each axis gets the fewest tiles that cover it, shrunk to fit it (so a
+        2048-pixel axis takes 5 tiles of 464 rather than 5 of 512). Axes shorter than a
+        tile get one tile, padded by reflection after the image to a multiple of
+        ``divisor`` (and to at least twice it)."""
         if not 0 <= overlap < 0.5:
             raise ValueError(f"overlap must be in [0, 0.5), got {overlap}.")
         tile = tile_side(tile_size, divisor)
@@ -158,16 +176,15 @@ def tile_window(grid: TileGrid, row: int, col: int) -> tuple[slice, slice]:
     """The image rows and columns read for tile (row, col): its valid, unpadded part."""
     ys, xs = grid.y, grid.x
     y0, x0 = ys.starts[row], xs.starts[col]
-    ylen = ys.tile - ys.pad_before - ys.pad_after
-    xlen = xs.tile - xs.pad_before - xs.pad_after
-    return slice(y0, y0 + ylen), slice(x0, x0 + xlen)
+    return slice(y0, y0 + ys.valid(row)), slice(x0, x0 + xs.valid(col))
 
 
 def prepare_tile(block, grid: TileGrid) -> np.ndarray:
-    """A tile's pixels (C, h, w) as float32, reflect-padded to the tile shape where short."""
+    """A tile's pixels (C, h, w) as float32, reflect-padded after the image to the tile
+    shape where the image ends within the tile."""
     tile = np.asarray(block, dtype=np.float32)
-    pads = ((0, 0), (grid.y.pad_before, grid.y.pad_after), (grid.x.pad_before, grid.x.pad_after))
-    if any(p for pair in pads for p in pair):
+    pads = ((0, 0), (0, grid.y.tile - tile.shape[1]), (0, grid.x.tile - tile.shape[2]))
+    if pads[1][1] or pads[2][1]:
         tile = pad_reflect(tile, pads)
     return tile
 
@@ -176,9 +193,7 @@ def weight_tile_output(output: np.ndarray, grid: TileGrid, row: int, col: int) -
     """Crop a tile's network output (K, tile, tile) to its valid part and apply its
     blending weight: (K, h, w) float32, ready to be summed into the image."""
     ys, xs = grid.y, grid.x
-    ylen = ys.tile - ys.pad_before - ys.pad_after
-    xlen = xs.tile - xs.pad_before - xs.pad_after
-    output = output[:, ys.pad_before : ys.pad_before + ylen, xs.pad_before : xs.pad_before + xlen]
+    output = output[:, : ys.valid(row), : xs.valid(col)]
     weight = ys.weights(row, grid.ramp)[:, None] * xs.weights(col, grid.ramp)[None, :]
     return output * weight
 
@@ -266,8 +281,7 @@ def iter_tiled(
     """
     ys, xs = grid.y, grid.x
     height, width = ys.length, xs.length
-    ylen = ys.tile - ys.pad_before - ys.pad_after
-    xlen = xs.tile - xs.pad_before - xs.pad_after
+    ylen = ys.valid(0)  # the rows of the tallest tiles: the first row's
     inv_x = 1.0 / xs.weight_sum(grid.ramp)
     inv_y = 1.0 / ys.weight_sum(grid.ramp)
     rows, cols = len(ys.starts), len(xs.starts)
@@ -308,7 +322,8 @@ def iter_tiled(
             yield from flush()
             y0, x0 = ys.starts[row], xs.starts[col]
             weighted = weight_tile_output(out, grid, row, col)
-            acc[:, y0 - acc_y0 : y0 - acc_y0 + ylen, x0 : x0 + xlen] += weighted
+            h, w = weighted.shape[1:]
+            acc[:, y0 - acc_y0 : y0 - acc_y0 + h, x0 : x0 + w] += weighted
             done_in_row[row] += 1
         done += len(pending)
         pending.clear()
