@@ -267,3 +267,65 @@ def test_label_files_beside_their_images_are_not_segmented(tmp_path, model_path,
     named = [str(folder / "a.tif"), str(folder / "a_mask.tif")]  # named: segmented
     assert main(args + ["--input", *named, "--output", str(tmp_path / "named")]) == 0
     assert len(list((tmp_path / "named").glob("*.tif"))) == 2
+
+
+def test_arrays_of_zarr_groups_are_named_after_their_group(tmp_path, model_path):
+    from napari_unet.cli import _output_path
+
+    for name in ("a", "b"):
+        group = zarr.open_group(str(tmp_path / f"{name}.ome.zarr"), mode="w")
+        group.create_array("0", shape=(40, 50), dtype="uint8")[:] = 9
+    arrays = [str(tmp_path / "a.ome.zarr" / "0"), str(tmp_path / "b.ome.zarr" / "0")]
+    out = tmp_path / "out"
+
+    code = main(["predict", "--model", str(model_path), "--input", *arrays, "--output",
+                 str(out), "--format", "zarr"] + TILES)  # fmt: skip
+
+    assert code == 0
+    assert sorted(p.name for p in out.glob("*.zarr")) == ["a.zarr", "b.zarr"]
+    assert _output_path(tmp_path / "a.ome.zarr" / "1", out).name == "a_1.tif"
+    assert _output_path(tmp_path / "a.ome.zarr", out).name == "a.tif"
+
+
+def test_unwritable_output_and_summary_fail_before_any_work(
+    tmp_path, model_path, inputs, capsys, monkeypatch
+):
+    folder, _ = inputs
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    worked = []
+    monkeypatch.setattr(cli, "_predict_one", lambda *args, **kwargs: worked.append(args))
+    args = ["predict", "--model", str(model_path), "--input", str(folder / "a.tif")] + TILES
+
+    code = main(args + ["--output", str(blocker / "out")])
+    assert code == 2 and "Cannot write to the --output folder" in capsys.readouterr().err
+
+    summary = str(blocker / "summary.json")
+    code = main(args + ["--output", str(tmp_path / "out"), "--summary", summary])
+    assert code == 2 and "Cannot write the summary to" in capsys.readouterr().err
+    assert not worked and not list((tmp_path / "out").glob("*"))
+
+
+def test_one_file_spelled_two_ways_is_segmented_once(tmp_path, model_path, inputs):
+    folder, _ = inputs
+    again = folder / ".." / folder.name / "a.tif"
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(model_path), "--input", str(folder / "a.tif"), str(again)]
+
+    assert main(args + ["--output", str(out)] + TILES) == 0
+    summary, files = _summary(out / "summary.json")
+    assert summary["counts"] == {"ok": 1, "skipped": 0, "failed": 0}
+
+    # ** in a glob reaches into subfolders
+    nested = tmp_path / "deep" / "er"
+    nested.mkdir(parents=True)
+    (nested / "b.tif").write_bytes((folder / "b.tif").read_bytes())
+    glob_args = [
+        "predict",
+        "--model",
+        str(model_path),
+        "--input",
+        str(tmp_path / "deep" / "**" / "*.tif"),
+    ]
+    assert main(glob_args + ["--output", str(tmp_path / "globbed")] + TILES) == 0
+    assert (tmp_path / "globbed" / "b.tif").exists()

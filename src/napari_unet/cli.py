@@ -274,11 +274,16 @@ def cmd_train(args) -> int:
 def _output_path(source: Path, out_dir: Path, fmt: str = "tif") -> Path:
     from .io import _stem
 
+    stem = _stem(source)
+    if source.parent.name.lower().endswith(".zarr") and not source.name.lower().endswith(".zarr"):
+        # an array of a zarr group (group.ome.zarr/0): named after the group
+        stem = _stem(source.parent) + ("" if source.name == "0" else f"_{source.name}")
+        return out_dir / (stem + (".zarr" if fmt == "zarr" else ".tif"))
     if fmt == "zarr":
-        return out_dir / (_stem(source) + ".zarr")
+        return out_dir / (stem + ".zarr")
     name = source.name
     if source.suffix.lower() not in (".tif", ".tiff"):
-        name = _stem(source) + ".tif"
+        name = stem + ".tif"
     return out_dir / name
 
 
@@ -448,7 +453,10 @@ def cmd_predict(args) -> int:
         kept = found if Path(spec).is_file() else without_label_files(found)
         files += kept
         left_out += [path for path in found if path not in kept]
-    files = list(dict.fromkeys(files))
+    unique: dict[Path, Path] = {}
+    for path in files:  # each file once, however it was spelled
+        unique.setdefault(path.resolve(), path)
+    files = list(unique.values())
     if left_out:
         print(
             f"note: left out {len(left_out)} label file(s) beside their images "
@@ -482,8 +490,24 @@ def cmd_predict(args) -> int:
             f"{', ...' if len(clashes) > 3 else ''}): --output is the input folder. Choose "
             "another --output folder."
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        fold = str.casefold if _ignores_case(out_dir) else str
+    except OSError as error:
+        raise InputError(
+            f"Cannot write to the --output folder {out_dir} ({error.strerror or error}); "
+            "choose another folder."
+        ) from error
     summary_path = Path(args.summary) if args.summary else out_dir / "summary.json"
+    try:  # found now rather than after the whole batch
+        from .io import _temporary_beside
+
+        _remove(_temporary_beside(summary_path, directory=False))
+    except OSError as error:
+        raise InputError(
+            f"Cannot write the summary to {summary_path} ({error.strerror or error}); "
+            "choose another --summary."
+        ) from error
     options = {
         "tile_size": args.tile_size,
         "overlap": args.overlap,
@@ -504,7 +528,6 @@ def cmd_predict(args) -> int:
         return record
 
     records, jobs, owners = [], [], {}
-    fold = str.casefold if _ignores_case(out_dir) else str
     for source in files:
         target = _output_path(source, out_dir, args.format)
         key = fold(target.name)
@@ -706,7 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--overlap",
             type=float,
             default=predict_defaults.overlap,
-            help=f"overlap of tiles, a share of the tile (0-0.5; default: {OVERLAP_PIXELS} "
+            help=f"overlap of tiles, a share of the tile (0 to below 0.5; default: {OVERLAP_PIXELS} "
             "pixels, at most a quarter of the tile)",
         )
         p.add_argument("--batch-size", type=int, default=predict_defaults.batch_size)

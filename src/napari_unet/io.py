@@ -111,7 +111,7 @@ def list_images(spec) -> list[Path]:
                 )
             files += found
         elif any(c in item for c in "*?["):
-            found = sorted(Path(p) for p in glob.glob(item) if _is_image(Path(p)))
+            found = sorted(Path(p) for p in glob.glob(item, recursive=True) if _is_image(Path(p)))
             if not found:
                 raise InputError(f"No files match {item!r}.")
             files += found
