@@ -152,6 +152,28 @@ def test_float_images_spanning_more_than_float32s_range_are_normalised():
     np.testing.assert_allclose(out, ramp, atol=1e-5)
 
 
+def test_a_few_hot_or_dead_pixels_do_not_set_the_range():
+    from napari_unet.data import Normalization
+
+    rng = np.random.default_rng(0)
+    image = (1000 + 400 * rng.random((1, 128, 128))).astype(np.uint16)  # a dim camera
+    image[0, :40, :40] = 1400  # bright, saturated nuclei: part of the signal
+    stuck = rng.choice(image.size, 50, replace=False)  # 0.3% of the pixels
+    normalise = Normalization()
+    clean = normalise.stats(image)
+    assert clean[1][0] == 1400
+
+    for value in (65535, 0):  # hot pixels, dead pixels
+        spoilt = image.copy()
+        spoilt.flat[stuck] = value
+        for kind in (np.uint16, np.float32):
+            lows, highs = normalise.stats(spoilt.astype(kind))
+            np.testing.assert_allclose((lows[0], highs[0]), (clean[0][0], clean[1][0]), rtol=1e-3)
+    common = image.copy()
+    common.flat[rng.choice(image.size, 2000, replace=False)] = 65535  # 12%: not a few
+    assert normalise.stats(common)[1][0] == 65535
+
+
 def test_channel_conversion():
     grey = np.ones((1, 4, 4), np.float32)
     rgba = np.ones((4, 4, 4), np.float32)

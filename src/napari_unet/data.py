@@ -218,7 +218,10 @@ class Normalization:
         sample = np.asarray(image[:, ::step, ::step])
         sample = sample.reshape(sample.shape[0], -1)
         if sample.dtype.kind in "uib":
-            channels = [_integer_percentiles(c, (self.low, self.high)) for c in sample]
+            channels = [
+                self._past_stuck_pixels(c, _integer_percentiles(c, (self.low, self.high)))
+                for c in sample
+            ]
             lows, highs = zip(*channels, strict=True)
             return np.asarray(lows, np.float32), np.asarray(highs, np.float32)
         sample = sample.astype(np.float32, copy=False)
@@ -233,9 +236,35 @@ class Normalization:
             lo, hi = np.percentile(values, [self.low, self.high])
             if hi <= lo:  # flat or nearly binary channel: fall back to its full range
                 lo, hi = float(values.min()), float(values.max())
+            lo, hi = self._past_stuck_pixels(values, (lo, hi))
             lows.append(lo)
             highs.append(hi)
         return np.asarray(lows, np.float32), np.asarray(highs, np.float32)
+
+    def _past_stuck_pixels(self, values: np.ndarray, bounds) -> tuple[float, float]:
+        """``bounds`` (low, high) of one channel's ``values``, where a percentile landed
+        on the channel's extreme value held by only a few pixels (at most five times the
+        share the percentile leaves out) that lie far apart from the rest (they would at
+        least double the range: hot or dead pixels, not saturated nuclei), taken again
+        over the other pixels. Otherwise a few hot pixels at 65535 in an image of values
+        near 1000 would scale the whole image to about 0."""
+        lo, hi = bounds
+        top, bottom = values.max(), values.min()
+        if top == bottom:
+            return lo, hi
+
+        def percentile(rest: np.ndarray, q: float) -> float:  # rare: sorting will do
+            return float(np.percentile(rest.astype(np.float64), q))
+
+        if hi >= top and (values == top).sum() <= 5 * values.size * (100 - self.high) / 100:
+            new_hi = float(np.float32(percentile(values[values < top], self.high)))
+            if lo < new_hi < lo + (hi - lo) / 2:  # apart from the rest: not saturated nuclei
+                hi = new_hi
+        if lo <= bottom and (values == bottom).sum() <= 5 * values.size * self.low / 100:
+            new_lo = float(np.float32(percentile(values[values > bottom], self.low)))
+            if hi - (hi - lo) / 2 < new_lo < hi:
+                lo = new_lo
+        return lo, hi
 
     @staticmethod
     def apply(cyx: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
