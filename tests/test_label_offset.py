@@ -164,7 +164,7 @@ def test_training_measures_the_offset_unless_told_not_to(monkeypatch, disk_data)
 
     seen = []
 
-    def measured(network, samples, device="cpu", tile=None):
+    def measured(network, samples, device="cpu", tile=None, least=0):
         seen.append(len(samples))
         return (-0.5, 0.0)
 

@@ -110,6 +110,35 @@ def test_tiles_pool_on_the_grid_of_the_whole_image():
     np.testing.assert_allclose(tiled[inner], whole[inner], atol=1e-5)
 
 
+def test_an_image_smaller_than_the_training_patches_is_seen_at_their_size(monkeypatch):
+    """Training mirrors its images around to the patch size; prediction mirrors an image
+    smaller than the patches around to their size too (a model trained on 100-pixel
+    images with patches of 256 marked most of a 112-pixel tile as nuclei)."""
+    import napari_unet.prediction as p
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.model import SegmentationModel
+
+    grid = TileGrid.plan((20, 30), tile_size=1024, overlap=0.0625, divisor=16, least=64)
+    assert grid.tile_shape == (64, 64) and grid.y.pad_before == 16 and grid.x.pad_before == 16
+    image = np.random.default_rng(0).random((2, 20, 30), dtype=np.float32)
+    np.testing.assert_array_equal(tiled_apply(image, identity, 2, grid), image)
+
+    seen = []
+
+    def forward(batch):
+        seen.append(batch.shape)
+        return np.concatenate([batch[:, :1], 1 - batch[:, :1]], axis=1)
+
+    monkeypatch.setattr(p, "_local_forward", lambda *args: forward)
+    encoding = LabelEncoding("semantic", ["background", "class 1"], [0, 1], [0, 1], [])
+    history = {"runs": [{"config": {"patch_size": 64}}]}
+    model = SegmentationModel(UNet(1, 2, depth=4, base_channels=4), encoding, Normalization(),
+                              history=history)  # fmt: skip
+    assert model.patch_size == 64
+    assert predict(model, image[0]).shape == (20, 30) and seen[-1][-2:] == (64, 64)
+    assert predict(model.network, image[0]).shape == (20, 30) and seen[-1][-2:] == (32, 32)
+
+
 @pytest.mark.parametrize("norm", ["instance", "group"])
 def test_per_tile_normalisation_warns_only_when_the_image_is_tiled(norm):
     image = np.random.default_rng(0).random((96, 96)).astype(np.float32)

@@ -256,6 +256,13 @@ class SegmentationModel:
         return self.network.config.num_classes
 
     @property
+    def patch_size(self) -> int | None:
+        """The patch size of the model's last training (None: not recorded)."""
+        runs = self.history.get("runs", [])
+        size = runs[-1].get("config", {}).get("patch_size") if runs else None
+        return int(size) if isinstance(size, int | float) and size > 0 else None
+
+    @property
     def best_score(self) -> float | None:
         runs = self.history.get("runs", [])
         scores = [r["best_score"] for r in runs if r.get("best_score") is not None]

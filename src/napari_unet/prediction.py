@@ -464,6 +464,7 @@ def _plan(
     min_size: int,
     warn_tiles: bool = True,
     close_boundaries: bool | None = None,
+    least_tile: int | None = None,
 ) -> _Job:
     if isinstance(model, SegmentationModel):
         network, normalization = model.network, model.normalization
@@ -489,7 +490,11 @@ def _plan(
     if height < 1 or width < 1:
         raise InputError(f"The image is empty (shape {shape}).")
     tile = tile_side(config.tile_size, network.divisor)  # an overlap of None stays 64 px
-    grid = TileGrid.plan((height, width), tile, config.overlap_of(tile), network.divisor)
+    if least_tile is None:  # images smaller than the training patches: mirrored around
+        least_tile = getattr(model, "patch_size", None) or 0
+    grid = TileGrid.plan(
+        (height, width), tile, config.overlap_of(tile), network.divisor, least_tile
+    )
     if warn_tiles and grid.count > 1 and network.config.norm in ("instance", "group"):
         warnings.warn(
             _tile_dependence_message(network.config.norm, height, width, grid),
@@ -554,13 +559,16 @@ def iter_predict(
     out=None,
     compute: bool = False,
     _warn_tiles: bool = True,
+    _least_tile: int | None = None,
 ) -> Iterator[TileProgress | PredictionFinished]:
     """Generator form of :func:`predict`: yields :class:`TileProgress` after each batch of
     tiles and finally one :class:`PredictionFinished`. Closing it cancels the work and
     leaves no partial output file behind. ``compute=True`` computes a dask image's
     result here, tile by tile with progress, into numpy, instead of returning it lazily
     (what a GUI worker thread needs). ``_warn_tiles=False`` silences the
-    :class:`TileDependenceWarning` (training's validation and preview passes)."""
+    :class:`TileDependenceWarning` (training's validation and preview passes);
+    ``_least_tile``: the shortest tile side (None: the model's training patch size, as an
+    image smaller than it is mirrored around to it)."""
     defaults = PredictConfig()
     config = PredictConfig(
         tile_size=defaults.tile_size if tile_size is None else tile_size,
@@ -574,7 +582,9 @@ def iter_predict(
     if min_size is None:
         learned = getattr(model, "min_object_size", None)
         min_size = DEFAULT_MIN_SIZE if learned is None else int(learned)
-    job = _plan(model, image, config, channel_axis, min_size, _warn_tiles, close_boundaries)
+    job = _plan(
+        model, image, config, channel_axis, min_size, _warn_tiles, close_boundaries, _least_tile
+    )
     lazy = _is_dask(job.image)
     if lazy and out is None and not job.instances and not compute:
         yield PredictionFinished(_lazy_result(job, ModelSpec.from_model(model)))

@@ -38,17 +38,24 @@ class Axis:
     same grid: a U-Net's output depends on where its pooling windows fall, and tiles
     pooled on different grids would disagree over their whole area, not only at their
     edges. The last tile may reach up to ``divisor - 1`` pixels beyond the image; a tile
-    (or the single tile of a short axis) is filled up to its length by reflection.
+    is filled up to its length by reflection. The single tile of a short axis is at
+    least ``least`` long (the model's training patch): the image mirrored around it on
+    both sides (by a multiple of ``divisor`` before it), as training pads its images, so
+    that an image smaller than the patches it was trained on is seen as in training.
     """
 
     length: int
     tile: int
     starts: tuple[int, ...]
+    pad_before: int = 0
 
     @classmethod
-    def plan(cls, length: int, tile: int, overlap: int, divisor: int) -> Axis:
+    def plan(cls, length: int, tile: int, overlap: int, divisor: int, least: int = 0) -> Axis:
         if length <= tile:
-            return cls(length, max(_round_up(length, divisor), 2 * divisor), (0,))
+            size = max(
+                _round_up(length, divisor), 2 * divisor, min(_round_up(least, divisor), tile)
+            )
+            return cls(length, size, (0,), (size - length) // 2 // divisor * divisor)
         stride = max(divisor, tile - overlap)
         count = -(-(length - tile) // stride) + 1
         # The fewest tiles of at most ``tile`` pixels are ``count``; shrink them to the
@@ -71,7 +78,7 @@ class Axis:
 
     def valid(self, index: int) -> int:
         """The image pixels that tile ``index`` covers (the rest of it is padding)."""
-        return min(self.tile, self.length - self.starts[index])
+        return min(self.tile - self.pad_before, self.length - self.starts[index])
 
     def weights(self, index: int, ramp: int) -> np.ndarray:
         """1-D blending weight of tile ``index`` over its valid (unpadded) pixels."""
@@ -121,21 +128,21 @@ class TileGrid:
 
     @classmethod
     def plan(
-        cls, shape: tuple[int, int], tile_size: int, overlap: float, divisor: int
+        cls, shape: tuple[int, int], tile_size: int, overlap: float, divisor: int, least: int = 0
     ) -> TileGrid:
         """Plan tiles of at most ``tile_size`` (rounded up to ``divisor``) overlapping by at
         least ``overlap`` (a share of ``tile_size``), each starting at a multiple of
         ``divisor``. Each axis gets the fewest tiles that cover it, shrunk to fit it (so a
         2048-pixel axis takes 5 tiles of 464 rather than 5 of 512). Axes shorter than a
-        tile get one tile, padded by reflection after the image to a multiple of
-        ``divisor`` (and to at least twice it)."""
+        tile get one tile, padded by reflection to a multiple of ``divisor``, to at least
+        twice it and to at least ``least`` (within ``tile_size``)."""
         if not 0 <= overlap < 0.5:
             raise ValueError(f"overlap must be in [0, 0.5), got {overlap}.")
         tile = tile_side(tile_size, divisor)
         overlap_px = _round_up(int(round(overlap * tile)), 2)
         return cls(
-            Axis.plan(shape[0], tile, overlap_px, divisor),
-            Axis.plan(shape[1], tile, overlap_px, divisor),
+            Axis.plan(shape[0], tile, overlap_px, divisor, least),
+            Axis.plan(shape[1], tile, overlap_px, divisor, least),
             overlap_px,
         )
 
@@ -180,11 +187,16 @@ def tile_window(grid: TileGrid, row: int, col: int) -> tuple[slice, slice]:
 
 
 def prepare_tile(block, grid: TileGrid) -> np.ndarray:
-    """A tile's pixels (C, h, w) as float32, reflect-padded after the image to the tile
-    shape where the image ends within the tile."""
+    """A tile's pixels (C, h, w) as float32, reflect-padded to the tile shape where the
+    image ends within the tile (and around the single tile of a short axis)."""
     tile = np.asarray(block, dtype=np.float32)
-    pads = ((0, 0), (0, grid.y.tile - tile.shape[1]), (0, grid.x.tile - tile.shape[2]))
-    if pads[1][1] or pads[2][1]:
+    ys, xs = grid.y, grid.x
+    pads = (
+        (0, 0),
+        (ys.pad_before, ys.tile - ys.pad_before - tile.shape[1]),
+        (xs.pad_before, xs.tile - xs.pad_before - tile.shape[2]),
+    )
+    if any(p for pair in pads for p in pair):
         tile = pad_reflect(tile, pads)
     return tile
 
@@ -193,7 +205,11 @@ def weight_tile_output(output: np.ndarray, grid: TileGrid, row: int, col: int) -
     """Crop a tile's network output (K, tile, tile) to its valid part and apply its
     blending weight: (K, h, w) float32, ready to be summed into the image."""
     ys, xs = grid.y, grid.x
-    output = output[:, : ys.valid(row), : xs.valid(col)]
+    output = output[
+        :,
+        ys.pad_before : ys.pad_before + ys.valid(row),
+        xs.pad_before : xs.pad_before + xs.valid(col),
+    ]
     weight = ys.weights(row, grid.ramp)[:, None] * xs.weights(col, grid.ramp)[None, :]
     return output * weight
 

@@ -350,7 +350,11 @@ def foreground_dice(prediction: np.ndarray, target: np.ndarray, num_classes: int
     return float(np.mean(scores)) if scores else None
 
 
-def _validate(network: UNet, samples: list[Sample], device: str, tile: int) -> float | None:
+def _validate(
+    network: UNet, samples: list[Sample], device: str, tile: int, least: int = 0
+) -> float | None:
+    """Mean foreground Dice over ``samples``, predicted as a model trained on patches of
+    ``least`` pixels predicts (see :meth:`napari_unet.tiling.Axis.plan`)."""
     from .prediction import predict
 
     scores = []
@@ -363,6 +367,7 @@ def _validate(network: UNet, samples: list[Sample], device: str, tile: int) -> f
             tile_size=tile,
             channel_axis=0,
             _warn_tiles=False,  # the warning is for users' predictions, not every epoch's
+            _least_tile=least,
         )
         score = foreground_dice(
             np.argmax(probs, axis=0), sample.target, network.config.num_classes
@@ -405,7 +410,11 @@ def _smooth(maps: torch.Tensor) -> torch.Tensor:
 
 
 def estimate_label_offset(
-    network: UNet, samples: list[Sample], device: str = "cpu", tile: int | None = None
+    network: UNet,
+    samples: list[Sample],
+    device: str = "cpu",
+    tile: int | None = None,
+    least: int = 0,
 ) -> tuple[float, float] | None:
     """The (dy, dx) shift, in steps of a quarter pixel up to 3/4, that best moves the
     network's probabilities onto the labels of ``samples`` (lowest cross-entropy over the
@@ -444,6 +453,7 @@ def estimate_label_offset(
             tile_size=tile,
             channel_axis=0,
             _warn_tiles=False,
+            _least_tile=least,
         )
         # Every candidate is compared on the same smoothed probabilities: a shift by a
         # fraction of a pixel smooths them too, which by itself lowers the cross-entropy
@@ -669,7 +679,9 @@ def iter_train(
             if not losses:
                 break
             network.eval()
-            score = _validate(network, data.validation, str(device), validation_tile)
+            score = _validate(
+                network, data.validation, str(device), validation_tile, config.patch_size
+            )
             improved = score is not None and (best_score is None or score > best_score)
             if improved or (score is None and best_score is None):
                 best_state = copy.deepcopy(network.state_dict())
@@ -713,7 +725,7 @@ def iter_train(
         yield MeasuringLabelOffset(time.perf_counter() - start)
         try:
             model.label_offset = estimate_label_offset(
-                network, measurable, str(device), tile=validation_tile
+                network, measurable, str(device), tile=validation_tile, least=config.patch_size
             )
         except (RuntimeError, MemoryError) as error:  # out of memory: keep the run
             run["label_offset_error"] = str(error).splitlines()[0] if str(error) else "?"

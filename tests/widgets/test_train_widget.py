@@ -367,7 +367,7 @@ def test_stop_while_the_label_offset_is_measured_keeps_a_finished_run(viewer, qt
     set_tiny(train)
     train.mode.value = "instances"
 
-    def measured(network, samples, device="cpu", tile=None):
+    def measured(network, samples, device="cpu", tile=None, least=0):
         train._stop.set()  # Stop pressed while the offset is measured (from this thread)
         return (-0.5, 0.0)
 
