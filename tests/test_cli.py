@@ -484,15 +484,22 @@ def test_training_errors_name_the_image_file(tmp_path, capsys):
     )
 
 
-def test_training_notes_name_the_image_file(tmp_path, capsys):
+def one_pair(tmp_path, name: str, image: np.ndarray):
+    """Folders images/ and labels/ holding ``image`` and a 64 x 64 label of one square."""
     images, labels = tmp_path / "images", tmp_path / "labels"
     images.mkdir()
     labels.mkdir()
-    rng = np.random.default_rng(0)
-    tifffile.imwrite(images / "two.tif", rng.integers(0, 255, (2, 64, 64), dtype=np.uint8))
+    tifffile.imwrite(images / name, image)
     label = np.zeros((64, 64), np.uint8)
     label[20:40, 20:40] = 1
-    tifffile.imwrite(labels / "two.tif", label)
+    tifffile.imwrite(labels / name, label)
+    return images, labels, label
+
+
+def test_training_notes_name_the_image_file(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    two = rng.integers(0, 255, (2, 64, 64), dtype=np.uint8)
+    images, labels, _ = one_pair(tmp_path, "two.tif", two)
     out = str(tmp_path / "m.safetensors")
 
     code = main(["train", "--images", str(images), "--labels", str(labels), "--out", out,
@@ -533,15 +540,10 @@ def test_channel_axis_option_reads_channels_where_the_files_keep_them(
 
 
 def test_channel_axis_option_reaches_training(tmp_path, capsys):
-    images, labels = tmp_path / "images", tmp_path / "labels"
-    images.mkdir()
-    labels.mkdir()
     rng = np.random.default_rng(0)
     # four stains, channels first: not RGBA, whichever way the axis is found
-    tifffile.imwrite(images / "four.tif", rng.integers(0, 255, (4, 64, 64), dtype=np.uint8))
-    label = np.zeros((64, 64), np.uint8)
-    label[20:40, 20:40] = 1
-    tifffile.imwrite(labels / "four.tif", label)
+    four = rng.integers(0, 255, (4, 64, 64), dtype=np.uint8)
+    images, labels, label = one_pair(tmp_path, "four.tif", four)
     out = tmp_path / "m.safetensors"
     train = ["train", "--images", str(images), "--labels", str(labels), "--out", str(out),
              "--epochs", "1", "--depth", "2", "--base-channels", "4", "--patch-size", "32",

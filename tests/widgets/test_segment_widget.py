@@ -113,7 +113,8 @@ def test_a_users_layer_with_the_output_name_is_never_overwritten(viewer, qtbot):
     assert len(viewer.layers) == 3
 
 
-def test_cancel_leaves_the_layers_alone(viewer, qtbot):
+def slow_job(viewer) -> SegmentWidget:
+    """A widget set to segment a stack in many small tiles, one at a time (not started)."""
     layer = viewer.add_image(np.zeros((4, 512, 512), np.float32), name="big")
     registry_for(viewer).add(untrained_model(), "test model", "test")
     widget = SegmentWidget(viewer)
@@ -122,6 +123,11 @@ def test_cancel_leaves_the_layers_alone(viewer, qtbot):
     widget.overlap.value = 0.25
     widget.batch_size.value = 1
     widget.device.value = "cpu"
+    return widget
+
+
+def test_cancel_leaves_the_layers_alone(viewer, qtbot):
+    widget = slow_job(viewer)
 
     widget.start()
     assert not widget.segment_button.isEnabled() and widget.cancel_button.isEnabled()
@@ -135,13 +141,8 @@ def test_cancel_leaves_the_layers_alone(viewer, qtbot):
 
 
 def test_removing_the_image_stops_its_segmentation(viewer, qtbot):
-    layer = viewer.add_image(np.zeros((4, 512, 512), np.float32), name="big")
-    registry_for(viewer).add(untrained_model(), "test model", "test")
-    widget = SegmentWidget(viewer)
-    widget.image.value = layer
-    widget.tile_size.value = 32
-    widget.overlap.value = 0.25
-    widget.device.value = "cpu"
+    widget = slow_job(viewer)
+    layer = widget.image.value
     progress = []
 
     widget.start()
