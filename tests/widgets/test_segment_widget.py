@@ -103,6 +103,23 @@ def test_rerun_replaces_the_layer_and_current_plane_keeps_the_others(viewer, qtb
     assert not (output.data[2] == 7).any()
 
 
+def test_one_plane_by_another_model_does_not_mix_with_the_others(viewer, qtbot, notifications):
+    layer = viewer.add_image(np.random.default_rng(0).random((3, 64, 64), np.float32), name="s")
+    widget = segment_with(viewer, qtbot, layer, untrained_model())
+    output = viewer.layers["s segmentation"]
+    output.data = np.full_like(output.data, 7)
+    registry_for(viewer).add(untrained_model(num_classes=3), "other model", "test")
+    widget.model.value = registry_for(viewer).entries[-1]
+    widget.planes.value = CURRENT_PLANE
+
+    widget.start()
+    wait_for(qtbot, widget)
+
+    assert viewer.layers["s segmentation"] is output
+    assert not (output.data[:2] == 7).any()  # the first model's planes are gone
+    assert any("came from the model 'test model'" in n for n in notifications.infos)
+
+
 def test_a_users_layer_with_the_output_name_is_never_overwritten(viewer, qtbot):
     image = viewer.add_image(np.random.default_rng(0).random((64, 64)), name="cells")
     mine = viewer.add_labels(np.ones((64, 64), np.uint8), name="cells segmentation")

@@ -275,7 +275,13 @@ def output_layer(viewer, source: Layer, suffix: str) -> Layer | None:
 
 
 def write_layer(
-    viewer, source: Image, data: np.ndarray, kind: str, suffix: str, axis: int | None = None
+    viewer,
+    source: Image,
+    data: np.ndarray,
+    kind: str,
+    suffix: str,
+    axis: int | None = None,
+    model: str | None = None,
 ) -> Layer:
     """Show ``data`` in the layer "<source name> <suffix>", creating it or replacing its data.
 
@@ -291,6 +297,8 @@ def write_layer(
     existing = output_layer(viewer, source, suffix)
     placement = _placement(source, extra, axis)
     mark = {"source": source.name, "kind": suffix, "source_id": str(source.unique_id)}
+    if model is not None:  # which model wrote it: planes of one result come from one model
+        mark["model"] = model
     if existing is not None and isinstance(existing, layer_type) and existing.ndim == data.ndim:
         existing.data = data
         if existing.metadata[OUTPUT_KEY].get("source") != source.name:  # the source was renamed

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 from magicgui.widgets import ComboBox, Container
 from napari.layers import Image
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_info
 from pydantic import ValidationError
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
@@ -18,6 +18,7 @@ from ..prediction import TileProgress, _resolve_layout
 from ._form import config_field, device_choices
 from ._layers import (
     AUTO,
+    OUTPUT_KEY,
     channel_choices,
     channel_field,
     chosen_axis,
@@ -438,8 +439,10 @@ class SegmentWidget(QWidget):
         self.status.setText(f"Wrote the layer '{layer.name}'.")
 
     def _write(self, image: Image, result: np.ndarray, index: tuple, kind: str, suffix: str, axis):
+        entry = self._job["entry"]
+        model = f"{entry.name} #{id(entry.model)}"
         if not index:
-            return write_layer(self.viewer, image, result, kind, suffix, axis)
+            return write_layer(self.viewer, image, result, kind, suffix, axis, model)
         shape = spatial_shape(image, axis)
         extra = result.shape[:-2]  # the class axis of probabilities, if any
         full_shape = (*extra, *shape)
@@ -456,13 +459,26 @@ class SegmentWidget(QWidget):
         if existing is not None:
             data = layer_result(existing, image, axis)
             data = data if data.shape == full_shape else None
+            earlier = existing.metadata[OUTPUT_KEY].get("model")
+            if data is not None and earlier not in (None, model):
+                show_info(
+                    f"The other planes of '{existing.name}' came from the model "
+                    f"'{earlier.rsplit(' #', 1)[0]}'; the layer now holds this plane's result "
+                    f"from '{entry.name}' only (segment every plane to fill it)."
+                )
+                data = None
+            elif data is None and existing.data.any():
+                show_info(
+                    f"'{existing.name}' held results of another shape (another model's "
+                    "classes); it now holds this plane's result only."
+                )
         if data is not None:
             if np.result_type(data.dtype, result.dtype) != data.dtype:
                 data = data.astype(np.result_type(data.dtype, result.dtype))
         if data is None:
             data = np.zeros(full_shape, result.dtype)
         data[(*(slice(None),) * len(extra), *index)] = result
-        return write_layer(self.viewer, image, data, kind, suffix, axis)
+        return write_layer(self.viewer, image, data, kind, suffix, axis, model)
 
     def _on_finished(self) -> None:
         entry = self._job.get("entry")
