@@ -121,9 +121,11 @@ def test_sparse_scribbles_on_one_plane_of_a_stack(make_napari_viewer, qtbot, sam
     train = TrainWidget(viewer)
     set_tiny(train)
     train.mode.value = "sparse"
-    train.epochs.value = 3
+    train.epochs.value = 6  # epochs left after the viewer moves to another plane
 
     train.start()
+    qtbot.waitUntil(lambda: "cells preview" in viewer.layers, timeout=60_000)
+    viewer.dims.set_current_step(0, 2)  # the preview follows the plane on screen
     wait_for(qtbot, train)
 
     assert train.model.history["runs"][-1]["data"].startswith("1 plane(s)")
@@ -134,10 +136,11 @@ def test_sparse_scribbles_on_one_plane_of_a_stack(make_napari_viewer, qtbot, sam
     assert model.encoding.class_values == [0, 2]
     preview = viewer.layers["cells preview"].data
     assert preview.shape == (3, 256, 256)
-    assert preview[1].any() and not preview[0].any()  # the plane on screen only
+    assert preview[1].any() and preview[2].any() and not preview[0].any()  # shown planes
     segment = SegmentWidget(viewer)
     segment.image.value = stack
     segment.planes.value = "current plane"
+    viewer.dims.set_current_step(0, 1)
     segment.start()
     wait_for(qtbot, segment)
     result = viewer.layers["cells segmentation"].data

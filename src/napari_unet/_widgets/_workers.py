@@ -152,7 +152,8 @@ def _train(
             if stop.is_set():
                 break
             if preview is not None and isinstance(event, EpochEnded):
-                plane, axis = plane_of(preview.image, preview.index, preview.channel_axis)
+                index = preview.index  # once: the widget moves it with the viewer's plane
+                plane, axis = plane_of(preview.image, index, preview.channel_axis)
                 labels = predict(
                     trained,
                     plane,
@@ -161,7 +162,7 @@ def _train(
                     compute=True,
                     _warn_tiles=False,  # the Segment step warns; not every epoch's preview
                 )
-                yield PreviewReady(preview.index, labels)
+                yield PreviewReady(index, labels)
     finally:
         events.close()  # restores the best weights when training was stopped early
     return trained

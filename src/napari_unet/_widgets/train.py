@@ -87,6 +87,7 @@ class TrainWidget(QWidget):
         self._preview_layer_source: Image | None = None
         self._preview_data: np.ndarray | None = None
         self._preview_axis: int | None = None
+        self._preview: Preview | None = None
         self._busy_model: SegmentationModel | None = None
         self._image_name = ""
         self._planes_note = ""
@@ -234,6 +235,7 @@ class TrainWidget(QWidget):
         self.image.changed.connect(self._image_changed)
         self.registry.changed.connect(self._update_model_fields)
         watch_layers(self.viewer, self.reset_choices)
+        self.viewer.dims.events.current_step.connect(self._follow_plane)
         self.reset_choices()
         self._image_changed()
         self._update_budget()
@@ -427,6 +429,7 @@ class TrainWidget(QWidget):
             self._preview_layer_source = image
             self._preview_axis = axis
             self._preview_data = None
+        self._preview = preview  # its plane follows the viewer (_follow_plane)
         if axis is not None and axis != -1:
             channels = full_resolution(image).shape[axis]
             show_info(f"Training reads axis {axis} of '{image.name}' as {channels} channels.")
@@ -524,6 +527,15 @@ class TrainWidget(QWidget):
         elif isinstance(event, JobFailed):
             show_error(event.message)
             self.status.setText(f"Training failed: {event.message}")
+
+    def _follow_plane(self, *_) -> None:
+        """The live preview segments the plane on screen: the next epoch's follows it."""
+        preview, source = self._preview, self._preview_layer_source
+        if preview is None or not self.running or source not in self.viewer.layers:
+            return
+        index = current_index(self.viewer, source, self._preview_axis)
+        if len(index) == len(preview.index):
+            preview.index = index
 
     def _show_preview(self, event: PreviewReady) -> None:
         source = self._preview_layer_source
