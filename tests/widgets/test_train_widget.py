@@ -509,3 +509,18 @@ def test_closing_the_panel_stops_training(viewer, qtbot):
     started = time.perf_counter()
     wait_for(qtbot, train)
     assert time.perf_counter() - started < 30  # stopped, not the minute's budget
+
+
+def test_channels_on_the_last_axis_get_a_message_that_says_how(make_napari_viewer, notifications):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64, 5), np.float32), name="five stains")
+    labels = np.zeros((64, 64), np.uint8)
+    labels[10:20, 10:20] = 1
+    viewer.add_labels(labels, name="cells")
+    train = TrainWidget(viewer)
+
+    train.start()
+
+    assert not train.running
+    assert "keeps 5 channels on its last axis" in notifications.errors[-1]
+    assert "--channel-axis -1" in train.status.text()

@@ -157,6 +157,15 @@ def check_pair(image: Image, labels: Labels, axis: int | None = None) -> None:
                 "image; paint on a labels layer of the image's own shape (Layers > New "
                 f"labels layer with the image selected) and choose axis {axis} in 'channels'."
             )
+    if axis is None and len(image_shape) == len(label_shape) + 1:
+        if image_shape[:-1] == label_shape and image_shape[-1] <= MAX_CHANNELS_READ:
+            raise InputError(
+                f"The image layer '{image.name}' {image_shape} keeps {image_shape[-1]} "
+                "channels on its last axis, which this widget cannot read (it reads channels "
+                "from an RGB layer or from an axis before Y, X); train on such files with "
+                "`napari-unet train --channel-axis -1` or `napari_unet.train(..., "
+                "channel_axis=-1)`, or move the channels first (numpy.moveaxis)."
+            )
     raise InputError(
         f"The labels layer '{labels.name}' has shape {label_shape} but the image layer "
         f"'{image.name}' has shape {image_shape}; paint labels on a layer of the image's "
