@@ -150,6 +150,8 @@ def test_float_images_spanning_more_than_float32s_range_are_normalised():
         warnings.simplefilter("error")  # no overflow on the way
         out = Normalization(0, 100)(wide)
     np.testing.assert_allclose(out, ramp, atol=1e-5)
+    offset = (1e6 + 10 * ramp).astype(np.float32)  # a small range far from zero: exact too
+    np.testing.assert_allclose(Normalization(0, 100)(offset), ramp, atol=1e-2)
 
 
 def test_a_few_hot_or_dead_pixels_do_not_set_the_range():
@@ -172,6 +174,13 @@ def test_a_few_hot_or_dead_pixels_do_not_set_the_range():
     common = image.copy()
     common.flat[rng.choice(image.size, 2000, replace=False)] = 65535  # 12%: not a few
     assert normalise.stats(common)[1][0] == 65535
+    # blocks at an extreme are part of the image: a saturated nucleus, a black border
+    blob = image.copy()
+    blob[0, 60:67, 60:67] = 65535  # 49 pixels, 0.3%, all together
+    assert normalise.stats(blob)[1][0] == 65535
+    border = image.copy()
+    border[0, :, :5] = 0  # 4% of the pixels: a border left by a stitched or shifted frame
+    assert normalise.stats(border)[0][0] == 0
 
 
 def test_channel_conversion():

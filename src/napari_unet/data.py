@@ -187,6 +187,47 @@ def _integer_percentiles(values: np.ndarray, qs: tuple[float, float]) -> tuple[f
     return lo, hi
 
 
+_STUCK_SHARE = 0.01  # at most this share of pixels at an extreme value can be stuck
+
+
+def _past_stuck_pixels(
+    plane: np.ndarray, values: np.ndarray, bounds, qs: tuple[float, float]
+) -> tuple[float, float]:
+    """``bounds`` (low, high: the percentiles ``qs``) of one channel, its pixels as the
+    2-D ``plane`` and its finite ``values``; where a bound is the channel's extreme
+    value held by stuck pixels -- at most 1% of them, nearly all without a neighbour of
+    that value (hot or dead pixels, not saturated nuclei nor a black border), and far
+    from the rest (taken over the other pixels, the bound moves by at least half the
+    range) -- it is taken again over the other pixels. Otherwise a few hot pixels at 65535 in an image of values
+    near 1000 would scale the whole image to about 0."""
+    lo, hi = bounds
+    top, bottom = values.max(), values.min()
+    if top == bottom:
+        return lo, hi
+
+    def stuck(value) -> bool:
+        at = plane == value
+        count = int(at.sum())
+        if count > _STUCK_SHARE * values.size:
+            return False
+        padded = np.pad(at, 1)
+        neighbour = padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
+        return int((at & ~neighbour).sum()) >= 0.9 * count
+
+    def percentile(rest: np.ndarray, q: float) -> float:  # rare: sorting will do
+        return float(np.float32(np.percentile(rest.astype(np.float64), q)))
+
+    if hi >= top and stuck(top):
+        new_hi = percentile(values[values < top], qs[1])
+        if lo < new_hi < lo + (hi - lo) / 2:
+            hi = new_hi
+    if lo <= bottom and stuck(bottom):
+        new_lo = percentile(values[values > bottom], qs[0])
+        if hi - (hi - lo) / 2 < new_lo < hi:
+            lo = new_lo
+    return lo, hi
+
+
 @dataclass(frozen=True)
 class Normalization:
     """Per-image percentile normalisation: ``(x - p_low) / (p_high - p_low)`` per channel.
@@ -215,12 +256,13 @@ class Normalization:
         """Per-channel (low, high) values of a (C, Y, X) array-like (numpy, zarr, dask)."""
         height, width = image.shape[-2:]
         step = max(1, int(np.ceil(np.sqrt(height * width / _STAT_PIXELS))))
-        sample = np.asarray(image[:, ::step, ::step])
-        sample = sample.reshape(sample.shape[0], -1)
+        planes = np.asarray(image[:, ::step, ::step])
+        sample = planes.reshape(planes.shape[0], -1)
         if sample.dtype.kind in "uib":
+            qs = (self.low, self.high)
             channels = [
-                self._past_stuck_pixels(c, _integer_percentiles(c, (self.low, self.high)))
-                for c in sample
+                _past_stuck_pixels(p, c, _integer_percentiles(c, qs), qs)
+                for p, c in zip(planes, sample, strict=True)
             ]
             lows, highs = zip(*channels, strict=True)
             return np.asarray(lows, np.float32), np.asarray(highs, np.float32)
@@ -229,53 +271,31 @@ class Normalization:
         if not finite.any():
             raise InputError("The image holds no finite values (all NaN or inf); check the file.")
         lows, highs = [], []
-        for channel, ok in zip(sample, finite, strict=True):
+        for plane, channel, ok in zip(planes, sample, finite, strict=True):
             values = channel[ok] if not ok.all() else channel
             if values.size == 0:
                 values = np.zeros(1, np.float32)
             lo, hi = np.percentile(values, [self.low, self.high])
             if hi <= lo:  # flat or nearly binary channel: fall back to its full range
                 lo, hi = float(values.min()), float(values.max())
-            lo, hi = self._past_stuck_pixels(values, (lo, hi))
+            lo, hi = _past_stuck_pixels(plane, values, (lo, hi), (self.low, self.high))
             lows.append(lo)
             highs.append(hi)
         return np.asarray(lows, np.float32), np.asarray(highs, np.float32)
-
-    def _past_stuck_pixels(self, values: np.ndarray, bounds) -> tuple[float, float]:
-        """``bounds`` (low, high) of one channel's ``values``, where a percentile landed
-        on the channel's extreme value held by only a few pixels (at most five times the
-        share the percentile leaves out) that lie far apart from the rest (they would at
-        least double the range: hot or dead pixels, not saturated nuclei), taken again
-        over the other pixels. Otherwise a few hot pixels at 65535 in an image of values
-        near 1000 would scale the whole image to about 0."""
-        lo, hi = bounds
-        top, bottom = values.max(), values.min()
-        if top == bottom:
-            return lo, hi
-
-        def percentile(rest: np.ndarray, q: float) -> float:  # rare: sorting will do
-            return float(np.percentile(rest.astype(np.float64), q))
-
-        if hi >= top and (values == top).sum() <= 5 * values.size * (100 - self.high) / 100:
-            new_hi = float(np.float32(percentile(values[values < top], self.high)))
-            if lo < new_hi < lo + (hi - lo) / 2:  # apart from the rest: not saturated nuclei
-                hi = new_hi
-        if lo <= bottom and (values == bottom).sum() <= 5 * values.size * self.low / 100:
-            new_lo = float(np.float32(percentile(values[values > bottom], self.low)))
-            if hi - (hi - lo) / 2 < new_lo < hi:
-                lo = new_lo
-        return lo, hi
 
     @staticmethod
     def apply(cyx: np.ndarray, lows: np.ndarray, highs: np.ndarray) -> np.ndarray:
         """(C, Y, X) -> float32 (C, Y, X) scaled to about [0, 1]; NaN becomes 0."""
         out = np.asarray(cyx, dtype=np.float32)
-        # scale first, then shift: (x - low) / (high - low) would overflow float32 for
-        # images whose values span more than its range
         lows, highs = np.asarray(lows, np.float64), np.asarray(highs, np.float64)
         scale = 1.0 / np.maximum(highs - lows, 1e-6)
-        out = out * scale.astype(np.float32)[:, None, None]
-        out -= (lows * scale).astype(np.float32)[:, None, None]
+        if np.abs(np.concatenate([lows, highs])).max(initial=0) < 1e30:
+            out = (out - lows.astype(np.float32)[:, None, None]) * scale.astype(np.float32)[
+                :, None, None
+            ]
+        else:  # values spanning more than float32's range: x - low would overflow
+            out = out * scale.astype(np.float32)[:, None, None]
+            out -= (lows * scale).astype(np.float32)[:, None, None]
         return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0, copy=False)
 
     def __call__(self, cyx: np.ndarray) -> np.ndarray:
