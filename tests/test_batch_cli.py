@@ -286,6 +286,13 @@ def test_arrays_of_zarr_groups_are_named_after_their_group(tmp_path, model_path)
     assert _output_path(tmp_path / "a.ome.zarr" / "1", out).name == "a_1.tif"
     assert _output_path(tmp_path / "a.ome.zarr", out).name == "a.tif"
 
+    # written beside its group, the result would replace the group that holds the input
+    group = tmp_path / "c.zarr"
+    zarr.open_group(str(group), mode="w").create_array("0", shape=(40, 50), dtype="uint8")
+    code = main(["predict", "--model", str(model_path), "--input", str(group / "0"),
+                 "--output", str(tmp_path), "--format", "zarr"] + TILES)  # fmt: skip
+    assert code == 2 and (group / "0").exists()
+
 
 def test_unwritable_output_and_summary_fail_before_any_work(
     tmp_path, model_path, inputs, capsys, monkeypatch
@@ -317,7 +324,7 @@ def test_one_file_spelled_two_ways_is_segmented_once(tmp_path, model_path, input
     assert summary["counts"] == {"ok": 1, "skipped": 0, "failed": 0}
 
     # ** in a glob reaches into subfolders
-    nested = tmp_path / "deep" / "er"
+    nested = tmp_path / "deep" / "er" / "est"  # two folders down: only ** reaches it
     nested.mkdir(parents=True)
     (nested / "b.tif").write_bytes((folder / "b.tif").read_bytes())
     glob_args = [

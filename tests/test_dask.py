@@ -104,6 +104,16 @@ def test_the_graph_ships_the_model_as_data_not_code(image):
         assert torch.equal(rebuilt.network.state_dict()[key], value)
     assert pickle.loads(graph).keys() == tasks.keys()
 
+    # a small image is mirrored around to the training patch on a worker too
+    model.history = {"runs": [{"config": {"patch_size": 96}}]}
+    rebuilt = ModelSpec.from_model(model).build()
+    assert rebuilt.patch_size == 96
+    small = image[:20, :30]
+    np.testing.assert_array_equal(
+        predict(rebuilt, small, output="probabilities", **OPTIONS),
+        predict(model, small, output="probabilities", **OPTIONS),
+    )
+
 
 def test_a_local_cluster_gives_the_same_labels(tmp_path, image):
     distributed = pytest.importorskip("distributed")

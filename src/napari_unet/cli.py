@@ -452,7 +452,8 @@ def cmd_predict(args) -> int:
         found = list_images(spec)
         kept = found if Path(spec).is_file() else without_label_files(found)
         files += kept
-        left_out += [path for path in found if path not in kept]
+        chosen = set(kept)
+        left_out += [path for path in found if path not in chosen]
     unique: dict[Path, Path] = {}
     for path in files:  # each file once, however it was spelled
         unique.setdefault(path.resolve(), path)
@@ -479,15 +480,19 @@ def cmd_predict(args) -> int:
         resolve_device(args.device)
     _check_closing(model, args.close_boundaries)
     sources = {source.resolve() for source in files}
+    # a result that would replace an input, or a zarr group holding one (a.zarr/0)
+    inside = {parent for source in sources for parent in source.parents}
     clashes = [
         source.name
         for source in files
-        if _output_path(source, out_dir, args.format).resolve() in sources
+        if (target := _output_path(source, out_dir, args.format).resolve()) in sources
+        or target in inside
     ]
     if clashes:
         raise InputError(
             f"The results would replace input images ({', '.join(clashes[:3])}"
-            f"{', ...' if len(clashes) > 3 else ''}): --output is the input folder. Choose "
+            f"{', ...' if len(clashes) > 3 else ''}): --output is the input folder (or "
+            "the folder of an input zarr group). Choose "
             "another --output folder."
         )
     try:

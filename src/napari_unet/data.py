@@ -191,19 +191,21 @@ _STUCK_SHARE = 0.01  # at most this share of pixels at an extreme value can be s
 
 
 def _past_stuck_pixels(
-    plane: np.ndarray, values: np.ndarray, bounds, qs: tuple[float, float]
+    plane: np.ndarray | None, values: np.ndarray, bounds, qs: tuple[float, float]
 ) -> tuple[float, float]:
     """``bounds`` (low, high: the percentiles ``qs``) of one channel, its pixels as the
-    2-D ``plane`` and its finite ``values``; where a bound is the channel's extreme
-    value held by stuck pixels -- at most 1% of them, nearly all without a neighbour of
-    that value (hot or dead pixels, not saturated nuclei nor a black border), and far
-    from the rest (taken over the other pixels, the bound moves by at least half the
-    range) -- it is taken again over the other pixels. Otherwise a few hot pixels at 65535 in an image of values
-    near 1000 would scale the whole image to about 0."""
+    2-D ``plane`` (every pixel of the image: not a subsample, where neighbours are not
+    neighbours) and its finite ``values``; where the high bound is the channel's
+    maximum held by hot pixels -- at most 1% of them, nearly all without a neighbour of
+    that value (not saturated nuclei), and far from the rest (taken over the other
+    pixels, the bound drops by at least half the range) -- it is taken again over the
+    other pixels. Otherwise a few hot pixels at 65535 in an image of values near 1000
+    would scale the whole image to about 0. (Dead pixels at the minimum rarely reach
+    the 1st percentile, which needs 1% of the pixels there.)"""
     lo, hi = bounds
-    top, bottom = values.max(), values.min()
-    if top == bottom:
+    if plane is None:  # a subsample of a large image, where neighbours are not neighbours
         return lo, hi
+    top = values.max()
 
     def stuck(value) -> bool:
         at = plane == value
@@ -221,10 +223,6 @@ def _past_stuck_pixels(
         new_hi = percentile(values[values < top], qs[1])
         if lo < new_hi < lo + (hi - lo) / 2:
             hi = new_hi
-    if lo <= bottom and stuck(bottom):
-        new_lo = percentile(values[values > bottom], qs[0])
-        if hi - (hi - lo) / 2 < new_lo < hi:
-            lo = new_lo
     return lo, hi
 
 
@@ -261,7 +259,7 @@ class Normalization:
         if sample.dtype.kind in "uib":
             qs = (self.low, self.high)
             channels = [
-                _past_stuck_pixels(p, c, _integer_percentiles(c, qs), qs)
+                _past_stuck_pixels(p if step == 1 else None, c, _integer_percentiles(c, qs), qs)
                 for p, c in zip(planes, sample, strict=True)
             ]
             lows, highs = zip(*channels, strict=True)
@@ -278,7 +276,8 @@ class Normalization:
             lo, hi = np.percentile(values, [self.low, self.high])
             if hi <= lo:  # flat or nearly binary channel: fall back to its full range
                 lo, hi = float(values.min()), float(values.max())
-            lo, hi = _past_stuck_pixels(plane, values, (lo, hi), (self.low, self.high))
+            whole = plane if step == 1 else None
+            lo, hi = _past_stuck_pixels(whole, values, (lo, hi), (self.low, self.high))
             lows.append(lo)
             highs.append(hi)
         return np.asarray(lows, np.float32), np.asarray(highs, np.float32)

@@ -112,6 +112,10 @@ def list_images(spec) -> list[Path]:
             files += found
         elif any(c in item for c in "*?["):
             found = sorted(Path(p) for p in glob.glob(item, recursive=True) if _is_image(Path(p)))
+            # ** also reaches into zarr stores: an array of a group matched too is not
+            # an image of its own
+            matched = set(found)
+            found = [p for p in found if not any(parent in matched for parent in p.parents)]
             if not found:
                 raise InputError(f"No files match {item!r}.")
             files += found

@@ -222,6 +222,7 @@ class ModelSpec:
     min_object_size: int | None = None
     boundary_class: int | None = None
     label_offset: tuple[float, float] | None = None
+    patch_size: int | None = None
 
     @classmethod
     def from_model(cls, model: SegmentationModel | UNet) -> ModelSpec:
@@ -237,13 +238,15 @@ class ModelSpec:
             normalization = (model.normalization.low, model.normalization.high)
             convert = model.convert_channels
             smallest, boundary = model.min_object_size, model.boundary_class
-            offset = model.label_offset
+            offset, patch = model.label_offset, model.patch_size
         else:
             network, encoding, normalization, convert = model, None, None, False
-            smallest = boundary = offset = None
+            smallest = boundary = offset = patch = None
         state = {k: v.detach().cpu().numpy().copy() for k, v in network.state_dict().items()}
         digest = hashlib.sha1(
-            repr((network.config.model_dump(), encoding, smallest, boundary, offset)).encode()
+            repr(
+                (network.config.model_dump(), encoding, smallest, boundary, offset, patch)
+            ).encode()
         )
         for key in sorted(state):
             digest.update(key.encode())
@@ -258,6 +261,7 @@ class ModelSpec:
             smallest,
             boundary,
             offset,
+            patch,
         )
 
     def build(self) -> SegmentationModel | UNet:
@@ -282,6 +286,10 @@ class ModelSpec:
                 min_object_size=self.min_object_size,
                 boundary_class=self.boundary_class,
                 label_offset=self.label_offset,
+                # the patch size a model reads from its history (small images mirrored)
+                history={"runs": [{"config": {"patch_size": self.patch_size}}]}
+                if self.patch_size
+                else None,
             )
         _remember(_MODELS, self.token, model)
         return model

@@ -435,7 +435,7 @@ def estimate_label_offset(
     from ._inference import shift_maps
     from .prediction import predict
 
-    planes, pixels = [], 0
+    chosen, pixels, annotated = [], 0, 0  # the planes measured on, and their crops
     for sample in samples:
         height, width = sample.target.shape
         if min(height, width) < _OFFSET_MIN_SIDE:
@@ -445,6 +445,15 @@ def estimate_label_offset(
         target = np.ascontiguousarray(sample.target[crop])
         if not (target != IGNORE).any():
             continue
+        chosen.append((sample, crop, target))
+        pixels += target.size
+        annotated += int((target != IGNORE).sum())
+        if pixels >= _OFFSET_PIXELS or len(chosen) >= _OFFSET_PLANES:
+            break
+    if annotated < _OFFSET_MIN_ANNOTATED:  # too little to tell: nothing predicted
+        return None
+    planes = []
+    for sample, crop, target in chosen:
         probs = predict(
             network,
             sample.image[(slice(None), *crop)],
@@ -460,12 +469,6 @@ def estimate_label_offset(
         # of a confident network's scattered mistakes, in any direction.
         probs = _smooth(torch.from_numpy(np.ascontiguousarray(probs)))
         planes.append((probs, torch.from_numpy(target)))
-        pixels += target.size
-        if pixels >= _OFFSET_PIXELS or len(planes) >= _OFFSET_PLANES:
-            break
-    annotated = sum(int((target != IGNORE).sum()) for _, target in planes)
-    if annotated < _OFFSET_MIN_ANNOTATED:
-        return None
 
     def parts(target: torch.Tensor) -> list[torch.Tensor]:
         """The annotated pixels of the plane, or of each half of a single plane."""

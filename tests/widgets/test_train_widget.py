@@ -110,7 +110,20 @@ def test_event_loop_keeps_running_during_training(viewer, qtbot):
     assert max(np.diff(ticks)) < 1.0  # never frozen for a second
 
 
-def test_sparse_scribbles_on_one_plane_of_a_stack(make_napari_viewer, qtbot, sample):
+def test_sparse_scribbles_on_one_plane_of_a_stack(make_napari_viewer, qtbot, sample, monkeypatch):
+    import threading
+
+    import napari_unet._widgets._workers as workers
+
+    predict, moved, previews = workers.predict, threading.Event(), []
+
+    def preview_after_the_move(*args, **kwargs):
+        previews.append(1)
+        if len(previews) == 2:  # the second epoch's preview waits for the viewer to move
+            moved.wait(30)  # (its plane was read before; the third epoch's is read after)
+        return predict(*args, **kwargs)
+
+    monkeypatch.setattr(workers, "predict", preview_after_the_move)
     viewer = make_napari_viewer()
     (image, labels), _ = sample
     stack = viewer.add_image(np.stack([image[::-1], image, image[:, ::-1]]), name="cells")
@@ -121,11 +134,12 @@ def test_sparse_scribbles_on_one_plane_of_a_stack(make_napari_viewer, qtbot, sam
     train = TrainWidget(viewer)
     set_tiny(train)
     train.mode.value = "sparse"
-    train.epochs.value = 6  # epochs left after the viewer moves to another plane
+    train.epochs.value = 3
 
     train.start()
     qtbot.waitUntil(lambda: "cells preview" in viewer.layers, timeout=60_000)
     viewer.dims.set_current_step(0, 2)  # the preview follows the plane on screen
+    moved.set()
     wait_for(qtbot, train)
 
     assert train.model.history["runs"][-1]["data"].startswith("1 plane(s)")

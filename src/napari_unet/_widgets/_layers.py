@@ -158,7 +158,7 @@ def check_pair(image: Image, labels: Labels, axis: int | None = None) -> None:
                 f"labels layer with the image selected) and choose axis {axis} in 'channels'."
             )
     if axis is None and len(image_shape) == len(label_shape) + 1:
-        if image_shape[:-1] == label_shape and image_shape[-1] <= MAX_CHANNELS_READ:
+        if image_shape[:-1] == label_shape and 2 <= image_shape[-1] <= MAX_CHANNELS_READ:
             raise InputError(
                 f"The image layer '{image.name}' {image_shape} keeps {image_shape[-1]} "
                 "channels on its last axis, which this widget cannot read (it reads channels "

@@ -64,6 +64,17 @@ class Preview:
     device: str
 
 
+def refuse(widget, message: str) -> None:
+    """A start refused: the notification, and the widget's panel says so too (rather
+    than the status of its last run)."""
+    from napari.utils.notifications import show_error
+
+    show_error(message)
+    widget.status.setText(f"Not started: {message}")
+    widget.progress.setValue(0)
+    widget.progress.setFormat("")
+
+
 def describe(error: Exception) -> str:
     """A message for a notification: input errors as they are, others with their type."""
     if isinstance(error, InputError):

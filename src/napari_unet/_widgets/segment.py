@@ -33,7 +33,7 @@ from ._layers import (
     write_layer,
 )
 from ._models import ModelEntry, registry_for
-from ._workers import JobFailed, segment_worker
+from ._workers import JobFailed, refuse, segment_worker
 
 EVERY_PLANE = "every plane"
 CURRENT_PLANE = "current plane"
@@ -294,13 +294,6 @@ class SegmentWidget(QWidget):
         self.cancel_button.setEnabled(running)
         self.form.enabled = not running
 
-    def _refuse(self, message: str) -> None:
-        """A start refused: the notification, and the panel says so too (not the last run)."""
-        show_error(message)
-        self.status.setText(f"Not started: {message}")
-        self.progress.setValue(0)
-        self.progress.setFormat("")
-
     def start(self) -> None:
         """Segment with the form's settings; problems appear as notifications."""
         if self.running:
@@ -330,10 +323,10 @@ class SegmentWidget(QWidget):
                 output=self.output.value,
             )
         except InputError as error:
-            self._refuse(str(error))
+            refuse(self, str(error))
             return
         except ValidationError as error:
-            self._refuse(describe_error(error))
+            refuse(self, describe_error(error))
             return
 
         stacked = len(spatial_shape(image, axis)) > 2
@@ -440,7 +433,8 @@ class SegmentWidget(QWidget):
 
     def _write(self, image: Image, result: np.ndarray, index: tuple, kind: str, suffix: str, axis):
         entry = self._job["entry"]
-        model = f"{entry.name} #{id(entry.model)}"
+        steps = sum(run.get("steps", 0) for run in entry.model.history.get("runs", []))
+        model = f"{entry.name} #{id(entry.model)} after {steps} steps"  # retrained: another
         if not index:
             return write_layer(self.viewer, image, result, kind, suffix, axis, model)
         shape = spatial_shape(image, axis)

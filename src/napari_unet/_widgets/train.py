@@ -54,7 +54,7 @@ from ._layers import (
 )
 from ._models import registry_for
 from ._plot import TrainingPlot
-from ._workers import JobFailed, PlanesSelected, Preview, PreviewReady, train_worker
+from ._workers import JobFailed, PlanesSelected, Preview, PreviewReady, refuse, train_worker
 
 DEFAULT_MINUTES = 5.0
 
@@ -376,13 +376,6 @@ class TrainWidget(QWidget):
         if not running:
             self._update_model_fields()
 
-    def _refuse(self, message: str) -> None:
-        """A start refused: the notification, and the panel says so too (not the last run)."""
-        show_error(message)
-        self.status.setText(f"Not started: {message}")
-        self.progress.setValue(0)
-        self.progress.setFormat("")
-
     def start(self) -> None:
         """Start training with the form's settings; problems appear as notifications."""
         if self.running:
@@ -416,10 +409,10 @@ class TrainWidget(QWidget):
                 model = entry.model
             model_config = None if model is not None else self.model_config()
         except InputError as error:
-            self._refuse(str(error))
+            refuse(self, str(error))
             return
         except ValidationError as error:
-            self._refuse(describe_error(error))
+            refuse(self, describe_error(error))
             return
 
         preview = None
