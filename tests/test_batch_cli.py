@@ -292,6 +292,9 @@ def test_arrays_of_zarr_groups_are_named_after_their_group(tmp_path, model_path)
     code = main(["predict", "--model", str(model_path), "--input", str(group / "0"),
                  "--output", str(tmp_path), "--format", "zarr"] + TILES)  # fmt: skip
     assert code == 2 and (group / "0").exists()
+    code = main(["predict", "--model", str(model_path), "--input", str(group / "0"),
+                 "--output", str(group / "0" / "out")] + TILES)  # fmt: skip
+    assert code == 2 and not (group / "0" / "out").exists()  # nothing written into a store
 
 
 def test_unwritable_output_and_summary_fail_before_any_work(

@@ -175,6 +175,8 @@ def test_a_few_hot_pixels_do_not_set_the_range():
     common.flat[rng.choice(image.size, 2000, replace=False)] = 65535  # 12%: not a few
     assert normalise.stats(common)[1][0] == 65535
     # blocks at an extreme are part of the image: a saturated nucleus, a black border
+    empty = np.stack([image[0], np.full(image.shape[1:], np.nan)]).astype(np.float32)
+    assert np.isfinite(normalise.stats(empty)[1]).all()  # a channel of NaN only: no error
     blob = image.copy()
     blob[0, 60:67, 60:67] = 65535  # 49 pixels, 0.3%, all together
     assert normalise.stats(blob)[1][0] == 65535

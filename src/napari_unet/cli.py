@@ -479,13 +479,26 @@ def cmd_predict(args) -> int:
     if not args.scheduler:  # with a scheduler the workers' devices count, not this one's
         resolve_device(args.device)
     _check_closing(model, args.close_boundaries)
-    sources = {source.resolve() for source in files}
+    try:  # where the results go, names may ignore case (macOS, Windows)
+        existing = next(p for p in (out_dir.resolve(), *out_dir.resolve().parents) if p.is_dir())
+        fold = str.casefold if _ignores_case(existing) else str
+    except OSError as error:
+        raise InputError(
+            f"Cannot write to the --output folder {out_dir} ({error.strerror or error}); "
+            "choose another folder."
+        ) from error
+    sources = {fold(str(source.resolve())) for source in files}
     # a result that would replace an input, or a zarr group holding one (a.zarr/0)
-    inside = {parent for source in sources for parent in source.parents}
+    inside = {fold(str(p)) for source in files for p in source.resolve().parents}
+    stores = {fold(str(p)) for p in (out_dir.resolve(), *out_dir.resolve().parents)}
+    if any(fold(str(source.resolve())) in stores for source in files if source.is_dir()):
+        raise InputError(
+            f"--output {out_dir} lies inside an input zarr store; choose a folder outside it."
+        )
     clashes = [
         source.name
         for source in files
-        if (target := _output_path(source, out_dir, args.format).resolve()) in sources
+        if (target := fold(str(_output_path(source, out_dir, args.format).resolve()))) in sources
         or target in inside
     ]
     if clashes:
@@ -497,7 +510,6 @@ def cmd_predict(args) -> int:
         )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        fold = str.casefold if _ignores_case(out_dir) else str
     except OSError as error:
         raise InputError(
             f"Cannot write to the --output folder {out_dir} ({error.strerror or error}); "

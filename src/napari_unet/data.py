@@ -210,7 +210,7 @@ def _past_stuck_pixels(
     def stuck(value) -> bool:
         at = plane == value
         count = int(at.sum())
-        if count > _STUCK_SHARE * values.size:
+        if count == 0 or count >= values.size or count > _STUCK_SHARE * values.size:
             return False
         padded = np.pad(at, 1)
         neighbour = padded[:-2, 1:-1] | padded[2:, 1:-1] | padded[1:-1, :-2] | padded[1:-1, 2:]
