@@ -159,16 +159,22 @@ def _naming_errors(events, paths):
         raise InputError(named) from error
 
 
-def _check_writable(out: Path) -> None:
-    """Fail before training, not after it, when the model file cannot be written."""
+def _probe_write(path: Path) -> None:
+    """Create and remove a temporary file beside ``path``: OSError where it cannot be
+    written, found before the work rather than after it."""
     from .io import _remove, _temporary_beside
 
+    _remove(_temporary_beside(path, directory=False))
+
+
+def _check_writable(out: Path) -> None:
+    """Fail before training, not after it, when the model file cannot be written."""
     if out.is_dir():
         raise InputError(
             f"--out {out} is a folder; give a file name such as {out}/model.safetensors."
         )
     try:
-        _remove(_temporary_beside(out, directory=False))
+        _probe_write(out)
     except OSError as error:
         raise InputError(
             f"Cannot write the model to {out} ({error}); choose another --out."
@@ -433,31 +439,22 @@ def _run_on_cluster(address: str, model, jobs, options, overall, report) -> list
     return records
 
 
-def cmd_predict(args) -> int:
-    from ._device import resolve_device
-    from .config import PredictConfig
-    from .io import (
-        _remove,
-        atomic_path,
-        list_images,
-        load_model,
-        output_is_complete,
-        without_label_files,
-    )
-    from .prediction import _check_closing
+def _inputs(specs) -> list[Path]:
+    """The image files named by ``specs`` (files, folders, globs), each once however it
+    was spelled; label files beside their images in a folder or glob are left out (a
+    file named on its own is kept), with a note."""
+    from .io import list_images, without_label_files
 
-    model = load_model(args.model)
     files, left_out = [], []
-    for spec in args.input:  # label files beside their images in a folder or glob: not inputs
+    for spec in specs:
         found = list_images(spec)
         kept = found if Path(spec).is_file() else without_label_files(found)
         files += kept
         chosen = set(kept)
         left_out += [path for path in found if path not in chosen]
     unique: dict[Path, Path] = {}
-    for path in files:  # each file once, however it was spelled
+    for path in files:
         unique.setdefault(path.resolve(), path)
-    files = list(unique.values())
     if left_out:
         print(
             f"note: left out {len(left_out)} label file(s) beside their images "
@@ -465,6 +462,60 @@ def cmd_predict(args) -> int:
             "name a file to segment it anyway.",
             file=sys.stderr,
         )
+    return list(unique.values())
+
+
+def _prepare_output(files: list[Path], out_dir: Path, fmt: str):
+    """Refuse an --output where results would replace inputs (or the zarr group holding
+    one) or that lies inside an input zarr store, then create it. Returns how names
+    compare there: ``str.casefold`` where the file system ignores case, else ``str``."""
+
+    def unwritable(error: OSError) -> InputError:
+        return InputError(
+            f"Cannot write to the --output folder {out_dir} ({error.strerror or error}); "
+            "choose another folder."
+        )
+
+    try:  # where the results go, names may ignore case (macOS, Windows)
+        existing = next(p for p in (out_dir.resolve(), *out_dir.resolve().parents) if p.is_dir())
+        fold = str.casefold if _ignores_case(existing) else str
+    except OSError as error:
+        raise unwritable(error) from error
+    sources = {fold(str(source.resolve())) for source in files}
+    # a result that would replace an input, or a zarr group holding one (a.zarr/0)
+    inside = {fold(str(p)) for source in files for p in source.resolve().parents}
+    stores = {fold(str(p)) for p in (out_dir.resolve(), *out_dir.resolve().parents)}
+    if any(fold(str(source.resolve())) in stores for source in files if source.is_dir()):
+        raise InputError(
+            f"--output {out_dir} lies inside an input zarr store; choose a folder outside it."
+        )
+    clashes = [
+        source.name
+        for source in files
+        if (target := fold(str(_output_path(source, out_dir, fmt).resolve()))) in sources
+        or target in inside
+    ]
+    if clashes:
+        raise InputError(
+            f"The results would replace input images ({', '.join(clashes[:3])}"
+            f"{', ...' if len(clashes) > 3 else ''}): --output is the input folder (or "
+            "the folder of an input zarr group). Choose another --output folder."
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise unwritable(error) from error
+    return fold
+
+
+def cmd_predict(args) -> int:
+    from ._device import resolve_device
+    from .config import PredictConfig
+    from .io import _remove, atomic_path, load_model, output_is_complete
+    from .prediction import _check_closing
+
+    model = load_model(args.model)
+    files = _inputs(args.input)
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--output {out_dir} is a file; give a folder for the results.")
@@ -479,47 +530,10 @@ def cmd_predict(args) -> int:
     if not args.scheduler:  # with a scheduler the workers' devices count, not this one's
         resolve_device(args.device)
     _check_closing(model, args.close_boundaries)
-    try:  # where the results go, names may ignore case (macOS, Windows)
-        existing = next(p for p in (out_dir.resolve(), *out_dir.resolve().parents) if p.is_dir())
-        fold = str.casefold if _ignores_case(existing) else str
-    except OSError as error:
-        raise InputError(
-            f"Cannot write to the --output folder {out_dir} ({error.strerror or error}); "
-            "choose another folder."
-        ) from error
-    sources = {fold(str(source.resolve())) for source in files}
-    # a result that would replace an input, or a zarr group holding one (a.zarr/0)
-    inside = {fold(str(p)) for source in files for p in source.resolve().parents}
-    stores = {fold(str(p)) for p in (out_dir.resolve(), *out_dir.resolve().parents)}
-    if any(fold(str(source.resolve())) in stores for source in files if source.is_dir()):
-        raise InputError(
-            f"--output {out_dir} lies inside an input zarr store; choose a folder outside it."
-        )
-    clashes = [
-        source.name
-        for source in files
-        if (target := fold(str(_output_path(source, out_dir, args.format).resolve()))) in sources
-        or target in inside
-    ]
-    if clashes:
-        raise InputError(
-            f"The results would replace input images ({', '.join(clashes[:3])}"
-            f"{', ...' if len(clashes) > 3 else ''}): --output is the input folder (or "
-            "the folder of an input zarr group). Choose "
-            "another --output folder."
-        )
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise InputError(
-            f"Cannot write to the --output folder {out_dir} ({error.strerror or error}); "
-            "choose another folder."
-        ) from error
+    fold = _prepare_output(files, out_dir, args.format)
     summary_path = Path(args.summary) if args.summary else out_dir / "summary.json"
-    try:  # found now rather than after the whole batch
-        from .io import _temporary_beside
-
-        _remove(_temporary_beside(summary_path, directory=False))
+    try:
+        _probe_write(summary_path)
     except OSError as error:
         raise InputError(
             f"Cannot write the summary to {summary_path} ({error.strerror or error}); "
