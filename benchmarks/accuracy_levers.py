@@ -11,6 +11,7 @@ options) for a given number of minutes and appends a line of JSON to the results
     python benchmarks/accuracy_levers.py train dsb lr5e-3 5 --learning-rate 5e-3
     python benchmarks/accuracy_levers.py train isbi baseline 5
     python benchmarks/accuracy_levers.py train isbi constant-lr 5 --lr-schedule constant
+    python benchmarks/accuracy_levers.py train dsb contact 5 --targets contact
     python benchmarks/accuracy_levers.py seeds <work>/dsb_baseline/model.safetensors
     python benchmarks/accuracy_levers.py foreground <work>/dsb_baseline/model.safetensors
     python benchmarks/accuracy_levers.py min-size <work>/dsb_baseline/model.safetensors
@@ -110,6 +111,34 @@ def run_cli_with_schedule(schedule: str, argv: list[str]) -> int:
     return cli.main(argv)
 
 
+def contact_targets(label: np.ndarray, radius: int = 2) -> np.ndarray:
+    """Instance ids (Y, X) -> classes 0 background, 1 interior, 2 boundary, the boundary
+    only where objects touch: the pixels of an object within ``radius`` pixels
+    (chessboard distance) of another object, instead of every object's outer ring."""
+    from scipy import ndimage as ndi
+
+    label = np.asarray(label).astype(np.int64)
+    footprint = np.ones((2 * radius + 1,) * 2, bool)
+    highest = ndi.maximum_filter(label, footprint=footprint, mode="nearest")
+    others = np.where(label > 0, label, np.iinfo(np.int64).max)
+    lowest = ndi.minimum_filter(others, footprint=footprint, mode="nearest")
+    target = (label > 0).astype(np.int64)
+    target[(label > 0) & ((highest != label) | (lowest != label))] = 2
+    return target
+
+
+TARGETS = {"contact": contact_targets}
+"""Instance targets tried against the default (:func:`napari_unet.data.instance_targets`)."""
+
+
+def run_cli_with_targets(targets: str, argv: list[str]) -> int:
+    """``napari-unet`` with :data:`TARGETS` ``[targets]`` in place of the instance targets."""
+    from napari_unet import cli, data
+
+    data.instance_targets = TARGETS[targets]
+    return cli.main(argv)
+
+
 def train(
     data_name: str,
     name: str,
@@ -117,6 +146,7 @@ def train(
     extra: list[str],
     data: Path,
     schedule: str | None = None,
+    targets: str | None = None,
 ) -> dict:
     from napari_unet import load_model, predict
 
@@ -135,6 +165,8 @@ def train(
     runner = ["-m", "napari_unet.cli"]
     if schedule:
         runner = [__file__, "--schedule-run", schedule]
+    if targets:
+        runner = [__file__, "--targets-run", targets]
     command = [
         sys.executable, *runner, "train",
         "--images", str(write_folder(folder / "images", names, images)),
@@ -155,7 +187,9 @@ def train(
     return {
         "data": data_name,
         "lever": name,
-        "options": extra + ([f"learning-rate schedule: {schedule}"] if schedule else []),
+        "options": extra
+        + ([f"learning-rate schedule: {schedule}"] if schedule else [])
+        + ([f"instance targets: {targets}"] if targets else []),
         "minutes": minutes,
         "steps": model.history["runs"][-1]["steps"],
         **{k: round(v, 4) for k, v in scores.items()},
@@ -421,6 +455,8 @@ def by_type(model_paths: list[Path], data: Path) -> list[dict]:
 def main() -> None:
     if sys.argv[1:2] == ["--schedule-run"]:
         sys.exit(run_cli_with_schedule(sys.argv[2], sys.argv[3:]))
+    if sys.argv[1:2] == ["--targets-run"]:
+        sys.exit(run_cli_with_targets(sys.argv[2], sys.argv[3:]))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data", type=Path)
     parser.add_argument("--results", type=Path, default=Path("docs/accuracy-levers.jsonl"))
@@ -430,6 +466,7 @@ def main() -> None:
     t.add_argument("name")
     t.add_argument("minutes", type=float)
     t.add_argument("--lr-schedule", choices=sorted(SCHEDULES), help="instead of the default")
+    t.add_argument("--targets", choices=sorted(TARGETS), help="instance targets (dsb)")
     s = sub.add_parser("seeds", help="score watershed seed margins with a trained model")
     s.add_argument("model", type=Path)
     s.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6])
@@ -461,7 +498,17 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 2)
     started = time.strftime("%Y-%m-%d")
     if args.command == "train":
-        rows = [train(args.dataset, args.name, args.minutes, extra, args.data, args.lr_schedule)]
+        rows = [
+            train(
+                args.dataset,
+                args.name,
+                args.minutes,
+                extra,
+                args.data,
+                args.lr_schedule,
+                args.targets,
+            )
+        ]
     elif args.command == "seeds":
         rows = postprocess(args.model, args.data, "seeds", args.margins, args.tta)
     elif args.command == "foreground":
