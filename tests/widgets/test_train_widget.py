@@ -439,6 +439,24 @@ def test_bad_inputs_become_notifications(make_napari_viewer, qtbot, sample, noti
     assert train.train_button.isEnabled()
 
 
+def test_a_failed_run_names_the_image_layer(make_napari_viewer, qtbot, sample, notifications):
+    viewer = make_napari_viewer()
+    train = TrainWidget(viewer)
+    set_tiny(train)
+    (image, labels), _ = sample
+    viewer.add_image(image, name="nuclei")
+    negative = labels.astype(np.int32)
+    negative[0, 0] = -1  # the engine refuses it once the run has started
+    viewer.add_labels(negative, name="instances")
+    train.start()
+    wait_for(qtbot, train)
+
+    assert len(notifications.errors) == 1
+    assert "negative values" in notifications.errors[0]
+    assert "'nuclei'" in notifications.errors[0] and "Image #" not in notifications.errors[0]
+    assert train.status.text().startswith("Training failed: The labels of 'nuclei'")
+
+
 def test_save_without_a_model_warns(viewer, tmp_path):
     train = TrainWidget(viewer)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from pathlib import Path
@@ -518,8 +519,10 @@ class TrainWidget(QWidget):
             self.progress.setValue(1000)
             self.progress.setFormat("done")
         elif isinstance(event, JobFailed):
-            show_error(event.message)
-            self.status.setText(f"Training failed: {event.message}")
+            # the engine numbers its images; this widget trains on one, the image layer
+            message = re.sub(r"\bImage #0\b", f"'{self._image_name}'", event.message)
+            show_error(message)
+            self.status.setText(f"Training failed: {message}")
 
     def _follow_plane(self, *_) -> None:
         """The live preview segments the plane on screen: the next epoch's follows it."""
