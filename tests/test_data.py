@@ -72,6 +72,25 @@ def test_many_values_in_semantic_mode_suggest_instances():
         encode_labels([label], "semantic")
 
 
+def _disks(values) -> np.ndarray:
+    """One small square object per value, on a grid with gaps between them."""
+    label = np.zeros((40, 40), np.uint8)
+    for k, value in enumerate(values):
+        y, x = divmod(k, 5)
+        label[8 * y + 1 : 8 * y + 6, 8 * x + 1 : 8 * x + 6] = value
+    return label
+
+
+def test_few_object_ids_in_semantic_mode_get_a_note():
+    _, encoding = encode_labels([_disks(range(1, 11))], "semantic")  # 10 ids, one region each
+    assert encoding.num_classes == 11
+    assert any("object ids" in note and "instances" in note for note in encoding.notes)
+
+    # classes that each paint several objects, and few one-region classes: no such note
+    assert not encode_labels([_disks([1, 2, 3, 4, 5] * 5)], "semantic")[1].notes
+    assert not encode_labels([_disks(range(1, 8))], "semantic")[1].notes
+
+
 def test_sparse_scribbles_ignore_unpainted_and_write_background_as_zero():
     label = np.zeros((6, 6), np.uint8)
     label[0, :] = 1  # background strokes
@@ -90,6 +109,16 @@ def test_sparse_needs_two_painted_classes():
         encode_labels([np.ones((4, 4), np.uint8)], "sparse")
     with pytest.raises(InputError, match="No annotated pixels"):
         encode_labels([np.zeros((4, 4), np.uint8)], "sparse")
+    # also when continuing: a segmentation result (0 / 2) read as scribbles paints one class
+    model = encode_labels([np.array([[0, 1], [2, 0]])], "sparse")[1]
+    with pytest.raises(InputError, match="Only one class is painted"):
+        encode_labels([np.array([[0, 2], [2, 0]])], "sparse", previous=model)
+
+
+def test_instance_labels_in_sparse_mode_are_refused():
+    ids = np.arange(100, dtype=np.uint16).reshape(10, 10)
+    with pytest.raises(InputError, match="look like instance labels.*'instances'"):
+        encode_labels([ids], "sparse")
 
 
 def test_instance_targets_separate_touching_objects():

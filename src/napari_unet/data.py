@@ -349,6 +349,36 @@ def _wide_mask(label: np.ndarray) -> bool:
     )
 
 
+_IDS_FROM = 8  # foreground values from which one region per value looks like object ids
+
+
+def _looks_like_ids(labels: Sequence[np.ndarray], values: np.ndarray, planes: int = 8) -> bool:
+    """Whether semantic labels with at least :data:`_IDS_FROM` foreground values hold each
+    value as one connected region in nearly every plane (of the first ``planes`` that
+    hold two or more, up to 16 M pixels): instance ids given in semantic mode, not
+    classes, which paint many objects each."""
+    if np.count_nonzero(values) < _IDS_FROM:
+        return False
+    regions = single = 0
+    looked = 0
+    for label in labels:
+        if looked == planes:
+            break
+        label = np.asarray(label)
+        if label.size > 2**24:  # a slide's class map: too slow to look at, and not ids
+            continue
+        boxes = ndi.find_objects(np.where(label > 0, label, 0).astype(np.int64, copy=False))
+        present = [(v, box) for v, box in enumerate(boxes, start=1) if box is not None]
+        if len(present) < 2:
+            continue
+        looked += 1
+        for value, box in present:
+            _, count = ndi.label(label[box] == value, structure=np.ones((3, 3), bool))
+            regions += 1
+            single += count == 1
+    return regions > 0 and single >= 0.9 * regions
+
+
 def _some(values, shown: int = 8) -> str:
     """A list of values for a message: the first ``shown`` and how many more."""
     values = list(values)
@@ -406,11 +436,18 @@ def encode_labels(
                     "paint with the model's values or train a new model."
                 )
             encoding = previous
-        else:
-            if painted.size < 2:
+        if painted.size < 2:  # also when continuing: one class alone teaches only itself
+            raise InputError(
+                f"Only one class is painted (value {painted[0]}); paint at least two: "
+                "the lowest value is background, higher values are objects."
+            )
+        if previous is None:
+            if painted.size > MAX_SEMANTIC_CLASSES:
                 raise InputError(
-                    f"Only one class is painted (value {painted[0]}); paint at least two: "
-                    "the lowest value is background, higher values are objects."
+                    f"The labels hold {painted.size} painted values: these look like instance "
+                    "labels (one id per object), which sparse mode would read as classes (the "
+                    "lowest id as background, the unpainted 0 as not annotated). Use mode "
+                    "'instances', or paint class values (1 = background, 2, 3, ...)."
                 )
             source = painted.tolist()
             encoding = LabelEncoding(
@@ -485,6 +522,12 @@ def encode_labels(
                 "0, 1, 2, ... for a model of only the painted ones (or, if the values are "
                 "object ids, use mode 'instances')."
             )
+    if _looks_like_ids(targets, values):
+        notes.append(
+            f"The labels hold {len(values) - 1} foreground values, each painted as one "
+            "connected region: if they are object ids rather than classes, use mode "
+            "'instances' (semantic mode learns each value as a class of its own)."
+        )
     names = ["background"] + [f"class {v}" for v in range(1, num_classes)]
     encoding = LabelEncoding(
         mode, names, list(range(num_classes)), list(range(num_classes)), notes
