@@ -327,14 +327,33 @@ def test_channel_layouts_the_model_cannot_read_get_advice(viewer, notifications)
     widget.image.value = last
     assert widget.channels.native.isHidden()
     widget.start()
+    widget.image.value = viewer.add_image(np.zeros((32, 32), np.float32), name="one plane")
+    widget.start()
 
     assert not widget.running
     errors = notifications.errors
-    assert len(errors) == 3
+    assert len(errors) == 4
     assert "read as grey planes" in errors[0] and "'channels' field" in errors[0]
     assert "axis 0" in errors[1] and "has 3" in errors[1]
-    assert "napari-unet predict" in errors[2] and "Merge to Stack" in errors[2]
-    assert [lay.name for lay in viewer.layers] == ["three planes", "channels last"]
+    assert "planes would be 32 x 2 pixels" in errors[2]
+    assert "napari-unet predict --channel-axis -1" in errors[2]
+    assert "napari-unet predict" in errors[3] and "Merge to Stack" in errors[3]
+    assert [lay.name for lay in viewer.layers] == ["three planes", "channels last", "one plane"]
+
+
+def test_a_colour_image_opened_without_rgb_is_refused(viewer, notifications):
+    colour = np.zeros((40, 48, 3), np.uint8)
+    layer = viewer.add_image(colour, rgb=False, name="not rgb")
+    registry_for(viewer).add(untrained_model(), "grey", "test")
+    widget = SegmentWidget(viewer)
+    widget.image.value = layer
+
+    widget.start()
+
+    assert not widget.running
+    assert "planes would be 48 x 3 pixels" in notifications.errors[-1]
+    assert "rgb=True" in notifications.errors[-1]
+    assert [lay.name for lay in viewer.layers] == ["not rgb"]  # no result written
 
 
 def test_test_time_augmentation_checkbox_is_passed_on(viewer, qtbot):

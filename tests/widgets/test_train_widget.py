@@ -556,3 +556,13 @@ def test_channels_on_the_last_axis_get_a_message_that_says_how(make_napari_viewe
     assert not train.running
     assert "keeps 5 channels on its last axis" in notifications.errors[-1]
     assert "--channel-axis -1" in train.status.text()
+
+    # labels of the layer's own shape (Layers > New labels layer) pair with its strips
+    colour = viewer.add_image(np.zeros((64, 48, 3), np.uint8), rgb=False, name="colour")
+    strips = viewer.add_labels(np.ones((64, 48, 3), np.uint8), name="strips")
+    train.image.value, train.labels.value = colour, strips
+    train.start()
+
+    assert not train.running
+    assert "planes would be 48 x 3 pixels" in notifications.errors[-1]
+    assert "napari-unet train --channel-axis -1" in notifications.errors[-1]

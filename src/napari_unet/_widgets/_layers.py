@@ -131,6 +131,25 @@ def current_index(viewer, layer: Layer, axis: int | None = None) -> tuple[int, .
     return tuple(int(np.clip(i, 0, n - 1)) for i, n in zip(index, lead, strict=True))
 
 
+def check_not_channels_last(image: Image, axis: int | None, command: str) -> None:
+    """Refuse a layer that is not RGB and keeps 2-4 values on its last axis, where no
+    channel ``axis`` is chosen: its planes would be strips a few pixels wide (a colour
+    image opened without ``rgb=True``, or channels saved last). ``command``: the
+    napari-unet command that reads such files (train, predict)."""
+    if axis is not None or getattr(image, "rgb", False):
+        return
+    shape = tuple(full_resolution(image).shape)
+    if len(shape) < 3 or not 2 <= shape[-1] <= 4:
+        return
+    raise InputError(
+        f"The image layer '{image.name}' {shape} keeps {shape[-1]} values on its last axis, "
+        f"so its planes would be {shape[-2]} x {shape[-1]} pixels. If that axis holds colour "
+        "channels, open the image as RGB (viewer.add_image(data, rgb=True)); other channels: "
+        "move them first (numpy.moveaxis(data, -1, 0)) and choose that axis in 'channels', "
+        f"or use `napari-unet {command} --channel-axis -1`."
+    )
+
+
 def check_pair(image: Image, labels: Labels, axis: int | None = None) -> None:
     """Raise :class:`InputError` unless ``labels`` covers ``image`` pixel for pixel.
 
@@ -141,6 +160,8 @@ def check_pair(image: Image, labels: Labels, axis: int | None = None) -> None:
     """
     image_shape, label_shape = spatial_shape(image, axis), spatial_shape(labels)
     full = tuple(full_resolution(image).shape)
+    if label_shape == image_shape:  # (labels without the last axis: see below)
+        check_not_channels_last(image, axis, "train")
     if leading_axis(full, axis) is None:
         if image_shape == label_shape:
             return

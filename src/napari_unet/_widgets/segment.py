@@ -21,6 +21,7 @@ from ._layers import (
     OUTPUT_KEY,
     channel_choices,
     channel_field,
+    check_not_channels_last,
     chosen_axis,
     current_index,
     full_resolution,
@@ -313,6 +314,7 @@ class SegmentWidget(QWidget):
                     f"'{entry.name}' is being trained; stop training or wait until it ends."
                 )
             axis = self.channel_axis(image)
+            check_not_channels_last(image, axis, "predict")
             _check_channels(entry, image, axis)
             config = PredictConfig(
                 tile_size=self.tile_size.value,
