@@ -183,6 +183,7 @@ def test_bad_inputs_become_notifications(viewer, qtbot, notifications):
     widget.image.value = layer
     widget.start()
     wait_for(qtbot, widget)
+    assert widget.progress.format() == "failed"  # not "starting…"
     registry_for(viewer).active.busy = True
     widget.start()
 

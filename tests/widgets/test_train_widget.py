@@ -453,8 +453,10 @@ def test_a_failed_run_names_the_image_layer(make_napari_viewer, qtbot, sample, n
 
     assert len(notifications.errors) == 1
     assert "negative values" in notifications.errors[0]
-    assert "'nuclei'" in notifications.errors[0] and "Image #" not in notifications.errors[0]
-    assert train.status.text().startswith("Training failed: The labels of 'nuclei'")
+    assert "Image #" not in notifications.errors[0]
+    assert notifications.errors[0].startswith("The labels layer 'instances' holds negative")
+    assert train.status.text().startswith("Training failed: The labels layer 'instances'")
+    assert train.progress.format() == "failed"
 
 
 def test_save_without_a_model_warns(viewer, tmp_path):

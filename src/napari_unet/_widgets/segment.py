@@ -397,6 +397,7 @@ class SegmentWidget(QWidget):
             self.progress.setFormat(f"{plane}tile {event.tiles_done}/{event.tiles_total}  ·  %p%")
         elif isinstance(event, JobFailed):
             show_error(event.message)
+            self.progress.setFormat("failed")
             self.status.setText(f"Segmentation failed: {event.message}")
 
     def _on_returned(self, result: np.ndarray | None) -> None:

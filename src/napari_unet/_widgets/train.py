@@ -445,6 +445,7 @@ class TrainWidget(QWidget):
             stop=self._stop,
         )
         self._image_name = image.name
+        self._labels_name = labels.name
         self._worker.yielded.connect(self._on_event)
         self._worker.returned.connect(self._on_returned)
         self._worker.finished.connect(self._on_finished)
@@ -520,8 +521,14 @@ class TrainWidget(QWidget):
             self.progress.setFormat("done")
         elif isinstance(event, JobFailed):
             # the engine numbers its images; this widget trains on one, the image layer
-            message = re.sub(r"\bImage #0\b", f"'{self._image_name}'", event.message)
+            message = re.sub(
+                r"\bThe labels of Image #0( \(plane \d+\))? hold\b",
+                lambda m: f"The labels layer '{self._labels_name}'{m.group(1) or ''} holds",
+                event.message,
+            )
+            message = re.sub(r"\bImage #0\b", f"'{self._image_name}'", message)
             show_error(message)
+            self.progress.setFormat("failed")
             self.status.setText(f"Training failed: {message}")
 
     def _follow_plane(self, *_) -> None:
