@@ -120,6 +120,22 @@ def test_one_plane_by_another_model_does_not_mix_with_the_others(viewer, qtbot, 
     assert any("came from the model 'test model'" in n for n in notifications.infos)
 
 
+def test_a_plane_by_the_model_after_more_training_says_so(viewer, qtbot, notifications):
+    layer = viewer.add_image(np.random.default_rng(0).random((3, 64, 64), np.float32), name="s")
+    model = untrained_model()
+    widget = segment_with(viewer, qtbot, layer, model)
+    model.history.setdefault("runs", []).append({"steps": 5})  # trained on
+    widget.planes.value = CURRENT_PLANE
+
+    widget.start()
+    wait_for(qtbot, widget)
+
+    assert any(
+        "came from an earlier version of 'test model' (before its latest training)" in n
+        for n in notifications.infos
+    )
+
+
 def test_a_users_layer_with_the_output_name_is_never_overwritten(viewer, qtbot):
     image = viewer.add_image(np.random.default_rng(0).random((64, 64)), name="cells")
     mine = viewer.add_labels(np.ones((64, 64), np.uint8), name="cells segmentation")

@@ -458,10 +458,16 @@ class SegmentWidget(QWidget):
             data = data if data.shape == full_shape else None
             earlier = existing.metadata[OUTPUT_KEY].get("model")
             if data is not None and earlier not in (None, model):
+                name = earlier.rsplit(" #", 1)[0]
+                source = (
+                    f"an earlier version of '{name}' (before its latest training)"
+                    if name == entry.name
+                    else f"the model '{name}'"
+                )
                 show_info(
-                    f"The other planes of '{existing.name}' came from the model "
-                    f"'{earlier.rsplit(' #', 1)[0]}'; the layer now holds this plane's result "
-                    f"from '{entry.name}' only (segment every plane to fill it)."
+                    f"The other planes of '{existing.name}' came from {source}; the layer now "
+                    f"holds this plane's result from '{entry.name}' only (segment every plane "
+                    "to fill it)."
                 )
                 data = None
             elif data is None and existing.data.any():
