@@ -16,7 +16,7 @@ from napari_unet._widgets.segment import SegmentWidget
 from napari_unet._widgets.train import TrainWidget, format_duration
 from napari_unet.io import load_model
 
-from .widget_helpers import scribbles, set_tiny, wait_for
+from .widget_helpers import scribbles, set_tiny, untrained_model, wait_for
 
 
 @pytest.fixture
@@ -355,6 +355,24 @@ def test_continue_training_a_loaded_model(viewer, qtbot, model_file):
     assert len(loaded.history["runs"]) == runs_before + 1
     assert registry_for(viewer).active.model is loaded
     assert len(registry_for(viewer).entries) == 1
+
+
+def test_a_model_loaded_during_a_run_leaves_the_form_alone(viewer, qtbot, model_file):
+    load = LoadWidget(viewer)
+    train = TrainWidget(viewer)
+    set_tiny(train)
+    train.preview.value = False
+    load.load(model_file)  # an instances model
+    train.continue_training.value = True
+    text = train.continue_training.text
+
+    train.start()
+    registry_for(viewer).add(untrained_model(), "semantic one", "test")  # made active
+
+    assert train.mode.value == "instances" and train.continue_training.text == text
+    wait_for(qtbot, train)
+    assert train.mode.value == "instances"  # the run's model is the active one again
+    assert train.continue_training.enabled
 
 
 def start_and_stop_at_once(viewer, qtbot) -> TrainWidget:

@@ -311,6 +311,9 @@ class TrainWidget(QWidget):
         self.zoom.enabled = self.augment.value
 
     def _update_model_fields(self, *_) -> None:
+        if self.running:  # the (disabled) form shows the run's model until the run ends
+            self.continue_training.enabled = False
+            return
         active = self.registry.active
         self.continue_training.enabled = active is not None and self._worker is None
         if active is None:
