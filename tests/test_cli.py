@@ -390,6 +390,32 @@ def test_an_unwritable_model_path_fails_before_training(monkeypatch, folders, tm
     assert code == 2 and "is a folder" in capsys.readouterr().err
 
 
+def test_an_out_that_is_not_a_model_file_is_not_replaced(monkeypatch, folders, tmp_path, capsys):
+    import napari_unet.cli as cli
+
+    monkeypatch.setattr(cli, "run_training", lambda *a, **k: pytest.fail("trained"))
+    images, labels = folders
+    victim = next(images.iterdir())  # one of the training images
+    before = victim.read_bytes()
+    code = main(["train", "--images", str(images), "--labels", str(labels),
+                 "--out", str(victim), "--epochs", "1"])  # fmt: skip
+    assert code == 2 and "is not a napari-unet model file" in capsys.readouterr().err
+    assert victim.read_bytes() == before
+
+
+@pytest.mark.parametrize("budget", [["--minutes", "0"], ["--epochs", "0"]])
+def test_a_budget_of_zero_is_an_error_not_the_default(
+    monkeypatch, folders, tmp_path, capsys, budget
+):
+    import napari_unet.cli as cli
+
+    monkeypatch.setattr(cli, "run_training", lambda *a, **k: pytest.fail("trained"))
+    images, labels = folders
+    code = main(["train", "--images", str(images), "--labels", str(labels),
+                 "--out", str(tmp_path / "m.safetensors"), *budget])  # fmt: skip
+    assert code == 2 and budget[0][2:] in capsys.readouterr().err
+
+
 def test_a_failed_save_after_training_rescues_the_model(monkeypatch, tmp_path, capsys):
     from unittest import mock
 

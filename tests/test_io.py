@@ -69,6 +69,18 @@ def test_a_random_file_is_not_a_model(tmp_path):
         load_model(path)
 
 
+def test_a_truncated_model_file_is_called_so(model, tmp_path):
+    from napari_unet.io import is_model_file
+
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    assert is_model_file(path)
+    path.write_bytes(path.read_bytes()[:200])  # cut off in the header
+    assert not is_model_file(path)
+    with pytest.raises(ModelFileError, match="damaged or truncated"):
+        load_model(path)
+
+
 def test_a_failed_save_leaves_the_old_file_intact(model, tmp_path):
     path = tmp_path / "m.safetensors"
     model.save(path)

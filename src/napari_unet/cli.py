@@ -169,9 +169,18 @@ def _probe_write(path: Path) -> None:
 
 def _check_writable(out: Path) -> None:
     """Fail before training, not after it, when the model file cannot be written."""
+    from .io import is_model_file
+
     if out.is_dir():
         raise InputError(
             f"--out {out} is a folder; give a file name such as {out}/model.safetensors."
+        )
+    if out.exists() and not is_model_file(out):
+        raise InputError(
+            f"--out {out} exists and is not a napari-unet model file (an image?); training "
+            "would replace it. Give a new file name such as model.safetensors, or delete the "
+            "file first if it is a damaged model (a model file is replaced once the new model "
+            "is saved)."
         )
     try:
         _probe_write(out)
@@ -222,7 +231,10 @@ def cmd_train(args) -> int:
     model = load_model(args.resume) if args.resume else None
     mode = args.mode or (model.mode if model is not None else "semantic")
     images, labels, paths = _read_pairs(args.images, args.labels)
-    budget = {"minutes": args.minutes} if args.minutes else {"epochs": args.epochs or 50}
+    if args.minutes is not None:
+        budget = {"minutes": args.minutes}
+    else:
+        budget = {"epochs": 50 if args.epochs is None else args.epochs}
     config = TrainConfig(
         mode=mode,
         patch_size=args.patch_size,

@@ -714,6 +714,18 @@ def save_model(model, path) -> None:
             raise OSError(f"Cannot write {path}: {error}") from error
 
 
+def is_model_file(path) -> bool:
+    """Whether ``path`` is a safetensors file with a napari-unet header (read without its
+    weights); False for anything else, a damaged model file included."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return "napari_unet" in (handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError):
+        return False
+
+
 def load_model(path, *, device: str = "cpu"):
     """Load a model saved by :meth:`SegmentationModel.save`.
 
@@ -738,7 +750,7 @@ def load_model(path, *, device: str = "cpu"):
     except (SafetensorError, OSError, ValueError) as error:
         try:
             with open(path, "rb") as handle:
-                head = handle.read(8)
+                head = handle.read(9)
         except OSError:
             head = b""
         if (
@@ -750,6 +762,11 @@ def load_model(path, *, device: str = "cpu"):
                 "is refused. napari-unet model files are safetensors files written by "
                 "model.save()."
             ) from None
+        if head[8:9] == b"{":  # a safetensors file's header length, then its JSON header
+            raise ModelFileError(
+                f"{path} is a damaged or truncated model file ({error}); copy it again or "
+                "choose another model file."
+            ) from error
         raise ModelFileError(
             f"{path} is not a napari-unet model file ({error}); choose a file written by "
             "napari-unet train or model.save()."
