@@ -312,7 +312,8 @@ def test_unwritable_output_and_summary_fail_before_any_work(
 
     summary = str(blocker / "summary.json")
     code = main(args + ["--output", str(tmp_path / "out"), "--summary", summary])
-    assert code == 2 and "Cannot write the summary to" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert code == 2 and "Cannot write" in err and "choose another --summary" in err
     assert not worked and not list((tmp_path / "out").glob("*"))
 
 
@@ -339,3 +340,28 @@ def test_one_file_spelled_two_ways_is_segmented_once(tmp_path, model_path, input
     ]
     assert main(glob_args + ["--output", str(tmp_path / "globbed")] + TILES) == 0
     assert (tmp_path / "globbed" / "b.tif").exists()
+
+
+def test_evaluate_checks_its_json_path_first_and_makes_its_folder(
+    tmp_path, model_path, inputs, capsys, monkeypatch
+):
+    import napari_unet.metrics as metrics
+
+    folder, _ = inputs
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    tifffile.imwrite(labels / "a.tif", np.zeros((300, 350), np.uint8))
+    args = ["evaluate", "--model", str(model_path), "--images", str(folder / "a.tif"),
+            "--labels", str(labels / "a.tif"), "--tile-size", "128"]  # fmt: skip
+    blocker = tmp_path / "a file"
+    blocker.write_text("not a folder")
+    evaluated = []
+    real = metrics.evaluate
+    monkeypatch.setattr(metrics, "evaluate", lambda *a, **k: evaluated.append(1) or real(*a, **k))
+
+    code = main(args + ["--json", str(blocker / "scores.json")])
+    assert code == 2 and "choose another --json" in capsys.readouterr().err and not evaluated
+
+    report = tmp_path / "new" / "folder" / "scores.json"
+    assert main(args + ["--json", str(report)]) == 0
+    assert evaluated and json.loads(report.read_text())["images"][0]["file"] == "a.tif"

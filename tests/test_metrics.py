@@ -39,3 +39,29 @@ def test_a_class_absent_from_an_image_and_its_prediction_is_not_scored():
     assert mean["1"]["dice"] == 1.0
     assert mean["2"]["dice"] == 0.0  # not 0.9: the nine images without it say nothing
     assert mean["3"] == {"dice": None, "iou": None}  # in no image at all
+
+
+def test_instance_masks_are_scored_by_their_connected_regions():
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.metrics import evaluate
+    from napari_unet.model import SegmentationModel, UNet
+
+    model = SegmentationModel(
+        UNet(in_channels=1, num_classes=3, depth=2, base_channels=4),
+        LabelEncoding(
+            "instances", ["background", "interior", "boundary"], [0, 1, 2], [0, 1, 2], []
+        ),
+        Normalization(),
+    )
+    ids = np.zeros((48, 48), np.int32)
+    ids[4:14, 4:14], ids[20:30, 4:14], ids[30:44, 30:44] = 1, 2, 3
+    image = (ids > 0).astype(np.float32)
+    mask = np.where(ids > 0, 255, 0).astype(np.uint8)  # as many programs save them
+
+    by_ids = evaluate(model, [image], [ids], tile_size=48)
+    by_mask = evaluate(model, [image, image], [mask, ids], tile_size=48)
+
+    assert by_ids["images"][0] == by_mask["images"][0] == by_mask["images"][1]
+    assert by_mask["images"][0]["objects_true"] == 3  # not one object of value 255
+    assert by_ids["notes"] == []
+    assert len(by_mask["notes"]) == 1 and by_mask["notes"][0].startswith("The labels of Image #0")

@@ -167,6 +167,20 @@ def _probe_write(path: Path) -> None:
     _remove(_temporary_beside(path, directory=False))
 
 
+def _prepare_report(path: Path, option: str) -> None:
+    """Make the folder of a JSON report and check that the file can be written there,
+    before the work rather than after it."""
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _probe_write(path)
+    except OSError as error:
+        raise InputError(
+            f"Cannot write {path} ({error.strerror or error}); choose another {option}."
+        ) from error
+
+
 def _check_writable(out: Path) -> None:
     """Fail before training, not after it, when the model file cannot be written."""
     from .io import is_model_file
@@ -544,13 +558,7 @@ def cmd_predict(args) -> int:
     _check_closing(model, args.close_boundaries)
     fold = _prepare_output(files, out_dir, args.format)
     summary_path = Path(args.summary) if args.summary else out_dir / "summary.json"
-    try:
-        _probe_write(summary_path)
-    except OSError as error:
-        raise InputError(
-            f"Cannot write the summary to {summary_path} ({error.strerror or error}); "
-            "choose another --summary."
-        ) from error
+    _prepare_report(summary_path, "--summary")
     options = {
         "tile_size": args.tile_size,
         "overlap": args.overlap,
@@ -636,6 +644,8 @@ def cmd_evaluate(args) -> int:
     from .metrics import evaluate
 
     model = load_model(args.model)
+    if args.json:  # fail before the work, not after it
+        _prepare_report(Path(args.json), "--json")
     images, labels, paths = _read_pairs(args.images, args.labels)
     bar = _progress_bar(len(images), "evaluate", unit=" images")
 
@@ -660,6 +670,9 @@ def cmd_evaluate(args) -> int:
         bar.close()
     for path, scores in zip(paths, result["images"], strict=True):
         scores["file"] = path.name
+    result["notes"] = [_named(note, paths) for note in result["notes"]]
+    for note in result["notes"]:
+        print(f"Note: {note}", file=sys.stderr)
     print(json.dumps(result["mean"], indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

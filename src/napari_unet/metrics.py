@@ -111,16 +111,29 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
     ``on_image(done, total)`` is called after each image (for progress bars).
 
     Returns per-image and mean scores: Dice/IoU per class (semantic, sparse), and
-    for instances foreground Dice, F1@0.5 and the DSB score.
+    for instances foreground Dice, F1@0.5 and the DSB score; and notes (instances: labels
+    that are masks, whose connected regions are scored as the objects, as training
+    reads them).
     """
-    from .data import InputError, encode_labels
+    from .data import InputError, encode_labels, instance_ids
     from .prediction import predict
 
-    per_image = []
+    per_image, notes = [], []
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         label = np.asarray(label)
         truth = None
-        if model.mode != "instances":  # check the labels before spending time on prediction
+        if model.mode == "instances" and label.ndim >= 2:
+            # as training reads them: a mask (0/255) holds no ids, its regions are the objects
+            flat = label.reshape(-1, *label.shape[-2:])
+            planes, found = instance_ids(flat, owners=[i] * len(flat))
+            if found:
+                notes.append(
+                    f"The labels of Image #{i} are a mask (one value for several objects), "
+                    "not one id per object: each connected region is scored as an object "
+                    "(touching objects count as one)."
+                )
+            label = np.stack(planes).reshape(label.shape)
+        elif model.mode != "instances":  # check the labels before spending time on prediction
             (encoded,), _ = encode_labels(
                 [label.astype(np.int64)], model.mode, model.encoding, owners=[i]
             )
@@ -143,7 +156,7 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
         per_image.append(scores)
         if on_image is not None:
             on_image(i + 1, len(images))
-    return {"images": per_image, "mean": _mean_scores(per_image)}
+    return {"images": per_image, "mean": _mean_scores(per_image), "notes": notes}
 
 
 def _mean_scores(per_image: list[dict]) -> dict:
