@@ -495,8 +495,8 @@ def _plan(
     lead = stack_shape(shape, axis)
     spatial = [s for i, s in enumerate(shape) if i != axis]
     height, width = spatial[-2:]
-    if height < 1 or width < 1:
-        raise InputError(f"The image is empty (shape {shape}).")
+    if min(shape, default=0) < 1:  # no pixels, or a stack of no planes
+        raise InputError(f"The image is empty (shape {shape}): it holds no pixels to segment.")
     tile = tile_side(config.tile_size, network.divisor)  # an overlap of None stays 64 px
     if least_tile is None:  # images smaller than the training patches: mirrored around
         least_tile = getattr(model, "patch_size", None) or 0
