@@ -376,3 +376,20 @@ def test_validation_of_a_per_tile_normalised_model_does_not_warn_every_epoch():
     assert score is not None
     with pytest.warns(TileDependenceWarning):  # users' predictions still warn
         predict(network, sample.image, tile_size=32, channel_axis=0)
+
+
+def test_train_takes_config_fields_as_keywords_and_warns_its_notes(disk_data):
+    from napari_unet import TrainingNote
+
+    images, labels = disk_data
+    masks = [np.where(label > 0, 255, 0).astype(np.uint8) for label in labels[:2]]
+    base = TrainConfig(mode="semantic", minutes=5, seed=3, **FAST)
+
+    with pytest.warns(TrainingNote, match="0/255"):
+        model = train(images[:2], masks, base, epochs=1, model_config=ModelConfig(**TINY))
+
+    run = model.history["runs"][-1]
+    assert run["config"]["epochs"] == 1 and run["config"]["minutes"] is None  # the keyword's
+    assert run["config"]["seed"] == 3 and run["config"]["patch_size"] == FAST["patch_size"]
+    with pytest.raises(ValueError, match="epochs"):
+        train(images[:1], masks[:1], epochs=0)

@@ -18,6 +18,7 @@ _EXPORTS = {
     "PredictConfig": "config",
     "train": "training",
     "iter_train": "training",
+    "TrainingNote": "training",
     "predict": "prediction",
     "iter_predict": "prediction",
     "predict_to_file": "prediction",

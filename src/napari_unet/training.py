@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -736,10 +737,31 @@ def iter_train(
     yield TrainingFinished(model, epoch, step, best_score, time.perf_counter() - start)
 
 
+class TrainingNote(UserWarning):
+    """What training noticed about its data (a 0/255 mask read as foreground, alpha
+    dropped, labels that look like object ids, ...), issued by :func:`train` as a
+    warning; :func:`iter_train` yields them in :attr:`TrainingStarted.notes`."""
+
+
 def train(images, labels, config: TrainConfig | None = None, **kwargs) -> SegmentationModel:
-    """Train a U-Net and return it (best validation weights). See :func:`iter_train`."""
+    """Train a U-Net and return it (best validation weights). See :func:`iter_train`.
+
+    Fields of :class:`TrainConfig` may be given as keywords (``epochs=5``, ``mode=
+    "instances"``), alone or over those of ``config``; the other keywords go to
+    :func:`iter_train` (``model``, ``model_config``, ``channel_axis``). Training's
+    notes on the data are issued as :class:`TrainingNote` warnings.
+    """
+    fields = {k: kwargs.pop(k) for k in list(kwargs) if k in TrainConfig.model_fields}
+    if fields:
+        base = config.model_dump(exclude_unset=True) if config is not None else {}
+        if "epochs" in fields or "minutes" in fields:  # one budget replaces the other
+            base.pop("epochs", None), base.pop("minutes", None)
+        config = TrainConfig(**{**base, **fields})
     model = None
     for event in iter_train(images, labels, config, **kwargs):
+        if isinstance(event, TrainingStarted):
+            for note in event.notes:
+                warnings.warn(note, TrainingNote, stacklevel=2)
         if isinstance(event, TrainingStarted | TrainingFinished):
             model = event.model
     return model
