@@ -261,3 +261,15 @@ def test_a_speck_of_seed_does_not_split_an_object():
 def test_an_image_without_pixels_is_refused(shape):
     with pytest.raises(InputError, match="holds no pixels"):
         predict(_model(), np.zeros(shape, np.float32), tile_size=64)
+
+
+def test_channels_between_y_and_x_get_the_channel_axis_hint():
+    two = SegmentationModel(
+        UNet(2, 2, depth=2, base_channels=4),
+        LabelEncoding("semantic", ["background", "cell"], [0, 1], [0, 1], []),
+        Normalization(),
+    )
+    image = np.zeros((64, 2, 64), np.float32)  # (Y, C, X)
+    with pytest.raises(InputError, match=r"give --channel-axis 1 .*channel_axis=1"):
+        predict(two, image, tile_size=64)
+    assert predict(two, image, tile_size=64, channel_axis=1).shape == (64, 64)

@@ -169,12 +169,12 @@ def _check_channels(
     if image_channels == 1 and len(shape) > 2:
         read_as = f"grey: read as a stack of {int(np.prod(shape[:-2]))} planes {shape}"
         fits = {model_channels, 4} if model_channels == 3 else {model_channels}
-        axes = [i for i, size in enumerate(shape[:-2]) if size in fits]
+        axes = [i for i, size in enumerate(shape) if size in fits]  # (Y, C, X) too
         if axes:
             hint = (
-                f" If axis {axes[-1]} holds the colour channels, save the image with them "
-                f"last (Y, X, C), give --channel-axis {axes[-1]} on the command line, or "
-                f"predict(..., channel_axis={axes[-1]}) from Python."
+                f" If axis {axes[-1]} holds the channels, give --channel-axis {axes[-1]} on "
+                f"the command line or predict(..., channel_axis={axes[-1]}) from Python, or "
+                "save the image with them last (Y, X, C)."
             )
     raise InputError(
         f"The model expects {model_channels} channel(s) ({kind.get(model_channels, 'multichannel')}) "

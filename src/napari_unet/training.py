@@ -141,6 +141,7 @@ def _planes(images, labels, channel_axis, notes: list[str]):
     channels on that axis (:func:`channel_axis_from_labels`); a note says so.
     """
     planes, owners, rgba = [], [], False
+    extra_axis = []  # notes on images whose extra axis is read as channels
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         image = np.asarray(image)
         colour = channel_axis_of(image.shape)  # a trailing RGB(A) axis, whatever was asked
@@ -154,9 +155,9 @@ def _planes(images, labels, channel_axis, notes: list[str]):
             and axis != colour
             and image.shape[axis] > 1
         ):
-            notes.append(
+            extra_axis.append(
                 f"Image #{i} {image.shape} has one axis more than its labels "
-                f"{tuple(np.shape(label))}: read as {image.shape[axis]} channels (axis {axis})."
+                f"{tuple(np.shape(label))}: read as {image.shape[axis]} channels (axis {axis})"
             )
         # a trailing axis of 4 found on its own is RGBA; one asked for holds 4 channels
         if channel_axis == "auto" and axis is not None and axis == colour:
@@ -173,6 +174,12 @@ def _planes(images, labels, channel_axis, notes: list[str]):
             planes.append(to_cyx(plane, None if axis is None else plane.ndim - 1))
             owners.append(i)
         _check_plane_count(i, len(planes) - first, label)
+    if extra_axis:  # one note, not one per file
+        more = len(extra_axis) - 1
+        notes.append(
+            extra_axis[0]
+            + (f"; so are {more} more image(s) with an axis their labels lack." if more else ".")
+        )
     return planes, owners, rgba
 
 
