@@ -465,8 +465,9 @@ def main() -> None:
     t.add_argument("dataset", choices=["dsb", "isbi", "isbi-cells"])
     t.add_argument("name")
     t.add_argument("minutes", type=float)
-    t.add_argument("--lr-schedule", choices=sorted(SCHEDULES), help="instead of the default")
-    t.add_argument("--targets", choices=sorted(TARGETS), help="instance targets (dsb)")
+    instead = t.add_mutually_exclusive_group()
+    instead.add_argument("--lr-schedule", choices=sorted(SCHEDULES), help="instead of the default")
+    instead.add_argument("--targets", choices=sorted(TARGETS), help="instance targets (dsb)")
     s = sub.add_parser("seeds", help="score watershed seed margins with a trained model")
     s.add_argument("model", type=Path)
     s.add_argument("--margins", type=float, nargs="+", default=[0.0, 0.2, 0.4, 0.6])
@@ -497,6 +498,8 @@ def main() -> None:
     args, extra = parser.parse_known_args()
     torch.set_num_threads(os.cpu_count() or 2)
     started = time.strftime("%Y-%m-%d")
+    if args.command == "train" and args.targets and args.dataset != "dsb":
+        parser.error("--targets changes instance targets: dsb only")
     if args.command == "train":
         rows = [
             train(

@@ -89,6 +89,9 @@ def test_few_object_ids_in_semantic_mode_get_a_note():
     # classes that each paint several objects, and few one-region classes: no such note
     assert not encode_labels([_disks([1, 2, 3, 4, 5] * 5)], "semantic")[1].notes
     assert not encode_labels([_disks(range(1, 8))], "semantic")[1].notes
+    bands = np.repeat(np.arange(1, 11, dtype=np.uint8), 4)[None].repeat(40, axis=0)
+    notes = encode_labels([bands], "semantic")[1].notes  # large regions: layers, organs
+    assert not any("connected region" in note for note in notes)
 
 
 def test_sparse_scribbles_ignore_unpainted_and_write_background_as_zero():

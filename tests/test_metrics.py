@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from napari_unet.data import InputError
 from napari_unet.metrics import instance_scores
 from napari_unet.tiling import TileGrid
 
@@ -59,9 +60,29 @@ def test_instance_masks_are_scored_by_their_connected_regions():
     mask = np.where(ids > 0, 255, 0).astype(np.uint8)  # as many programs save them
 
     by_ids = evaluate(model, [image], [ids], tile_size=48)
-    by_mask = evaluate(model, [image, image], [mask, ids], tile_size=48)
+    by_mask = evaluate(model, [image, image, image], [ids, mask, mask > 0], tile_size=48)
 
-    assert by_ids["images"][0] == by_mask["images"][0] == by_mask["images"][1]
-    assert by_mask["images"][0]["objects_true"] == 3  # not one object of value 255
+    assert by_ids["images"][0] == by_mask["images"][1] == by_mask["images"][2]
+    assert by_mask["images"][1]["objects_true"] == 3  # not one object of value 255
     assert by_ids["notes"] == []
-    assert len(by_mask["notes"]) == 1 and by_mask["notes"][0].startswith("The labels of Image #0")
+    assert by_mask["notes"] == [  # one note for all such images
+        "The labels of Image #1 (and of 1 more image(s)) hold masks (one value for several "
+        "objects), not one id per object: each connected region is scored as an object "
+        "(touching objects count as one)."
+    ]
+    with pytest.raises(InputError, match="Image #0: .*no pixels"):
+        evaluate(model, [np.zeros((0, 48, 48))], [np.zeros((0, 48, 48), int)], tile_size=48)
+
+
+def test_sparse_test_labels_of_one_class_are_scored():
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.metrics import evaluate
+    from napari_unet.model import SegmentationModel, UNet
+
+    encoding = LabelEncoding("sparse", ["background", "class 2"], [0, 2], [1, 2], [])
+    model = SegmentationModel(UNet(1, 2, depth=2, base_channels=4), encoding, Normalization())
+    background_only = np.zeros((48, 48), np.uint8)
+    background_only[5, :] = 1  # an image without objects: background strokes only
+
+    scores = evaluate(model, [np.zeros((48, 48), np.float32)], [background_only], tile_size=48)
+    assert set(scores["images"][0]) == {"2"}

@@ -257,7 +257,7 @@ def test_a_speck_of_seed_does_not_split_an_object():
     assert len(np.unique(core[core > 0])) == 2
 
 
-@pytest.mark.parametrize("shape", [(0, 64, 64), (64, 0), (2, 0, 64)])
+@pytest.mark.parametrize("shape", [(0, 64, 64), (64, 0), (2, 0, 64), (32, 32, 0), (64,)])
 def test_an_image_without_pixels_is_refused(shape):
     with pytest.raises(InputError, match="holds no pixels"):
         predict(_model(), np.zeros(shape, np.float32), tile_size=64)

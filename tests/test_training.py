@@ -394,3 +394,8 @@ def test_train_takes_config_fields_as_keywords_and_warns_its_notes(disk_data):
     assert run["config"]["seed"] == 3 and run["config"]["patch_size"] == FAST["patch_size"]
     with pytest.raises(ValueError, match="epochs"):
         train(images[:1], masks[:1], epochs=0)
+    # continuing a model of another mode with a keyword keeps the model's mode
+    instances = train(images[:2], labels[:2], mode="instances", epochs=1, **FAST,
+                      model_config=ModelConfig(**TINY))  # fmt: skip
+    again = train(images[:2], labels[:2], model=instances, epochs=1, **FAST)
+    assert again is instances and len(instances.history["runs"]) == 2

@@ -170,6 +170,10 @@ def _probe_write(path: Path) -> None:
 def _prepare_report(path: Path, option: str) -> None:
     """Make the folder of a JSON report and check that the file can be written there,
     before the work rather than after it."""
+    blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise InputError(f"Cannot write {path}: {blocker} is a file, not a folder; "
+                         f"choose another {option}.")  # fmt: skip
     try:
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a folder")
@@ -189,7 +193,7 @@ def _check_writable(out: Path) -> None:
         raise InputError(
             f"--out {out} is a folder; give a file name such as {out}/model.safetensors."
         )
-    if out.exists() and not is_model_file(out):
+    if out.exists() and out.stat().st_size and not is_model_file(out):  # (empty: mktemp)
         raise InputError(
             f"--out {out} exists and is not a napari-unet model file (an image?); training "
             "would replace it. Give a new file name such as model.safetensors, or delete the "

@@ -354,28 +354,32 @@ _IDS_FROM = 8  # foreground values from which one region per value looks like ob
 
 def _looks_like_ids(labels: Sequence[np.ndarray], values: np.ndarray, planes: int = 8) -> bool:
     """Whether semantic labels with at least :data:`_IDS_FROM` foreground values hold each
-    value as one connected region in nearly every plane (of the first ``planes`` that
-    hold two or more, up to 16 M pixels): instance ids given in semantic mode, not
-    classes, which paint many objects each."""
+    value as one small connected region (its box under 5% of the plane) in nearly every
+    plane looked at (the first ``planes`` that hold two or more values, up to 16 M pixels
+    each): object ids given in semantic mode rather than classes, which paint many
+    objects each, or large regions (organs, layers) where they paint one."""
     if np.count_nonzero(values) < _IDS_FROM:
         return False
-    regions = single = 0
-    looked = 0
+    regions = single = looked = 0
     for label in labels:
         if looked == planes:
             break
         label = np.asarray(label)
         if label.size > 2**24:  # a slide's class map: too slow to look at, and not ids
             continue
-        boxes = ndi.find_objects(np.where(label > 0, label, 0).astype(np.int64, copy=False))
+        boxes = ndi.find_objects(label)  # values are 0..254 here: one box per value
         present = [(v, box) for v, box in enumerate(boxes, start=1) if box is not None]
         if len(present) < 2:
             continue
         looked += 1
         for value, box in present:
-            _, count = ndi.label(label[box] == value, structure=np.ones((3, 3), bool))
             regions += 1
-            single += count == 1
+            area = (box[0].stop - box[0].start) * (box[1].stop - box[1].start)
+            if area < 0.05 * label.size:
+                _, count = ndi.label(label[box] == value, structure=np.ones((3, 3), bool))
+                single += count == 1
+            if regions - single > 0.1 * max(regions, 20):  # clearly classes: stop looking
+                return False
     return regions > 0 and single >= 0.9 * regions
 
 
@@ -391,10 +395,14 @@ def encode_labels(
     mode: str,
     previous: LabelEncoding | None = None,
     owners: Sequence[int] | None = None,
+    *,
+    training: bool = True,
 ) -> tuple[list[np.ndarray], LabelEncoding]:
     """Turn label images into class targets (Y, X) int64 with IGNORE for unannotated pixels.
 
     ``owners`` as for :func:`check_pairs`: the image each label plane belongs to.
+    ``training=False`` (scoring labels against a model's predictions) allows sparse
+    labels of a single painted class, such as an image painted with background only.
 
     Modes
     -----
@@ -436,10 +444,16 @@ def encode_labels(
                     "paint with the model's values or train a new model."
                 )
             encoding = previous
-        if painted.size < 2:  # also when continuing: one class alone teaches only itself
+        if painted.size < 2 and training:  # also when continuing: one class teaches itself
             raise InputError(
                 f"Only one class is painted (value {painted[0]}); paint at least two: "
-                "the lowest value is background, higher values are objects."
+                "the lowest value is background, higher values are objects"
+                + (
+                    " (a model trained on strokes of one class alone drifts towards it: add "
+                    "a few strokes of the other classes to the corrections)."
+                    if previous is not None
+                    else "."
+                )
             )
         if previous is None:
             if painted.size > MAX_SEMANTIC_CLASSES:
@@ -524,8 +538,8 @@ def encode_labels(
             )
     if _looks_like_ids(targets, values):
         notes.append(
-            f"The labels hold {len(values) - 1} foreground values, each painted as one "
-            "connected region: if they are object ids rather than classes, use mode "
+            f"The labels hold {np.count_nonzero(values)} foreground values, each painted "
+            "as one small connected region: if they are object ids rather than classes, use mode "
             "'instances' (semantic mode learns each value as a class of its own)."
         )
     names = ["background"] + [f"class {v}" for v in range(1, num_classes)]

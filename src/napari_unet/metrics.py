@@ -118,24 +118,20 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
     from .data import InputError, encode_labels, instance_ids
     from .prediction import predict
 
-    per_image, notes = [], []
+    per_image, masks = [], []
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         label = np.asarray(label)
         truth = None
-        if model.mode == "instances" and label.ndim >= 2:
+        if model.mode == "instances" and label.ndim >= 2 and label.size:
             # as training reads them: a mask (0/255) holds no ids, its regions are the objects
             flat = label.reshape(-1, *label.shape[-2:])
             planes, found = instance_ids(flat, owners=[i] * len(flat))
             if found:
-                notes.append(
-                    f"The labels of Image #{i} are a mask (one value for several objects), "
-                    "not one id per object: each connected region is scored as an object "
-                    "(touching objects count as one)."
-                )
+                masks.append(i)
             label = np.stack(planes).reshape(label.shape)
         elif model.mode != "instances":  # check the labels before spending time on prediction
             (encoded,), _ = encode_labels(
-                [label.astype(np.int64)], model.mode, model.encoding, owners=[i]
+                [label.astype(np.int64)], model.mode, model.encoding, owners=[i], training=False
             )
             values = np.asarray(model.encoding.class_values)
             truth = np.where(encoded >= 0, values[np.maximum(encoded, 0)], -1)
@@ -156,6 +152,14 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
         per_image.append(scores)
         if on_image is not None:
             on_image(i + 1, len(images))
+    notes = []
+    if masks:
+        more = f" (and of {len(masks) - 1} more image(s))" if len(masks) > 1 else ""
+        notes.append(
+            f"The labels of Image #{masks[0]}{more} hold masks (one value for several "
+            "objects), not one id per object: each connected region is scored as an object "
+            "(touching objects count as one)."
+        )
     return {"images": per_image, "mean": _mean_scores(per_image), "notes": notes}
 
 

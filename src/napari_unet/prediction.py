@@ -170,11 +170,13 @@ def _check_channels(
         read_as = f"grey: read as a stack of {int(np.prod(shape[:-2]))} planes {shape}"
         fits = {model_channels, 4} if model_channels == 3 else {model_channels}
         axes = [i for i, size in enumerate(shape) if size in fits]  # (Y, C, X) too
+        leading = [i for i in axes if i < len(shape) - 2]  # before Y, X first
         if axes:
+            a = leading[-1] if leading else axes[0]
             hint = (
-                f" If axis {axes[-1]} holds the channels, give --channel-axis {axes[-1]} on "
-                f"the command line or predict(..., channel_axis={axes[-1]}) from Python, or "
-                "save the image with them last (Y, X, C)."
+                f" If axis {a} holds the channels, give --channel-axis {a} on the command "
+                f"line or predict(..., channel_axis={a}) from Python, or save the image "
+                "with them last (Y, X, C)."
             )
     raise InputError(
         f"The model expects {model_channels} channel(s) ({kind.get(model_channels, 'multichannel')}) "
@@ -488,6 +490,10 @@ def _plan(
     if not hasattr(image, "shape") or not hasattr(image, "__getitem__"):
         image = np.asarray(image)
     shape = tuple(image.shape)
+    if len(shape) < 2 or min(shape) < 1:  # no pixels, or a stack of no planes
+        raise InputError(
+            f"The image is empty or not 2-D (shape {shape}): it holds no pixels to segment."
+        )
     in_channels = network.config.in_channels
     axis = _resolve_layout(shape, in_channels, channel_axis, convert)
     image_channels = 1 if axis is None else shape[axis]
@@ -495,8 +501,6 @@ def _plan(
     lead = stack_shape(shape, axis)
     spatial = [s for i, s in enumerate(shape) if i != axis]
     height, width = spatial[-2:]
-    if min(shape, default=0) < 1:  # no pixels, or a stack of no planes
-        raise InputError(f"The image is empty (shape {shape}): it holds no pixels to segment.")
     tile = tile_side(config.tile_size, network.divisor)  # an overlap of None stays 64 px
     if least_tile is None:  # images smaller than the training patches: mirrored around
         least_tile = getattr(model, "patch_size", None) or 0

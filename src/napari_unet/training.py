@@ -761,6 +761,8 @@ def train(images, labels, config: TrainConfig | None = None, **kwargs) -> Segmen
     fields = {k: kwargs.pop(k) for k in list(kwargs) if k in TrainConfig.model_fields}
     if fields:
         base = config.model_dump(exclude_unset=True) if config is not None else {}
+        if config is None and kwargs.get("model") is not None:  # as iter_train's default
+            base["mode"] = kwargs["model"].mode
         if "epochs" in fields or "minutes" in fields:  # one budget replaces the other
             base.pop("epochs", None), base.pop("minutes", None)
         config = TrainConfig(**{**base, **fields})

@@ -477,6 +477,22 @@ def test_a_failed_run_names_the_image_layer(make_napari_viewer, qtbot, sample, n
     assert train.progress.format() == "failed"
 
 
+def test_a_failed_run_on_a_stack_names_the_plane(make_napari_viewer, qtbot, sample, notifications):
+    viewer = make_napari_viewer()
+    train = TrainWidget(viewer)
+    set_tiny(train)
+    (image, labels), _ = sample
+    viewer.add_image(np.stack([image] * 3), name="stack")
+    painted = np.zeros((3, *labels.shape), np.int32)
+    painted[0], painted[2] = labels, labels
+    painted[2, 0, 0] = -1  # the second labelled plane: the engine's "Image #1"
+    viewer.add_labels(painted, name="nuclei")
+    train.start()
+    wait_for(qtbot, train)
+
+    assert notifications.errors[-1].startswith("The labels layer 'nuclei' (plane 2) holds")
+
+
 def test_save_without_a_model_warns(viewer, tmp_path):
     train = TrainWidget(viewer)
 

@@ -40,10 +40,13 @@ class JobFailed:
 
 @dataclass
 class PlanesSelected:
-    """Training uses ``used`` of the ``total`` stack planes: those that hold labels."""
+    """Training uses ``used`` of the ``total`` stack planes: those that hold labels;
+    ``planes``: their indices in the stack, in the order the engine numbers its images
+    ("Image #0" is the first), empty for a single plane."""
 
     used: int
     total: int
+    planes: tuple[tuple[int, ...], ...] = ()
 
 
 @dataclass
@@ -130,7 +133,8 @@ def _training_data(image, labels, channel_axis: int | None):
         plane, plane_axis = plane_of(image, index, channel_axis)
         images.append(np.asarray(plane))
     targets = [labels[index] for index in planes]
-    return images, targets, PlanesSelected(len(planes), total), plane_axis
+    selected = PlanesSelected(len(planes), total, tuple(tuple(map(int, i)) for i in planes))
+    return images, targets, selected, plane_axis
 
 
 def _train(

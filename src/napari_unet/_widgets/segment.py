@@ -458,10 +458,11 @@ class SegmentWidget(QWidget):
             data = data if data.shape == full_shape else None
             earlier = existing.metadata[OUTPUT_KEY].get("model")
             if data is not None and earlier not in (None, model):
-                name = earlier.rsplit(" #", 1)[0]
+                name, _, rest = earlier.rpartition(" #")
+                same = name == entry.name and rest.split(" ")[0] == str(id(entry.model))
                 source = (
                     f"an earlier version of '{name}' (before its latest training)"
-                    if name == entry.name
+                    if same
                     else f"the model '{name}'"
                 )
                 show_info(

@@ -90,7 +90,8 @@ class TrainWidget(QWidget):
         self._preview_axis: int | None = None
         self._preview: Preview | None = None
         self._busy_model: SegmentationModel | None = None
-        self._image_name = ""
+        self._image_name = self._labels_name = ""
+        self._planes: tuple[tuple[int, ...], ...] = ()  # the labelled planes of the run
         self._planes_note = ""
 
         self.image = ComboBox(
@@ -449,6 +450,7 @@ class TrainWidget(QWidget):
         )
         self._image_name = image.name
         self._labels_name = labels.name
+        self._planes = ()
         self._worker.yielded.connect(self._on_event)
         self._worker.returned.connect(self._on_returned)
         self._worker.finished.connect(self._on_finished)
@@ -493,6 +495,7 @@ class TrainWidget(QWidget):
         elif isinstance(event, PreviewReady):
             self._show_preview(event)
         elif isinstance(event, PlanesSelected):
+            self._planes = event.planes
             self._planes_note = (
                 f" from the {event.used} of {event.total} planes that hold labels"
                 if event.total > 1
@@ -508,7 +511,7 @@ class TrainWidget(QWidget):
                 f"Training on {event.device} ({event.precision}), {split}{self._planes_note}."
             )
             for note in event.notes:
-                show_info(note)
+                show_info(self._layer_words(note))
         elif isinstance(event, MeasuringLabelOffset):
             self.progress.setValue(1000)
             self.progress.setFormat("measuring the label offset…")
@@ -523,16 +526,33 @@ class TrainWidget(QWidget):
             self.progress.setValue(1000)
             self.progress.setFormat("done")
         elif isinstance(event, JobFailed):
-            # the engine numbers its images; this widget trains on one, the image layer
-            message = re.sub(
-                r"\bThe labels of Image #0( \(plane \d+\))? hold\b",
-                lambda m: f"The labels layer '{self._labels_name}'{m.group(1) or ''} holds",
-                event.message,
-            )
-            message = re.sub(r"\bImage #0\b", f"'{self._image_name}'", message)
+            message = self._layer_words(event.message)
             show_error(message)
             self.progress.setFormat("failed")
             self.status.setText(f"Training failed: {message}")
+
+    def _layer_words(self, text: str) -> str:
+        """A message of the engine, which numbers the images it trains on ("Image #2"),
+        in this widget's words: the layers' names and, for a stack, the plane (the
+        engine's images are the labelled planes, in order)."""
+
+        def plane(number: str) -> str:
+            k = int(number)
+            if not self._planes:
+                return ""
+            index = self._planes[k] if k < len(self._planes) else None
+            return "" if index is None else f" (plane {', '.join(map(str, index))})"
+
+        text = re.sub(
+            r"\bThe labels of Image #(\d+)(?: \(plane \d+\))? hold\b",
+            lambda m: f"The labels layer '{self._labels_name}'{plane(m.group(1))} holds",
+            text,
+        )
+        return re.sub(
+            r"\bImage #(\d+)(?: \(plane \d+\))?",
+            lambda m: f"'{self._image_name}'{plane(m.group(1))}",
+            text,
+        )
 
     def _follow_plane(self, *_) -> None:
         """The live preview segments the plane on screen: the next epoch's follows it."""
