@@ -1,5 +1,6 @@
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -231,11 +232,46 @@ def test_resume_removes_what_an_interrupted_run_left(tmp_path, model_path, input
     out.mkdir()
     leftover = out / ".a.tif.k3j2h1.part"
     leftover.write_bytes(b"half a result")
+    an_hour_ago = time.time() - 3600
+    os.utime(leftover, (an_hour_ago, an_hour_ago))
+    live = out / ".a.tif.x8y7z6.part"  # another run's work in progress: written just now
+    (live / "c").mkdir(parents=True)
+    (live / "c" / "0").write_bytes(b"a chunk")
 
     main(["predict", "--model", str(model_path), "--input", str(folder / "a.tif"),
           "--output", str(out), "--resume", *TILES])  # fmt: skip
 
     assert not leftover.exists() and (out / "a.tif").exists()
+    assert live.exists()
+
+
+def test_resume_redoes_a_result_of_another_shape_or_type(tmp_path, model_path, inputs, capsys):
+    folder, _ = inputs
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(model_path), "--input", str(folder / "a.tif"),
+            "--output", str(out), "--resume", *TILES]  # fmt: skip
+    assert main(args + ["--probabilities"]) == 0
+    assert tifffile.imread(out / "a.tif").dtype == np.float32
+
+    assert main(args) == 0  # labels wanted now: the probabilities are not skipped
+
+    assert tifffile.imread(out / "a.tif").dtype == np.uint8
+    assert "is not a result of a.tif as this run writes it" in capsys.readouterr().err
+    assert main(args) == 0 and _summary(out / "summary.json")[1]["a.tif"]["status"] == "skipped"
+
+
+def test_a_result_whose_temporary_store_was_removed_is_not_finished(tmp_path):
+    import shutil
+
+    from napari_unet.io import open_band_writer
+
+    writer = open_band_writer(tmp_path / "r.zarr", (64, 64), np.uint8)
+    writer.write((), 0, np.ones((64, 64), np.uint8))
+    shutil.rmtree(writer._tmp)  # what a second run's cleanup did before the rule above
+    with pytest.raises(OSError, match="was removed while it was written"):
+        writer.finish()
+    writer.abort()
+    assert not (tmp_path / "r.zarr").exists()
 
 
 def test_closing_boundaries_on_a_model_without_two_classes_fails_once(tmp_path, inputs, capsys):
@@ -365,3 +401,28 @@ def test_evaluate_checks_its_json_path_first_and_makes_its_folder(
     report = tmp_path / "new" / "folder" / "scores.json"
     assert main(args + ["--json", str(report)]) == 0
     assert evaluated and json.loads(report.read_text())["images"][0]["file"] == "a.tif"
+
+
+def test_sigterm_stops_a_batch_as_ctrl_c_does(tmp_path, model_path, inputs, monkeypatch):
+    import signal
+
+    folder, _ = inputs
+    real = cli._predict_one
+    done = []
+
+    def predict_then_terminate(model, source, target, options, **kwargs):
+        if done:  # the second file: a batch system's time limit arrives
+            os.kill(os.getpid(), signal.SIGTERM)
+        done.append(source)
+        return real(model, source, target, options, **kwargs)
+
+    monkeypatch.setattr(cli, "_predict_one", predict_then_terminate)
+    out = tmp_path / "out"
+    code = main(["predict", "--model", str(model_path), "--input", str(folder / "a.tif"),
+                 str(folder / "b.tif"), "--output", str(out)] + TILES)  # fmt: skip
+
+    assert code == 143  # 128 + SIGTERM, after the summary of what was done
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"]["ok"] == 1 and (out / "a.tif").exists()
+    assert not list(out.glob(".*.part")) and not (out / "b.tif").exists()
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the command

@@ -622,3 +622,16 @@ def test_training_without_a_validation_score_says_why(tmp_path, capsys, nuclei_p
                  "--batch-size", "2", "--validation-fraction", "0"])  # fmt: skip
     assert code == 0 and out.exists()
     assert "No validation score: the validation part held no" in capsys.readouterr().out
+
+
+def test_a_terminated_training_exits_143(monkeypatch, folders, tmp_path):
+    import napari_unet.cli as cli
+
+    def terminated(*args, **kwargs):
+        raise cli.Terminated
+
+    monkeypatch.setattr(cli, "run_training", terminated)
+    images, labels = folders
+    code = main(["train", "--images", str(images), "--labels", str(labels),
+                 "--out", str(tmp_path / "m.safetensors"), "--epochs", "1"])  # fmt: skip
+    assert code == 143

@@ -273,3 +273,30 @@ def test_channels_between_y_and_x_get_the_channel_axis_hint():
     with pytest.raises(InputError, match=r"give --channel-axis 1 .*channel_axis=1"):
         predict(two, image, tile_size=64)
     assert predict(two, image, tile_size=64, channel_axis=1).shape == (64, 64)
+
+
+def test_the_api_never_writes_a_result_over_its_input(tmp_path):
+    from napari_unet import predict_to_file
+
+    path = tmp_path / "image.tif"
+    tifffile.imwrite(path, np.zeros((64, 64), np.uint8))
+    store = tmp_path / "image.zarr"
+    zarr.open_array(str(store), mode="w", shape=(64, 64), dtype="u1")
+
+    with pytest.raises(InputError, match="replace its input"):
+        predict_to_file(_model(), path, tmp_path / "." / "image.tif", tile_size=64)
+    with pytest.raises(InputError, match="replace or go inside its input"):
+        predict(_model(), open_image(store), out=store, tile_size=64)
+    assert tifffile.imread(path).dtype == np.uint8 and zarr.open_array(str(store)).dtype == "u1"
+
+
+def test_an_out_array_that_cannot_hold_the_result_is_refused():
+    image = np.zeros((64, 64), np.float32)
+    instances = _model("instances")
+    with pytest.raises(InputError, match="cannot hold.*int32"):
+        predict(instances, image, out=np.zeros((64, 64), np.uint8), tile_size=64)
+    with pytest.raises(InputError, match="cannot hold"):
+        predict(_model(), image, out=np.zeros((3, 64, 64), np.int32), output="probabilities")
+    predict(instances, image, out=np.zeros((64, 64), np.int64), tile_size=64)  # wide enough
+    with pytest.raises(InputError, match="min_size"):
+        predict(instances, image, min_size=-5, tile_size=64)

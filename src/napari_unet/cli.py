@@ -8,11 +8,14 @@ one line and end the command with exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import json
 import math
 import re
+import signal
 import sys
+import threading
 import time
 import typing
 from pathlib import Path
@@ -128,14 +131,14 @@ def run_training(
                 trained = event.model
                 if bar is not None and summary:  # the last line shows the last epoch
                     bar.set_postfix_str(summary, refresh=False)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         events.close()
         if trained is None:
             raise
         print("\nStopped; keeping the best weights so far.", file=sys.stderr)
-        interrupted = True
+        interrupted = stop
     else:
-        interrupted = False
+        interrupted = None
     finally:
         if bar is not None:
             bar.close()
@@ -143,8 +146,8 @@ def run_training(
         if out is not None and trained is not None:
             _save_or_rescue(trained, Path(out))
     finally:
-        if interrupted and reraise:
-            raise KeyboardInterrupt
+        if interrupted is not None and reraise:
+            raise interrupted
     return trained
 
 
@@ -340,6 +343,55 @@ def _ignores_case(folder: Path) -> bool:
         return probe.with_name(probe.name.upper()).exists()
     finally:
         probe.unlink(missing_ok=True)
+
+
+_STALE_PART_SECONDS = 15 * 60
+"""A ``.part`` left beside a result is removed by ``--resume`` once nothing has written to
+it for this long: younger ones may be another run's work in progress (several jobs
+resuming one batch into one folder)."""
+
+
+def _untouched_for(path: Path, seconds: float) -> bool:
+    """Whether ``path`` (a file, or a folder and everything in it) was last modified more
+    than ``seconds`` ago."""
+    import os
+
+    try:
+        newest = path.stat().st_mtime
+        if path.is_dir():
+            for folder, _, names in os.walk(path):
+                for name in names:
+                    newest = max(newest, os.stat(os.path.join(folder, name)).st_mtime)
+    except OSError:  # removed meanwhile, or unreadable: leave it
+        return False
+    return time.time() - newest > seconds
+
+
+def _finished(model, source: Path, target: Path, options: dict) -> bool:
+    """Whether ``target`` holds a complete result of ``source`` as this run would write it:
+    of its shape and type (not labels for probabilities, nor another image's result)."""
+    from .io import open_image, output_is_complete
+    from .prediction import result_layout
+
+    if not output_is_complete(target):
+        return False
+    try:
+        shape, dtype = result_layout(
+            model,
+            open_image(source),
+            output=options["output"],
+            channel_axis=options.get("channel_axis", "auto"),
+        )
+    except Exception:  # the input cannot be read: its job reports why
+        return False
+    if output_is_complete(target, shape, dtype):
+        return True
+    print(
+        f"Note: {target} is not a result of {source.name} as this run writes it (another "
+        f"shape or type: {shape} {dtype}); it is written again.",
+        file=sys.stderr,
+    )
+    return False
 
 
 def _record(source: Path, target: Path, status: str, seconds: float = 0.0, error=None) -> dict:
@@ -541,7 +593,7 @@ def _prepare_output(files: list[Path], out_dir: Path, fmt: str):
 def cmd_predict(args) -> int:
     from ._device import resolve_device
     from .config import PredictConfig
-    from .io import _remove, atomic_path, load_model, output_is_complete
+    from .io import _remove, atomic_path, load_model
     from .prediction import _check_closing
 
     model = load_model(args.model)
@@ -598,18 +650,19 @@ def cmd_predict(args) -> int:
                     )
                 )
             )
-        elif args.resume and output_is_complete(target):
+        elif args.resume and _finished(model, source, target, options):
             records.append(_record(source, target, "skipped"))
         else:
             if args.resume:  # what an interrupted run left of this result
                 for leftover in out_dir.glob(f".{glob.escape(target.name)}.*.part"):
-                    _remove(leftover)
+                    if _untouched_for(leftover, _STALE_PART_SECONDS):  # not a live run's
+                        _remove(leftover)
             jobs.append((source, target))
         owners.setdefault(key, source)
 
     overall = _progress_bar(len(files), "all files", unit=" files")
     overall.update(len(records))
-    interrupted = False
+    interrupted = None
     try:
         if args.scheduler:
             records += _run_on_cluster(args.scheduler, model, jobs, options, overall, report)
@@ -617,8 +670,8 @@ def cmd_predict(args) -> int:
             for source, target in jobs:
                 records.append(report(_predict_one(model, source, target, options)))
                 overall.update(1)
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (Terminated)
+        interrupted = 143 if isinstance(stop, Terminated) else 130
         print("\nStopped; the summary lists the files done so far.", file=sys.stderr)
     finally:
         overall.close()
@@ -634,8 +687,8 @@ def cmd_predict(args) -> int:
         f"{counts['failed']} failed. Summary: {summary_path}",
         file=sys.stderr,
     )
-    if interrupted:
-        return 130
+    if interrupted is not None:
+        return interrupted
     return 1 if counts["failed"] else 0
 
 
@@ -949,6 +1002,29 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     tqdm.write(text, file=sys.stderr if file is None else file)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch system's time limit, ``kill``, ``docker stop``), raised where the
+    work is so that it stops as after Ctrl-C: partial files removed, the best weights or
+    the summary of the files done written."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Within the block, SIGTERM raises :class:`Terminated` (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -962,7 +1038,7 @@ def main(argv: list[str] | None = None) -> int:
 
         keep_freed_memory()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _sigterm_as_interrupt():
             warnings.showwarning = _show_warning
             return args.func(args)
     except (InputError, ValidationError, OSError) as error:
@@ -974,9 +1050,9 @@ def main(argv: list[str] | None = None) -> int:
             message = str(error)
         print(f"napari-unet {args.command}: error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
         print(f"\nnapari-unet {args.command}: stopped.", file=sys.stderr)
-        return 130
+        return 143 if isinstance(stop, Terminated) else 130
 
 
 if __name__ == "__main__":

@@ -473,11 +473,13 @@ def open_image(path):
     return read_image(path)
 
 
-def output_is_complete(path) -> bool:
-    """Whether ``path`` holds a readable result (a TIFF or a zarr array).
+def output_is_complete(path, shape=None, dtype=None) -> bool:
+    """Whether ``path`` holds a readable result (a TIFF or a zarr array), of ``shape`` and
+    ``dtype`` where they are given.
 
     Results are written under a temporary name and renamed when complete, so an
-    existing file that opens is a whole result.
+    existing file that opens is a whole result; its shape and type tell whether it is
+    the result wanted (not one of another model, or probabilities for labels).
     """
     path = Path(path)
     if not path.exists():
@@ -486,12 +488,25 @@ def output_is_complete(path) -> bool:
         if path.suffix.lower() == ".zarr":
             import zarr
 
-            zarr.open_array(str(path), mode="r")
+            result = zarr.open_array(str(path), mode="r")
         else:
-            TiffArray(path)
+            result = TiffArray(path)
     except Exception:  # anything unreadable is incomplete
         return False
-    return True
+    if shape is not None and tuple(result.shape) != tuple(shape):
+        return False
+    return dtype is None or np.dtype(result.dtype) == np.dtype(dtype)
+
+
+def _check_intact(store: Path) -> None:
+    """Refuse to finish a result from a temporary zarr folder whose metadata is gone:
+    something removed it while it was written (a second run with --resume on the same
+    output folder), and the chunks missing since would read as 0."""
+    if not ((store / ".zarray").is_file() or (store / "zarr.json").is_file()):
+        raise OSError(
+            f"The temporary result {store} was removed while it was written (another run "
+            "with --resume on the same output folder?); segment this file again."
+        )
 
 
 # ---------------------------------------------------------------------------
@@ -599,6 +614,7 @@ class _ZarrBands(_AlignedBands):
         import zarr
 
         super().finish()
+        _check_intact(self._tmp)
         _give_mode(self._tmp, self.path)
         _replace(self._tmp, self.path)
         self._tmp = None
@@ -644,7 +660,10 @@ class _TiffBands(BandWriter):
 
     def finish(self):
         try:
-            write_tiff(self.path, self._staged.finish(), metadata=self.metadata)
+            staged = self._staged.finish()
+            if self._staging_dir is not None:
+                _check_intact(self._staging_dir)
+            write_tiff(self.path, staged, metadata=self.metadata)
         finally:
             self.abort()
         return TiffArray(self.path)
@@ -676,7 +695,21 @@ def open_band_writer(out, shape: tuple[int, ...], dtype) -> BandWriter:
             f"out must be a .tif/.zarr path or an array of shape {tuple(shape)}; "
             f"got {type(out).__name__} of shape {getattr(out, 'shape', None)}."
         )
+    if not _holds(np.dtype(out.dtype), np.dtype(dtype)):
+        raise InputError(
+            f"out has dtype {np.dtype(out.dtype)}, which cannot hold the result's values "
+            f"({np.dtype(dtype)}: ids or classes would wrap around or be rounded); give an "
+            f"array of dtype {np.dtype(dtype)}."
+        )
     return _ArrayBands(out)
+
+
+def _holds(have: np.dtype, need: np.dtype) -> bool:
+    """Whether an array of dtype ``have`` holds every value of ``need`` (labels: a whole
+    number type reaching as high, of either sign; probabilities: a float type)."""
+    if need.kind == "f":
+        return have.kind == "f"
+    return have.kind in "iu" and np.iinfo(have).max >= np.iinfo(need).max
 
 
 # ---------------------------------------------------------------------------

@@ -15,6 +15,7 @@ the local scheduler or, when a ``dask.distributed`` Client is active, on its clu
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import threading
 import warnings
@@ -594,6 +595,16 @@ def iter_predict(
     if min_size is None:
         learned = getattr(model, "min_object_size", None)
         min_size = DEFAULT_MIN_SIZE if learned is None else int(learned)
+    if min_size < 0:
+        raise InputError(f"min_size must be 0 or more (pixels), not {min_size}.")
+    if isinstance(out, (str, os.PathLike)):
+        source = _source_path(image)
+        if source is not None and (
+            _same_file(source, out) or (source.is_dir() and source in Path(out).resolve().parents)
+        ):
+            raise InputError(
+                f"The result would replace or go inside its input {source}; write it elsewhere."
+            )
     job = _plan(
         model, image, config, channel_axis, min_size, _warn_tiles, close_boundaries, _least_tile
     )
@@ -724,6 +735,15 @@ def predict(model: SegmentationModel | UNet, image, **kwargs):
     raise RuntimeError("prediction ended without a result")
 
 
+def result_layout(
+    model: SegmentationModel | UNet, image, *, output: str = "labels", channel_axis="auto"
+) -> tuple[tuple[int, ...], np.dtype]:
+    """The shape and dtype of what :func:`predict` makes of ``image`` (read for its shape
+    only, no pixels), so that an existing result can be checked against them."""
+    job = _plan(model, image, PredictConfig(output=output), channel_axis, 0, warn_tiles=False)
+    return job.out_shape, job.out_dtype
+
+
 def predict_to_file(model: SegmentationModel | UNet, image, output_path, **kwargs) -> Path:
     """Segment ``image`` (an array, or the path of an image file, read lazily) and write
     the result to ``output_path`` (``.tif``/``.tiff`` or ``.zarr``) band by band, in
@@ -732,9 +752,33 @@ def predict_to_file(model: SegmentationModel | UNet, image, output_path, **kwarg
     from .io import open_image
 
     if isinstance(image, (str, Path)):
+        if _same_file(image, output_path):
+            raise InputError(
+                f"The result would replace its input image {image}; write it elsewhere."
+            )
         image = open_image(image)
     predict(model, image, out=output_path, **kwargs)
     return Path(output_path)
+
+
+def _source_path(image) -> Path | None:
+    """The file or zarr store an image was opened from (a TiffArray, a zarr array), if any."""
+    store = getattr(image, "store", None)
+    root = getattr(store, "root", None) or getattr(store, "path", None)
+    if root is not None:
+        inner = getattr(image, "path", "") or ""
+        return (Path(str(root)) / str(inner)).resolve()
+    path = getattr(image, "path", None)
+    return Path(path).resolve() if isinstance(path, (str, os.PathLike)) else None
+
+
+def _same_file(a, b) -> bool:
+    """Whether two paths name one file or folder (spelled either way, or linked)."""
+    a, b = Path(a), Path(b)
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
 
 
 # ---------------------------------------------------------------------------
