@@ -426,3 +426,16 @@ def test_sigterm_stops_a_batch_as_ctrl_c_does(tmp_path, model_path, inputs, monk
     assert summary["counts"]["ok"] == 1 and (out / "a.tif").exists()
     assert not list(out.glob(".*.part")) and not (out / "b.tif").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored after the command
+
+
+def test_options_given_the_wrong_way_say_how(tmp_path, model_path, inputs, capsys):
+    folder, _ = inputs
+    args = ["predict", "--model", str(model_path), "--output", str(tmp_path / "out")]
+    assert main(args + ["--input", str(folder / "a.tif"), "--overlap", "64"]) == 2
+    assert "64 pixels of a 1024-pixel tile is 0.0625" in capsys.readouterr().err
+
+    nested = tmp_path / "plates"
+    (nested / "plate1").mkdir(parents=True)
+    tifffile.imwrite(nested / "plate1" / "a.tif", np.zeros((32, 32), np.uint8))
+    assert main(args + ["--input", str(nested)]) == 2
+    assert f"give '{nested}/**/*' (quoted)" in capsys.readouterr().err

@@ -602,6 +602,12 @@ def cmd_predict(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--output {out_dir} is a file; give a folder for the results.")
     # bad options fail once, here, rather than once per file
+    if args.overlap is not None and args.overlap >= 1:
+        raise InputError(
+            f"--overlap {args.overlap:g} reads as pixels, but it is a share of the tile (0 to "
+            f"below 0.5): {args.overlap:g} pixels of a {args.tile_size}-pixel tile is "
+            f"{args.overlap / args.tile_size:.4g}."
+        )
     PredictConfig(
         tile_size=args.tile_size,
         overlap=args.overlap,
@@ -842,8 +848,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--overlap",
             type=float,
             default=predict_defaults.overlap,
-            help=f"overlap of tiles, a share of the tile (0 to below 0.5; default: {OVERLAP_PIXELS} "
-            "pixels, at most a quarter of the tile)",
+            help="overlap of tiles as a share of the tile, not pixels (0 to below 0.5, e.g. "
+            f"0.0625 for 64 pixels of a 1024 tile; default: {OVERLAP_PIXELS} pixels, at most a "
+            "quarter of the tile)",
         )
         p.add_argument("--batch-size", type=int, default=predict_defaults.batch_size)
         p.add_argument(

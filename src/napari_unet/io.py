@@ -106,8 +106,15 @@ def list_images(spec) -> list[Path]:
         elif path.is_dir():
             found = sorted(p for p in path.iterdir() if _is_image(p))
             if not found:
+                nested = any(p.is_dir() for p in path.iterdir())
                 raise InputError(
-                    f"The folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)}, .zarr)."
+                    f"The folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)}, .zarr)"
+                    + (
+                        f"; its subfolders are not searched: give '{path}/**/*' (quoted) to "
+                        "take the images in them."
+                        if nested
+                        else "."
+                    )
                 )
             files += found
         elif any(c in item for c in "*?["):
