@@ -256,7 +256,7 @@ def test_resume_redoes_a_result_of_another_shape_or_type(tmp_path, model_path, i
     assert main(args) == 0  # labels wanted now: the probabilities are not skipped
 
     assert tifffile.imread(out / "a.tif").dtype == np.uint8
-    assert "is not a result of a.tif as this run writes it" in capsys.readouterr().err
+    assert "holds (2, 300, 350) float32, not the (300, 350) uint8" in capsys.readouterr().err
     assert main(args) == 0 and _summary(out / "summary.json")[1]["a.tif"]["status"] == "skipped"
 
 
@@ -266,6 +266,10 @@ def test_a_result_whose_temporary_store_was_removed_is_not_finished(tmp_path):
     from napari_unet.io import open_band_writer
 
     writer = open_band_writer(tmp_path / "r.zarr", (64, 64), np.uint8)
+    an_hour_ago = time.time() - 3600
+    os.utime(writer._tmp, (an_hour_ago, an_hour_ago))
+    writer.alive()  # as each batch of tiles is done: a resuming run sees it is live
+    assert time.time() - writer._tmp.stat().st_mtime < 60
     writer.write((), 0, np.ones((64, 64), np.uint8))
     shutil.rmtree(writer._tmp)  # what a second run's cleanup did before the rule above
     with pytest.raises(OSError, match="was removed while it was written"):
@@ -433,6 +437,8 @@ def test_options_given_the_wrong_way_say_how(tmp_path, model_path, inputs, capsy
     args = ["predict", "--model", str(model_path), "--output", str(tmp_path / "out")]
     assert main(args + ["--input", str(folder / "a.tif"), "--overlap", "64"]) == 2
     assert "64 pixels of a 1024-pixel tile is 0.0625" in capsys.readouterr().err
+    assert main(args + ["--input", str(folder / "a.tif"), "--min-size", "-3"]) == 2  # once
+    assert "--min-size must be 0 or more" in capsys.readouterr().err
 
     nested = tmp_path / "plates"
     (nested / "plate1").mkdir(parents=True)

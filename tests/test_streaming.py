@@ -283,11 +283,22 @@ def test_the_api_never_writes_a_result_over_its_input(tmp_path):
     store = tmp_path / "image.zarr"
     zarr.open_array(str(store), mode="w", shape=(64, 64), dtype="u1")
 
+    group = zarr.open_group(str(tmp_path / "plate.zarr"), mode="w")
+    group.create_array("0", shape=(64, 64), dtype="u1")
+
     with pytest.raises(InputError, match="replace its input"):
         predict_to_file(_model(), path, tmp_path / "." / "image.tif", tile_size=64)
-    with pytest.raises(InputError, match="replace or go inside its input"):
+    with pytest.raises(InputError, match="would replace its input"):
         predict(_model(), open_image(store), out=store, tile_size=64)
+    with pytest.raises(InputError, match="a folder or store holding it"):  # the whole group
+        predict(_model(), group["0"], out=tmp_path / "plate.zarr", tile_size=64)
     assert tifffile.imread(path).dtype == np.uint8 and zarr.open_array(str(store)).dtype == "u1"
+    assert list(zarr.open_group(str(tmp_path / "plate.zarr")).array_keys()) == ["0"]
+
+    beside = tmp_path / "plate.zarr" / "labels.zarr"  # beside the image in its group: fine
+    predict(_model(), group["0"], out=beside, tile_size=64)
+    in_memory = zarr.zeros((64, 64), dtype="u1")  # no file: nothing to protect
+    predict(_model(), in_memory, out=tmp_path / "from_memory.zarr", tile_size=64)
 
 
 def test_an_out_array_that_cannot_hold_the_result_is_refused():
@@ -298,5 +309,9 @@ def test_an_out_array_that_cannot_hold_the_result_is_refused():
     with pytest.raises(InputError, match="cannot hold"):
         predict(_model(), image, out=np.zeros((3, 64, 64), np.int32), output="probabilities")
     predict(instances, image, out=np.zeros((64, 64), np.int64), tile_size=64)  # wide enough
+    predict(instances, image, out=np.zeros((64, 64), np.float64), tile_size=64)  # exact ids
+    with pytest.raises(InputError, match="cannot hold"):  # float32: exact only up to 2**24
+        predict(instances, image, out=np.zeros((64, 64), np.float32), tile_size=64)
+    predict(_model(), image, out=np.zeros((64, 64), np.float32), tile_size=64)  # classes
     with pytest.raises(InputError, match="min_size"):
         predict(instances, image, min_size=-5, tile_size=64)

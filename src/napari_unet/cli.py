@@ -75,7 +75,8 @@ def run_training(
     channel_axis="auto",
 ):
     """Train with a progress bar; save the best model to ``out`` (also on Ctrl-C, after
-    which ``reraise`` raises KeyboardInterrupt again, so that the command exits 130).
+    which ``reraise`` raises KeyboardInterrupt again, so that the command exits 130; and
+    on SIGTERM, which is always raised again: exit 143).
     ``paths``: the image files, named in notes and errors about an image."""
     from .training import (
         EpochEnded,
@@ -145,8 +146,8 @@ def run_training(
     try:
         if out is not None and trained is not None:
             _save_or_rescue(trained, Path(out))
-    finally:
-        if interrupted is not None and reraise:
+    finally:  # SIGTERM always ends the command; Ctrl-C only where reraise says so
+        if interrupted is not None and (reraise or isinstance(interrupted, Terminated)):
             raise interrupted
     return trained
 
@@ -370,13 +371,14 @@ def _untouched_for(path: Path, seconds: float) -> bool:
 def _finished(model, source: Path, target: Path, options: dict) -> bool:
     """Whether ``target`` holds a complete result of ``source`` as this run would write it:
     of its shape and type (not labels for probabilities, nor another image's result)."""
-    from .io import open_image, output_is_complete
+    from .io import open_image, output_layout
     from .prediction import result_layout
 
-    if not output_is_complete(target):
+    found = output_layout(target)
+    if found is None:
         return False
     try:
-        shape, dtype = result_layout(
+        wanted = result_layout(
             model,
             open_image(source),
             output=options["output"],
@@ -384,11 +386,12 @@ def _finished(model, source: Path, target: Path, options: dict) -> bool:
         )
     except Exception:  # the input cannot be read: its job reports why
         return False
-    if output_is_complete(target, shape, dtype):
+    if found == wanted:
         return True
     print(
-        f"Note: {target} is not a result of {source.name} as this run writes it (another "
-        f"shape or type: {shape} {dtype}); it is written again.",
+        f"Note: {target} holds {found[0]} {found[1]}, not the {wanted[0]} {wanted[1]} this "
+        f"run makes of {source.name} (another model's result, or probabilities for labels?); "
+        "it is written again.",
         file=sys.stderr,
     )
     return False
@@ -602,6 +605,8 @@ def cmd_predict(args) -> int:
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"--output {out_dir} is a file; give a folder for the results.")
     # bad options fail once, here, rather than once per file
+    if args.min_size is not None and args.min_size < 0:
+        raise InputError(f"--min-size must be 0 or more (pixels), not {args.min_size}.")
     if args.overlap is not None and args.overlap >= 1:
         raise InputError(
             f"--overlap {args.overlap:g} reads as pixels, but it is a share of the tile (0 to "
@@ -1028,8 +1033,8 @@ def _sigterm_as_interrupt():
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    finally:  # None: a handler not set from Python (an embedding host), left to it
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
 def main(argv: list[str] | None = None) -> int:

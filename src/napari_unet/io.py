@@ -20,6 +20,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -106,7 +107,7 @@ def list_images(spec) -> list[Path]:
         elif path.is_dir():
             found = sorted(p for p in path.iterdir() if _is_image(p))
             if not found:
-                nested = any(p.is_dir() for p in path.iterdir())
+                nested = any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
                 raise InputError(
                     f"The folder {path} holds no images ({', '.join(IMAGE_SUFFIXES)}, .zarr)"
                     + (
@@ -480,17 +481,17 @@ def open_image(path):
     return read_image(path)
 
 
-def output_is_complete(path, shape=None, dtype=None) -> bool:
-    """Whether ``path`` holds a readable result (a TIFF or a zarr array), of ``shape`` and
-    ``dtype`` where they are given.
+def output_layout(path) -> tuple[tuple[int, ...], np.dtype] | None:
+    """Shape and dtype of the result at ``path`` (a TIFF or a zarr array), or None where
+    there is none that opens.
 
     Results are written under a temporary name and renamed when complete, so an
     existing file that opens is a whole result; its shape and type tell whether it is
-    the result wanted (not one of another model, or probabilities for labels).
+    the result wanted (not probabilities for labels, nor another image's).
     """
     path = Path(path)
     if not path.exists():
-        return False
+        return None
     try:
         if path.suffix.lower() == ".zarr":
             import zarr
@@ -499,10 +500,22 @@ def output_is_complete(path, shape=None, dtype=None) -> bool:
         else:
             result = TiffArray(path)
     except Exception:  # anything unreadable is incomplete
-        return False
-    if shape is not None and tuple(result.shape) != tuple(shape):
-        return False
-    return dtype is None or np.dtype(result.dtype) == np.dtype(dtype)
+        return None
+    return tuple(int(n) for n in result.shape), np.dtype(result.dtype)
+
+
+def output_is_complete(path) -> bool:
+    """Whether ``path`` holds a readable result (see :func:`output_layout`)."""
+    return output_layout(path) is not None
+
+
+def _touch(path: Path | None, every: float = 60.0) -> None:
+    """Set the modification time of ``path`` to now, at most once per ``every`` seconds."""
+    if path is None:
+        return
+    with contextlib.suppress(OSError):
+        if time.time() - path.stat().st_mtime > every:
+            os.utime(path)
 
 
 def _check_intact(store: Path) -> None:
@@ -540,6 +553,9 @@ class BandWriter:
 
     def abort(self) -> None:
         """Discard what was written."""
+
+    def alive(self) -> None:
+        """Show that the result is still being written (its temporary files' time)."""
 
 
 class _ArrayBands(BandWriter):
@@ -632,6 +648,9 @@ class _ZarrBands(_AlignedBands):
             _remove(self._tmp)
             self._tmp = None
 
+    def alive(self):
+        _touch(self._tmp)
+
 
 _MEMORY_STAGING_BYTES = 2**26
 
@@ -680,6 +699,9 @@ class _TiffBands(BandWriter):
             _remove(self._staging_dir)
             self._staging_dir = None
 
+    def alive(self):
+        _touch(self._staging_dir)
+
 
 def open_band_writer(out, shape: tuple[int, ...], dtype) -> BandWriter:
     """Where a streamed result goes: ``None`` (a numpy array in memory), a ``.tif``/
@@ -716,6 +738,8 @@ def _holds(have: np.dtype, need: np.dtype) -> bool:
     number type reaching as high, of either sign; probabilities: a float type)."""
     if need.kind == "f":
         return have.kind == "f"
+    if have.kind == "f":  # whole numbers are exact up to 2 ** (mantissa bits + 1)
+        return 2.0 ** (np.finfo(have).nmant + 1) >= np.iinfo(need).max
     return have.kind in "iu" and np.iinfo(have).max >= np.iinfo(need).max
 
 

@@ -598,12 +598,13 @@ def iter_predict(
     if min_size < 0:
         raise InputError(f"min_size must be 0 or more (pixels), not {min_size}.")
     if isinstance(out, (str, os.PathLike)):
-        source = _source_path(image)
+        source, target = _source_path(image), Path(out).resolve()
         if source is not None and (
-            _same_file(source, out) or (source.is_dir() and source in Path(out).resolve().parents)
+            _same_file(source, target) or source in target.parents or target in source.parents
         ):
             raise InputError(
-                f"The result would replace or go inside its input {source}; write it elsewhere."
+                f"The result {out} would replace its input {source}, a folder or store "
+                "holding it, or go inside it; write it elsewhere."
             )
     job = _plan(
         model, image, config, channel_axis, min_size, _warn_tiles, close_boundaries, _least_tile
@@ -656,6 +657,7 @@ def iter_predict(
                 events = _bands_on_cluster(client, job, spec, view, stats, converted)
             for event in events:
                 if isinstance(event, TilesDone):
+                    writer.alive()  # a run resuming the batch leaves its .part alone
                     yield TileProgress(number, planes, event.done, event.total)
                     continue
                 if stitcher is not None:
@@ -763,13 +765,13 @@ def predict_to_file(model: SegmentationModel | UNet, image, output_path, **kwarg
 
 def _source_path(image) -> Path | None:
     """The file or zarr store an image was opened from (a TiffArray, a zarr array), if any."""
-    store = getattr(image, "store", None)
-    root = getattr(store, "root", None) or getattr(store, "path", None)
-    if root is not None:
-        inner = getattr(image, "path", "") or ""
-        return (Path(str(root)) / str(inner)).resolve()
-    path = getattr(image, "path", None)
-    return Path(path).resolve() if isinstance(path, (str, os.PathLike)) else None
+    if hasattr(image, "store"):  # zarr: a store on disk, or one in memory (no path)
+        root = getattr(image.store, "root", None) or getattr(image.store, "path", None)
+        if not root:
+            return None
+        return (Path(str(root)) / str(getattr(image, "path", "") or "")).resolve()
+    path = getattr(image, "path", None)  # a TiffArray
+    return Path(path).resolve() if isinstance(path, (str, os.PathLike)) and path else None
 
 
 def _same_file(a, b) -> bool:
