@@ -504,11 +504,6 @@ def output_layout(path) -> tuple[tuple[int, ...], np.dtype] | None:
     return tuple(int(n) for n in result.shape), np.dtype(result.dtype)
 
 
-def output_is_complete(path) -> bool:
-    """Whether ``path`` holds a readable result (see :func:`output_layout`)."""
-    return output_layout(path) is not None
-
-
 def _touch(path: Path | None, every: float = 60.0) -> None:
     """Set the modification time of ``path`` to now, at most once per ``every`` seconds."""
     if path is None:

@@ -764,7 +764,8 @@ def train(images, labels, config: TrainConfig | None = None, **kwargs) -> Segmen
         if config is None and kwargs.get("model") is not None:  # as iter_train's default
             base["mode"] = kwargs["model"].mode
         if "epochs" in fields or "minutes" in fields:  # one budget replaces the other
-            base.pop("epochs", None), base.pop("minutes", None)
+            base.pop("epochs", None)
+            base.pop("minutes", None)
         config = TrainConfig(**{**base, **fields})
     model = None
     for event in iter_train(images, labels, config, **kwargs):
