@@ -325,6 +325,28 @@ def test_a_patch_size_the_network_cannot_take_is_rounded_up_with_a_note(disk_dat
     assert finished.model.history["runs"][-1]["config"]["patch_size"] == 24
 
 
+def test_images_smaller_than_the_patch_get_a_patch_that_just_holds_them():
+    pairs = [disks(size=45, count=3, seed=s) for s in range(3)]
+    images, labels = [p[0] for p in pairs], [p[1] for p in pairs]
+    images[0], labels[0] = images[0][:30], labels[0][:30]  # one narrower image
+    config = TrainConfig(mode="instances", epochs=1, batch_size=2, steps_per_epoch=2)
+    events = iter_train(images, labels, config, model_config=ModelConfig(**TINY))
+    started = next(events)
+    finished = [e for e in events if isinstance(e, TrainingFinished)][0]
+
+    # depth 2 takes multiples of 4: the 45-pixel images fit in 48
+    assert any("Patch size 256 -> 48" in note for note in started.notes), started.notes
+    assert finished.model.patch_size == 48
+    assert predict(finished.model, images[1]).shape == (45, 45)
+
+    # a larger image keeps the patch asked for
+    large, large_labels = disks(size=80, count=4, seed=5)
+    config = config.model_copy(update={"patch_size": 64})
+    started = next(iter_train([large, *images], [large_labels, *labels], config,
+                              model_config=ModelConfig(**TINY)))  # fmt: skip
+    assert not any("Patch size" in note for note in started.notes)
+
+
 def test_stopping_before_the_first_validation_keeps_what_was_learned(disk_data):
     images, labels = disk_data
     config = TrainConfig(mode="instances", epochs=1, **{**FAST, "steps_per_epoch": 20})

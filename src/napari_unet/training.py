@@ -606,6 +606,17 @@ def iter_train(
             f"{network.config.depth} takes sides that are multiples of {divisor}, at least "
             f"{2 * divisor}."
         )
+    # every image smaller than the patch: a patch that just holds the largest, instead of
+    # one made mostly of mirrored padding, which the loss ignores but each step computes
+    largest = max(max(s.target.shape) for s in data.train)
+    holding = max(2 * divisor, -(-largest // divisor) * divisor)
+    if holding < patch_size:
+        data.notes.append(
+            f"Patch size {patch_size} -> {holding}: the largest training image is {largest} "
+            "pixels across, and a larger patch would be mostly mirrored padding."
+        )
+        patch_size = holding
+    if patch_size != config.patch_size:
         config = config.model_copy(update={"patch_size": patch_size})
     zooming = config.augment and config.zoom > 1
     context = zoom_context(config.patch_size, config.zoom) if zooming else 0
