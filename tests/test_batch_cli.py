@@ -445,3 +445,26 @@ def test_options_given_the_wrong_way_say_how(tmp_path, model_path, inputs, capsy
     tifffile.imwrite(nested / "plate1" / "a.tif", np.zeros((32, 32), np.uint8))
     assert main(args + ["--input", str(nested)]) == 2
     assert f"give '{nested}/**/*' (quoted)" in capsys.readouterr().err
+
+
+def test_options_that_would_do_nothing_get_a_note(tmp_path, model_path, inputs, capsys):
+    folder, _ = inputs
+    image = str(folder / "a.tif")
+    args = ["predict", "--model", str(model_path), "--input", image, "--device", "cpu"]
+    out = ["--output", str(tmp_path / "out")]
+    assert main(args + out + ["--min-size", "20"]) == 0
+    err = capsys.readouterr().err
+    assert "--min-size is not used" in err and "semantic model's classes" in err
+    assert main(args + out + ["--min-size", "20", "--probabilities"]) == 0
+    assert "not used with --probabilities" in capsys.readouterr().err
+
+    encoding = LabelEncoding("instances", ["background", "interior", "boundary"], [0, 1, 2],
+                             [0, 1, 2], [])  # fmt: skip
+    nuclei = SegmentationModel(UNet(1, 3, depth=2, base_channels=8), encoding, Normalization())
+    nuclei.history = {"runs": [{"config": {"patch_size": 256}}]}
+    nuclei.save(tmp_path / "nuclei.safetensors")
+    args[2] = str(tmp_path / "nuclei.safetensors")
+    assert main(args + out + ["--min-size", "20", "--tile-size", "256"]) == 0
+    assert "note" not in capsys.readouterr().err  # both used as asked
+    assert main(args + out + ["--tile-size", "128"]) == 0
+    assert "--tile-size 128 is smaller than the 256-pixel patches" in capsys.readouterr().err

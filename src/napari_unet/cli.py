@@ -593,6 +593,31 @@ def _prepare_output(files: list[Path], out_dir: Path, fmt: str):
     return fold
 
 
+def _unused_options(model, args) -> list[str]:
+    """Notes on predict options that will not do what they seem to ask for."""
+    notes = []
+    if args.min_size is not None:
+        closing = args.close_boundaries
+        if closing is None:
+            closing = getattr(model, "boundary_class", None) is not None
+        if args.probabilities:
+            notes.append("--min-size is not used with --probabilities (they hold no objects).")
+        elif model.mode != "instances" and not closing:
+            notes.append(
+                f"--min-size is not used: it drops small objects of instances models and "
+                f"small region cores where gaps in boundaries are closed; this {model.mode} "
+                "model's classes are written as predicted."
+            )
+    patch = getattr(model, "patch_size", None)
+    if patch and args.tile_size < patch:
+        notes.append(
+            f"--tile-size {args.tile_size} is smaller than the {patch}-pixel patches the "
+            "model trained on: each tile sees less of its surroundings than in training, "
+            "which can change a few labels; give at least that where memory allows."
+        )
+    return notes
+
+
 def cmd_predict(args) -> int:
     from ._device import resolve_device
     from .config import PredictConfig
@@ -623,6 +648,8 @@ def cmd_predict(args) -> int:
     if not args.scheduler:  # with a scheduler the workers' devices count, not this one's
         resolve_device(args.device)
     _check_closing(model, args.close_boundaries)
+    for note in _unused_options(model, args):
+        print(f"note: {note}", file=sys.stderr)
     fold = _prepare_output(files, out_dir, args.format)
     summary_path = Path(args.summary) if args.summary else out_dir / "summary.json"
     _prepare_report(summary_path, "--summary")
