@@ -311,7 +311,7 @@ def write_layer(
     kind: str,
     suffix: str,
     axis: int | None = None,
-    model: str | None = None,
+    model: dict | None = None,
 ) -> Layer:
     """Show ``data`` in the layer "<source name> <suffix>", creating it or replacing its data.
 

@@ -437,7 +437,8 @@ class SegmentWidget(QWidget):
     def _write(self, image: Image, result: np.ndarray, index: tuple, kind: str, suffix: str, axis):
         entry = self._job["entry"]
         steps = sum(run.get("steps", 0) for run in entry.model.history.get("runs", []))
-        model = f"{entry.name} #{id(entry.model)} after {steps} steps"  # retrained: another
+        # which model, and which version of it (more training: more steps), wrote the result
+        model = {"name": entry.name, "id": id(entry.model), "steps": steps}
         if not index:
             return write_layer(self.viewer, image, result, kind, suffix, axis, model)
         shape = spatial_shape(image, axis)
@@ -457,12 +458,11 @@ class SegmentWidget(QWidget):
             data = layer_result(existing, image, axis)
             data = data if data.shape == full_shape else None
             earlier = existing.metadata[OUTPUT_KEY].get("model")
-            if data is not None and earlier not in (None, model):
-                name, _, rest = earlier.rpartition(" #")
-                same = name == entry.name and rest.split(" ")[0] == str(id(entry.model))
+            if data is not None and isinstance(earlier, dict) and earlier != model:
+                name = earlier.get("name")
                 source = (
                     f"an earlier version of '{name}' (before its latest training)"
-                    if same
+                    if (name, earlier.get("id")) == (entry.name, model["id"])
                     else f"the model '{name}'"
                 )
                 show_info(
