@@ -454,9 +454,19 @@ def test_options_that_would_do_nothing_get_a_note(tmp_path, model_path, inputs, 
     out = ["--output", str(tmp_path / "out")]
     assert main(args + out + ["--min-size", "20"]) == 0
     err = capsys.readouterr().err
-    assert "--min-size is not used" in err and "semantic model's classes" in err
+    assert "--min-size has no effect here" in err and "semantic model's classes" in err
     assert main(args + out + ["--min-size", "20", "--probabilities"]) == 0
-    assert "not used with --probabilities" in capsys.readouterr().err
+    assert "no effect with --probabilities" in capsys.readouterr().err
+
+    # a boundary model uses it where its gaps are closed (the default for it), not otherwise
+    membranes = load_model(model_path)
+    membranes.boundary_class = 1
+    membranes.save(tmp_path / "membranes.safetensors")
+    args[2] = str(tmp_path / "membranes.safetensors")
+    assert main(args + out + ["--min-size", "20"]) == 0
+    assert "note" not in capsys.readouterr().err
+    assert main(args + out + ["--min-size", "20", "--no-close-boundaries"]) == 0
+    assert "--min-size has no effect here" in capsys.readouterr().err
 
     encoding = LabelEncoding("instances", ["background", "interior", "boundary"], [0, 1, 2],
                              [0, 1, 2], [])  # fmt: skip
@@ -466,5 +476,9 @@ def test_options_that_would_do_nothing_get_a_note(tmp_path, model_path, inputs, 
     args[2] = str(tmp_path / "nuclei.safetensors")
     assert main(args + out + ["--min-size", "20", "--tile-size", "256"]) == 0
     assert "note" not in capsys.readouterr().err  # both used as asked
+    assert main(args + out + ["--tile-size", "254"]) == 0  # tiles are rounded up to 256
+    assert "note" not in capsys.readouterr().err
     assert main(args + out + ["--tile-size", "128"]) == 0
-    assert "--tile-size 128 is smaller than the 256-pixel patches" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "Tiles of 128 pixels (--tile-size) are smaller than the 256-pixel patches" in err
+    assert "use --tile-size 256 or more" in err

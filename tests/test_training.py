@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from napari_unet import ModelConfig, TrainConfig, UNet, predict, train
+from napari_unet.config import PredictConfig
 from napari_unet.data import InputError, Sample
-from napari_unet.prediction import TileDependenceWarning
+from napari_unet.prediction import TileDependenceWarning, _plan
 from napari_unet.training import (
     EpochEnded,
     StepEnded,
@@ -334,17 +335,47 @@ def test_images_smaller_than_the_patch_get_a_patch_that_just_holds_them():
     started = next(events)
     finished = [e for e in events if isinstance(e, TrainingFinished)][0]
 
-    # depth 2 takes multiples of 4: the 45-pixel images fit in 48
-    assert any("Patch size 256 -> 48" in note for note in started.notes), started.notes
-    assert finished.model.patch_size == 48
-    assert predict(finished.model, images[1]).shape == (45, 45)
+    # depth 2 takes multiples of 4: the 45-pixel images fit in 48; one note, not two
+    notes = [note for note in started.notes if "Patch size" in note]
+    assert len(notes) == 1 and notes[0].startswith("Patch size 256 -> 48: the images trained")
+    assert "at most 45 pixels across" in notes[0]
+    model = finished.model
+    assert model.patch_size == 48
+    assert predict(model, images[1]).shape == (45, 45)
+    # prediction mirrors a smaller image up to the patch, as training saw them
+    assert _plan(model, images[0], PredictConfig(), None, 0).grid.tile_shape == (48, 48)
 
-    # a larger image keeps the patch asked for
+    # continuing on tinier images: at least 16, as TrainConfig takes; a run stopped before
+    # its first step leaves the recorded patch as it was
+    tiny_labels = [np.zeros((10, 10), np.uint8) for _ in range(3)]
+    for k, label in enumerate(tiny_labels):
+        label[k : k + 4, 2:6] = 1
+    tiny = [(label * 150 + 30).astype(np.uint8) for label in tiny_labels]
+    continued = iter_train(tiny, tiny_labels, config, model=model)
+    assert any("Patch size 256 -> 16" in note for note in next(continued).notes)
+    continued.close()
+    assert model.patch_size == 48
+    model = train(tiny, tiny_labels, config, model=model)
+    assert model.patch_size == 16
+    TrainConfig(**model.history["runs"][-1]["config"])  # still a valid configuration
+
+    # a larger image trained on keeps the patch asked for; held out for validation, not
     large, large_labels = disks(size=80, count=4, seed=5)
     config = config.model_copy(update={"patch_size": 64})
-    started = next(iter_train([large, *images], [large_labels, *labels], config,
-                              model_config=ModelConfig(**TINY)))  # fmt: skip
-    assert not any("Patch size" in note for note in started.notes)
+    first = next(iter_train([large, *images], [large_labels, *labels], config,
+                            model_config=ModelConfig(**TINY)))  # fmt: skip
+    assert not any("Patch size" in note for note in first.notes)
+    last = next(iter_train([*images, large], [*labels, large_labels], config,
+                           model_config=ModelConfig(**TINY)))  # fmt: skip
+    assert any("Patch size 64 -> 48" in n and "held out for validation" in n for n in last.notes)
+
+
+def test_a_patch_rounded_and_shrunk_gets_one_note():
+    image, label = disks(size=40, count=3)
+    config = TrainConfig(mode="instances", epochs=1, patch_size=100, **{"steps_per_epoch": 1})
+    started = next(iter_train([image, image], [label, label], config))  # depth 4: 16s
+    notes = [note for note in started.notes if "Patch size" in note]
+    assert notes == [notes[0]] and notes[0].startswith("Patch size 100 -> 48:")
 
 
 def test_stopping_before_the_first_validation_keeps_what_was_learned(disk_data):

@@ -595,25 +595,29 @@ def _prepare_output(files: list[Path], out_dir: Path, fmt: str):
 
 def _unused_options(model, args) -> list[str]:
     """Notes on predict options that will not do what they seem to ask for."""
+    from .tiling import tile_side
+
     notes = []
     if args.min_size is not None:
         closing = args.close_boundaries
         if closing is None:
             closing = getattr(model, "boundary_class", None) is not None
         if args.probabilities:
-            notes.append("--min-size is not used with --probabilities (they hold no objects).")
+            notes.append("--min-size has no effect with --probabilities (they hold no objects).")
         elif model.mode != "instances" and not closing:
             notes.append(
-                f"--min-size is not used: it drops small objects of instances models and "
-                f"small region cores where gaps in boundaries are closed; this {model.mode} "
-                "model's classes are written as predicted."
+                "--min-size has no effect here: it removes small objects of instances models, "
+                "and small regions of boundary models (membranes, cell walls) whose gaps are "
+                f"closed (--close-boundaries); this {model.mode} model's classes are written "
+                "as predicted."
             )
     patch = getattr(model, "patch_size", None)
-    if patch and args.tile_size < patch:
+    if patch and tile_side(args.tile_size, model.network.divisor) < patch:
         notes.append(
-            f"--tile-size {args.tile_size} is smaller than the {patch}-pixel patches the "
-            "model trained on: each tile sees less of its surroundings than in training, "
-            "which can change a few labels; give at least that where memory allows."
+            f"Tiles of {args.tile_size} pixels (--tile-size) are smaller than the "
+            f"{patch}-pixel patches the model trained on: each tile sees less of its "
+            f"surroundings than in training, which can change a few labels; use --tile-size "
+            f"{patch} or more where memory allows."
         )
     return notes
 

@@ -71,8 +71,8 @@ class TrainConfig(_Config):
         256,
         ge=16,
         le=2048,
-        description="Side of the square training patches (smaller where every training "
-        "image is: then it just holds the largest).",
+        description="Side of the square training patches (made just large enough where "
+        "every training image is smaller).",
     )
     batch_size: int = Field(8, ge=1, le=256, description="Patches per optimiser step.")
     learning_rate: float = Field(2e-3, gt=0, lt=1, description="Peak learning rate (AdamW).")

@@ -257,8 +257,9 @@ class SegmentationModel:
 
     @property
     def patch_size(self) -> int | None:
-        """The patch size of the model's last training (None: not recorded)."""
-        runs = self.history.get("runs", [])
+        """The patch size of the model's last training that took steps (None: not
+        recorded)."""
+        runs = [r for r in self.history.get("runs", []) if r.get("steps", 1)]
         size = runs[-1].get("config", {}).get("patch_size") if runs else None
         return int(size) if isinstance(size, int | float) and size > 0 else None
 

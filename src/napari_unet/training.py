@@ -599,23 +599,28 @@ def iter_train(
     # patches whose sides the network's pooling divides, and at least 2 x 2 at the
     # bottleneck (normalisation needs more than one value per channel)
     divisor = network.divisor
-    patch_size = max(2 * divisor, -(-config.patch_size // divisor) * divisor)
-    if patch_size != config.patch_size:
+
+    def side(length: int) -> int:  # at least 16, as TrainConfig takes
+        return max(16, 2 * divisor, -(-length // divisor) * divisor)
+
+    patch_size = side(config.patch_size)
+    # every image smaller than the patch: a patch that just holds the largest, instead of
+    # one made mostly of mirrored padding, which the loss ignores but each step computes
+    largest = max(max(s.target.shape) for s in data.train)
+    if side(largest) < patch_size:
+        patch_size = side(largest)
+        held_out = " (the part held out for validation left aside)" if data.validation else ""
+        data.notes.append(
+            f"Patch size {config.patch_size} -> {patch_size}: the images trained on"
+            f"{held_out} are at most {largest} pixels across, and a larger patch would "
+            "mostly hold mirrored copies of their edges, which only slows training."
+        )
+    elif patch_size != config.patch_size:
         data.notes.append(
             f"Patch size {config.patch_size} -> {patch_size}: a U-Net of depth "
             f"{network.config.depth} takes sides that are multiples of {divisor}, at least "
             f"{2 * divisor}."
         )
-    # every image smaller than the patch: a patch that just holds the largest, instead of
-    # one made mostly of mirrored padding, which the loss ignores but each step computes
-    largest = max(max(s.target.shape) for s in data.train)
-    holding = max(2 * divisor, -(-largest // divisor) * divisor)
-    if holding < patch_size:
-        data.notes.append(
-            f"Patch size {patch_size} -> {holding}: the largest training image is {largest} "
-            "pixels across, and a larger patch would be mostly mirrored padding."
-        )
-        patch_size = holding
     if patch_size != config.patch_size:
         config = config.model_copy(update={"patch_size": patch_size})
     zooming = config.augment and config.zoom > 1
