@@ -46,7 +46,9 @@ def test_semantic_values_with_gaps_get_a_note_and_long_lists_are_cut():
 
     model = encode_labels([np.array([[0, 1], [2, 0]])], "sparse")[1]
     ids = np.arange(100, 200).reshape(10, 10)
-    with pytest.raises(InputError, match=r"values \[100, 101, .*, 107, ... 92 more\] are not"):
+    with pytest.raises(
+        InputError, match=r"values \[100, 101, .*, 107, ... 92 more\] \(the first.*are not"
+    ):
         encode_labels([ids], "sparse", previous=model)
 
 
@@ -292,6 +294,30 @@ def test_semantic_values_beyond_the_class_range_get_a_clear_error():
     label[2:5, 2:5], label[8:12, 8:12] = 1, 300
     with pytest.raises(InputError, match="Renumber the classes"):
         encode_labels([label], "semantic")
+    # a lossy (JPEG) 0/255 mask: the list says where the values end
+    lossy = np.r_[0:13, 243:256].astype(np.uint8).reshape(2, 13)  # 0/255 and JPEG's noise
+    with pytest.raises(InputError, match=r"values up to 255 \(\[0, 1, .*, 7, \.\.\. 18 more\]\)"):
+        encode_labels([lossy], "semantic")
+
+
+def test_instances_mode_reads_a_class_map_by_its_regions():
+    from napari_unet.data import InputError, instance_ids
+
+    label = np.zeros((40, 40), np.uint8)
+    for k, (y, x) in enumerate([(2, 2), (2, 20), (20, 2), (20, 20), (31, 31)]):
+        label[y : y + 6, x : x + 6] = 1 if k < 3 else 2  # three nuclei of class 1, two of 2
+    (ids,), notes = instance_ids([label])
+    assert ids.max() == 5 and "class maps" in notes[0]
+
+    real = np.where(label > 0, 0, 0).astype(np.uint8)
+    for k, (y, x) in enumerate([(2, 2), (2, 20), (20, 2), (20, 20), (31, 31)]):
+        real[y : y + 6, x : x + 6] = k + 1
+    real[39, 39] = 1  # an id split by a stray pixel is still an id
+    (kept,), notes = instance_ids([real])
+    assert notes == [] and kept.max() == 5
+
+    with pytest.raises(InputError, match="no background .* use mode 'semantic'"):
+        instance_ids([label + 1, label + 1])  # 1 = background, 2 and 3 classes (ilastik)
 
 
 @pytest.mark.parametrize("deform", ["zoom", "elastic"])
@@ -477,3 +503,16 @@ def test_a_flat_or_binary_integer_channel_falls_back_to_its_full_range():
 
     lows, highs = Normalization().stats(mask)
     assert lows.tolist() == [0.0] and highs.tolist() == [255.0]
+
+
+def test_labels_beyond_a_continued_models_classes_name_their_image():
+    from napari_unet.data import InputError, encode_labels
+
+    good, bad = np.zeros((16, 16), np.int64), np.zeros((16, 16), np.int64)
+    good[2:6, 2:6], bad[2:6, 2:6] = 1, 3
+    _, semantic = encode_labels([good], "semantic")
+    with pytest.raises(InputError, match=r"\[3\] \(the first in the labels of Image #1\)"):
+        encode_labels([good, bad], "semantic", semantic)
+    _, sparse = encode_labels([good + 1], "sparse")
+    with pytest.raises(InputError, match=r"\[4\] \(the first in the labels of Image #1\)"):
+        encode_labels([good + 1, bad + 1], "sparse", sparse)

@@ -66,9 +66,9 @@ def test_instance_masks_are_scored_by_their_connected_regions():
     assert by_mask["images"][1]["objects_true"] == 3  # not one object of value 255
     assert by_ids["notes"] == []
     assert by_mask["notes"] == [  # one note for all such images
-        "The labels of Image #1 (and of 1 more image(s)) hold masks (one value for several "
-        "objects), not one id per object: each connected region is scored as an object "
-        "(touching objects count as one)."
+        "The labels of Image #1 (and of 1 more image(s)) hold masks or class maps (one value "
+        "for several objects), not one id per object: each connected region is scored as an "
+        "object (touching objects count as one)."
     ]
     with pytest.raises(InputError, match="Image #0: .*no pixels"):
         evaluate(model, [np.zeros((0, 48, 48))], [np.zeros((0, 48, 48), int)], tile_size=48)
@@ -86,3 +86,19 @@ def test_sparse_test_labels_of_one_class_are_scored():
 
     scores = evaluate(model, [np.zeros((48, 48), np.float32)], [background_only], tile_size=48)
     assert set(scores["images"][0]) == {"2"}
+
+
+def test_semantic_test_labels_that_are_not_whole_numbers_are_refused():
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.metrics import evaluate
+    from napari_unet.model import SegmentationModel, UNet
+
+    model = SegmentationModel(
+        UNet(in_channels=1, num_classes=2, depth=2, base_channels=4),
+        LabelEncoding("semantic", ["background", "class 1"], [0, 1], [0, 1], []),
+        Normalization(),
+    )
+    label = np.zeros((32, 32), np.float32)
+    label[8:20, 8:20] = 0.99  # a resampled mask: read as 0 everywhere before
+    with pytest.raises(InputError, match="non-integer"):
+        evaluate(model, [label], [label], tile_size=32)

@@ -452,3 +452,10 @@ def test_train_takes_config_fields_as_keywords_and_warns_its_notes(disk_data):
                       model_config=ModelConfig(**TINY))  # fmt: skip
     again = train(images[:2], labels[:2], model=instances, epochs=1, **FAST)
     assert again is instances and len(instances.history["runs"]) == 2
+
+
+def test_labels_saved_as_an_rgb_picture_name_their_image(disk_data):
+    images, labels = disk_data
+    picture = np.stack([labels[1] > 0] * 3, axis=-1).astype(np.uint8) * 255
+    with pytest.raises(InputError, match=r"labels of Image #1 \(96, 96, 3\) look like an RGB"):
+        train(images[:2], [labels[0], picture], TrainConfig(epochs=1, **FAST))

@@ -438,8 +438,10 @@ def encode_labels(
             source = previous.source_values
             unknown = sorted(set(painted.tolist()) - set(source))
             if unknown:
+                first = next(i for i, label in enumerate(labels) if np.isin(label, unknown).any())
                 raise InputError(
-                    f"Label values {_some(unknown)} are not classes of the model "
+                    f"Label values {_some(unknown)} (the first in the labels of "
+                    f"{_plane_name(first, owners)}) are not classes of the model "
                     f"({_some(source)}); "
                     "paint with the model's values or train a new model."
                 )
@@ -495,8 +497,10 @@ def encode_labels(
             return targets, previous
         beyond = values[values >= len(source)]
         if beyond.size:
+            first = next(i for i, label in enumerate(labels) if (label >= len(source)).any())
             raise InputError(
-                f"Label values {_some(beyond.tolist())} are beyond the model's {len(source)} classes "
+                f"Label values {_some(beyond.tolist())} (the first in the labels of "
+                f"{_plane_name(first, owners)}) are beyond the model's {len(source)} classes "
                 f"(0..{len(source) - 1}); fix the labels or train a new model."
             )
         return list(labels), previous
@@ -520,7 +524,8 @@ def encode_labels(
     else:
         if values.max() > 254:
             raise InputError(
-                f"The labels hold the values {values.tolist()[:8]}: in semantic mode a pixel's "
+                f"The labels hold values up to {values.max()} ({_some(values)}): in semantic "
+                "mode a pixel's "
                 "value is its class, 0..254 (only a two-valued mask such as 0/255 is read as "
                 "background / foreground). Renumber the classes 0, 1, 2, ..., or use mode "
                 "'instances' if the values are object ids."
@@ -557,27 +562,63 @@ def instance_ids(
 
     Ids may come as any whole numbers (floats with whole values, large sparse ids). A
     mask with a single object value (0/1, 0/255, boolean) holds no ids to tell objects
-    apart, so its connected regions become the objects.
+    apart, so its connected regions become the objects; so do the regions of a class map
+    (a few values, each for many separate regions: :func:`_class_map_regions`). Labels
+    without background (0) in any plane and with few values, such as a class map whose
+    background is 1, are refused.
     """
     from skimage.segmentation import relabel_sequential
 
+    checked = [_check_integer_labels(label, i, owners) for i, label in enumerate(labels)]
+    values = [np.unique(label) for label in checked]
+    every = np.unique(np.concatenate(values)) if values else np.array([])
+    if every.size and every[0] != 0 and every.size <= 8:
+        raise InputError(
+            f"The labels have no background (0) in any image, and only the values "
+            f"{_some(every)}: in instances mode 0 is background and every other value one "
+            "object. For a class map (such as 1 = background, 2 = nuclei), use mode "
+            "'semantic', or give the background the value 0."
+        )
     out, masks = [], 0
-    for i, label in enumerate(labels):
-        label = _check_integer_labels(label, i, owners)
-        values = np.unique(label)
-        if values.size == 2 and values[0] == 0:  # one object value: a mask (or one object)
+    for label, present in zip(checked, values, strict=True):
+        if present.size == 2 and present[0] == 0:  # one object value: a mask (or one object)
             regions, count = ndi.label(label > 0)
             masks += count > 1
             label = regions
+        elif present.size <= 33 and label.size <= 2**26:  # few values: ids or classes?
+            regions = _class_map_regions(label)
+            if regions is not None:
+                masks += 1
+                label = regions
         out.append(relabel_sequential(label)[0].astype(np.int32))
     notes = []
     if masks:
         notes.append(
-            f"{masks} label plane(s) are masks (one value for several objects), not one id "
-            "per object; each connected region is taken as an object (touching objects "
-            "cannot be told apart: give them different values to train their separation)."
+            f"{masks} label plane(s) are masks or class maps (one value for several "
+            "objects), not one id per object; each connected region is taken as an object "
+            "(touching objects cannot be told apart: give them different values to train "
+            "their separation)."
         )
     return out, notes
+
+
+def _class_map_regions(label: np.ndarray) -> np.ndarray | None:
+    """The connected regions of each value of ``label`` (Y, X), where it reads as a map of
+    classes rather than of ids: values that each cover several separate regions hold
+    most of the labelled pixels (an id split by a stray pixel or two does not count)."""
+    from skimage.measure import label as regions_of
+
+    regions = regions_of(label, background=0, connectivity=1)
+    ids = label[regions > 0]
+    if ids.size == 0:
+        return None
+    span = np.int64(regions.max()) + 1
+    pairs = np.unique(ids.astype(np.int64) * span + regions[regions > 0])
+    values, count = np.unique(pairs // span, return_counts=True)
+    split = np.isin(ids, values[count >= 2]).mean()
+    if count.max() < 3 or split <= 0.5:
+        return None
+    return regions
 
 
 def _check_previous(encoding: LabelEncoding, previous: LabelEncoding | None) -> LabelEncoding:

@@ -131,7 +131,7 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
             label = np.stack(planes).reshape(label.shape)
         elif model.mode != "instances":  # check the labels before spending time on prediction
             (encoded,), _ = encode_labels(
-                [label.astype(np.int64)], model.mode, model.encoding, owners=[i], training=False
+                [label], model.mode, model.encoding, owners=[i], training=False
             )
             values = np.asarray(model.encoding.class_values)
             truth = np.where(encoded >= 0, values[np.maximum(encoded, 0)], -1)
@@ -156,8 +156,8 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
     if masks:
         more = f" (and of {len(masks) - 1} more image(s))" if len(masks) > 1 else ""
         notes.append(
-            f"The labels of Image #{masks[0]}{more} hold masks (one value for several "
-            "objects), not one id per object: each connected region is scored as an object "
+            f"The labels of Image #{masks[0]}{more} hold masks or class maps (one value for "
+            "several objects), not one id per object: each connected region is scored as an object "
             "(touching objects count as one)."
         )
     return {"images": per_image, "mean": _mean_scores(per_image), "notes": notes}

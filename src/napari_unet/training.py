@@ -203,13 +203,13 @@ def _check_plane_count(index: int, planes: int, label) -> None:
 
 def _label_planes(labels) -> list[np.ndarray]:
     planes = []
-    for label in labels:
+    for i, label in enumerate(labels):
         label = np.asarray(label)
         if label.ndim == 2:
             planes.append(label)
         elif _looks_rgb(label.shape):
             raise InputError(
-                f"Labels of shape {label.shape} look like an RGB picture; labels must be one "
+                f"The labels of Image #{i} {label.shape} look like an RGB picture; labels must be one "
                 "integer value per pixel (save the mask as a single-channel image)."
             )
         else:
