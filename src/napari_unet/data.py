@@ -678,8 +678,10 @@ def boundary_network(targets: Sequence[np.ndarray], planes: int = 32) -> tuple[i
     (the mean city-block distance of its pixels to the other class is at most half that
     of the other class's pixels to it), its largest 8-connected piece holds at least half
     of its pixels, and it parts the other class into at least :data:`BOUNDARY_REGIONS`
-    4-connected regions. Nuclei, cells or lesions on a background do not: their pieces
-    are many, and the background around them is the thicker class. The class is returned
+    4-connected regions, none of which holds half of that class. Nuclei, cells or lesions
+    on a background do not: their pieces are many, and the background around them is the
+    thicker class; nor do vessels or filaments, whose few loops leave most of the
+    background one region. The class is returned
     when at least half of the fully labelled planes (at most ``planes`` of them, spread
     evenly) show it, with half the 5th percentile of the regions' areas (at least 2
     pixels): prediction then completes gaps in the predicted boundaries
@@ -706,6 +708,9 @@ def boundary_network(targets: Sequence[np.ndarray], planes: int = 32) -> tuple[i
             regions, found = ndi.label(~boundary)
             if found < BOUNDARY_REGIONS:
                 continue
+            areas = np.bincount(regions.ravel())[1:]
+            if 2 * areas.max() > areas.sum():  # one region holds most: a tree on a background
+                continue
             # thin: its pixels lie at most half as deep inside it as the regions' pixels
             # (city-block distances: an order of magnitude faster than Euclidean ones)
             depth = ndi.distance_transform_cdt(boundary, metric="taxicab")[boundary].mean()
@@ -713,7 +718,7 @@ def boundary_network(targets: Sequence[np.ndarray], planes: int = 32) -> tuple[i
                 2 * depth
                 <= ndi.distance_transform_cdt(~boundary, metric="taxicab")[~boundary].mean()
             ):
-                votes[k].append(np.bincount(regions.ravel())[1:])
+                votes[k].append(areas)
     for k in (1, 0):
         if 2 * len(votes[k]) >= len(dense):
             areas = np.concatenate(votes[k])
