@@ -172,7 +172,7 @@ def test_training_measures_the_offset_unless_told_not_to(monkeypatch, disk_data)
     images, labels = disk_data
     config = TrainConfig(epochs=1, steps_per_epoch=2, patch_size=32, batch_size=2)
     model = train(images, [m > 0 for m in labels], config, model_config=ModelConfig(**TINY))
-    assert model.label_offset == (-0.5, 0.0) and seen == [1]  # the validation plane
+    assert model.label_offset == (-0.5, 0.0) and seen == [3]  # a strip of each of the three planes
     assert model.history["runs"][-1]["label_offset"] == [-0.5, 0.0]
 
     # continued without measuring: the offset belonged to the weights before
@@ -186,12 +186,12 @@ def test_training_measures_the_offset_unless_told_not_to(monkeypatch, disk_data)
     events = list(training.iter_train(images, [m > 0 for m in labels], config))
     kinds = [type(e).__name__ for e in events]
     assert kinds[-3:] == ["EpochEnded", "MeasuringLabelOffset", "TrainingFinished"]
-    assert seen == [1, 1]
+    assert seen == [3, 3]
 
     # without a validation part there is nothing the network has not trained on to measure
     whole = config.model_copy(update={"validation_fraction": 0.0})
     assert train(images, [m > 0 for m in labels], whole).label_offset is None
-    assert seen == [1, 1]
+    assert seen == [3, 3]
 
     # a continued run that is stopped keeps none; one that fails before a step keeps it
     model.label_offset = (-0.5, 0.0)

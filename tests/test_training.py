@@ -365,9 +365,33 @@ def test_images_smaller_than_the_patch_get_a_patch_that_just_holds_them():
     first = next(iter_train([large, *images], [large_labels, *labels], config,
                             model_config=ModelConfig(**TINY)))  # fmt: skip
     assert not any("Patch size" in note for note in first.notes)
-    last = next(iter_train([*images, large], [*labels, large_labels], config,
+    many, many_labels = images * 7, labels * 7  # the large image last: 14% of the pixels
+    last = next(iter_train([*many, large], [*many_labels, large_labels], config,
                            model_config=ModelConfig(**TINY)))  # fmt: skip
     assert any("Patch size 64 -> 48" in n and "held out for validation" in n for n in last.notes)
+
+
+def test_few_images_are_validated_on_a_strip_of_each():
+    from napari_unet.training import prepare_data
+
+    pairs = [disks(size=96, seed=s) for s in range(2)]
+    images, labels = [p[0] for p in pairs], [p[1] for p in pairs]
+    data = prepare_data(images, labels, TrainConfig(mode="instances"))
+    # two images: one held out whole would be half the data
+    assert [s.target.shape for s in data.train] == [(80, 96)] * 2
+    assert [s.target.shape for s in data.validation] == [(16, 96)] * 2
+    assert any(note.startswith("Validation: a strip of each plane") for note in data.notes)
+
+    # many planes of equal size: the last ones whole, as in a stack
+    data = prepare_data(images * 5, labels * 5, TrainConfig(mode="instances"))
+    assert len(data.train) == 9 and len(data.validation) == 1
+    assert not any("strip" in note for note in data.notes)
+    # a large image last holds most of the pixels: strips again
+    big, big_labels = disks(size=400, count=40, seed=9)
+    data = prepare_data(
+        [*images * 5, big], [*labels * 5, big_labels], TrainConfig(mode="instances")
+    )
+    assert len(data.train) == len(data.validation) == 11
 
 
 def test_a_patch_rounded_and_shrunk_gets_one_note():

@@ -934,7 +934,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--patch-size", type=int, default=train_defaults.patch_size)
     t.add_argument("--batch-size", type=int, default=train_defaults.batch_size)
     t.add_argument("--learning-rate", type=float, default=train_defaults.learning_rate)
-    t.add_argument("--validation-fraction", type=float, default=train_defaults.validation_fraction)
+    t.add_argument(
+        "--validation-fraction",
+        type=float,
+        default=train_defaults.validation_fraction,
+        help="share held out to choose the best weights: the last images (planes), or a strip "
+        "of each where that would hold more than twice the share of the labelled pixels "
+        "(default: %(default)s)",
+    )
     t.add_argument(
         "--elastic",
         action="store_true",

@@ -284,6 +284,12 @@ def prepare_data(
         for i, (image, target) in enumerate(zip(normalized, targets, strict=True))
     ]
     train, validation = _split(samples, config.validation_fraction)
+    if len(samples) >= 2 and len(train) == len(samples) and validation:
+        notes.append(
+            f"Validation: a strip of each plane ({config.validation_fraction:.0%} of its "
+            "longer side, at least 16 pixels), as the last plane(s), held out whole, would "
+            "take more than twice that share of the labelled pixels from training."
+        )
     if not any((s.target != IGNORE).any() for s in train):
         raise InputError(
             "No annotated pixels in the training part; paint labels or lower the validation share."
@@ -308,19 +314,29 @@ def prepare_data(
 
 def _split(samples: list[Sample], fraction: float) -> tuple[list[Sample], list[Sample]]:
     """Hold out the last whole planes (contiguous, as in a stack) or, with a single plane, a
-    strip along its longer side."""
+    strip along its longer side. Where the last planes would hold more than twice
+    ``fraction`` of the labelled pixels (two or three images, or a large one last), a
+    strip of each plane instead, so that validation does not take most of the data."""
     if fraction <= 0:
         return samples, []
     if len(samples) >= 2:
         count = min(len(samples) - 1, max(1, round(len(samples) * fraction)))
-        return samples[:-count], samples[-count:]
-    (sample,) = samples
+        pixels = [int((s.target != IGNORE).sum()) for s in samples]
+        if sum(pixels[-count:]) <= 2 * fraction * sum(pixels):
+            return samples[:-count], samples[-count:]
+    parts = [_strip(sample, fraction) for sample in samples]
+    return [t for t, _ in parts], [v for _, v in parts if v is not None]
+
+
+def _strip(sample: Sample, fraction: float) -> tuple[Sample, Sample | None]:
+    """A plane cut into a training part and a validation strip along its longer side
+    (``fraction`` of it, at least 16 pixels; none where less than 16 would be left)."""
     height, width = sample.target.shape
     along_y = height >= width
     length = height if along_y else width
     cut = length - max(16, int(round(length * fraction)))
     if cut < 16:
-        return samples, []
+        return sample, None
 
     def part(a: np.ndarray | None, keep: slice) -> np.ndarray | None:
         if a is None:
@@ -330,7 +346,7 @@ def _split(samples: list[Sample], fraction: float) -> tuple[list[Sample], list[S
     head, tail = slice(0, cut), slice(cut, None)
     train = Sample(part(sample.image, head), part(sample.target, head), part(sample.weight, head))
     val = Sample(part(sample.image, tail), part(sample.target, tail), part(sample.weight, tail))
-    return [train], [val]
+    return train, val
 
 
 # ---------------------------------------------------------------------------
