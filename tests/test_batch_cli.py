@@ -482,3 +482,30 @@ def test_options_that_would_do_nothing_get_a_note(tmp_path, model_path, inputs, 
     err = capsys.readouterr().err
     assert "Tiles of 128 pixels (--tile-size) are smaller than the 256-pixel patches" in err
     assert "use --tile-size 256 or more" in err
+
+
+def test_a_z_stack_named_so_by_its_file_is_not_read_as_channels(tmp_path):
+    encoding = LabelEncoding("semantic", ["background", "cell"], [0, 1], [0, 1], [])
+    rgb = SegmentationModel(  # a model of colour images that also takes grey ones
+        UNet(3, 2, depth=2, base_channels=8), encoding, Normalization(), convert_channels=True
+    )
+    rgb.save(tmp_path / "rgb.safetensors")
+    stack = (np.random.default_rng(0).random((3, 80, 90)) * 255).astype(np.uint8)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "z.tif", stack, imagej=True, metadata={"axes": "ZYX"})
+    model = ["--model", str(tmp_path / "rgb.safetensors"), "--device", "cpu"]
+
+    assert main(["predict", *model, "--input", str(folder), "--output", str(tmp_path / "o")]) == 0
+    assert tifffile.imread(tmp_path / "o" / "z.tif").shape == (3, 80, 90)  # a stack out
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    tifffile.imwrite(labels / "z.tif", (stack > 128).astype(np.uint8))
+    report = tmp_path / "scores.json"
+    args = ["evaluate", *model, "--images", str(folder), "--labels", str(labels)]
+    assert main([*args, "--json", str(report)]) == 0
+    assert json.loads(report.read_text())["images"][0]["file"] == "z.tif"
+    # told otherwise, the planes are channels as before
+    assert main(["predict", *model, "--input", str(folder), "--output", str(tmp_path / "c"),
+                 "--channel-axis", "0"]) == 0  # fmt: skip
+    assert tifffile.imread(tmp_path / "c" / "z.tif").shape == (80, 90)

@@ -41,12 +41,15 @@ def _progress_bar(total: float, desc: str, unit: str = "%"):
 # train
 
 
-def _read_pairs(images_spec, labels_spec):
-    from .io import list_images, match_labels, read_image, without_label_files
+def _read_pairs(images_spec, labels_spec, *, opened: bool = False):
+    """(images, labels, image paths); ``opened``: images as :func:`napari_unet.io.open_image`
+    gives them (TIFFs read lazily, with the axes their files name)."""
+    from .io import list_images, match_labels, open_image, read_image, without_label_files
 
     images = without_label_files(list_images(images_spec))
     labels = match_labels(images, labels_spec)
-    return [read_image(p) for p in images], [read_image(p, labels=True) for p in labels], images
+    read = open_image if opened else read_image
+    return [read(p) for p in images], [read_image(p, labels=True) for p in labels], images
 
 
 def _named(text: str, paths) -> str:
@@ -421,13 +424,15 @@ def _message(error: BaseException) -> str:
 
 def _predict_one(model, source: Path, target: Path, options: dict, *, lazy=False) -> dict:
     """Segment one file into ``target`` with a progress bar; never raises for bad input."""
-    from .io import open_image
+    from .io import open_image, stack_axes_only
     from .prediction import TileProgress, iter_predict
 
     start = time.perf_counter()
     bar = None
     try:
         image = open_image(source)
+        if options.get("channel_axis", "auto") == "auto" and stack_axes_only(image):
+            options = {**options, "channel_axis": None}  # the file names its axes Z / T
         if lazy:
             image = _as_dask(image, model, options.get("channel_axis", "auto"))
         bar = _progress_bar(100, source.name)
@@ -745,7 +750,8 @@ def cmd_evaluate(args) -> int:
     model = load_model(args.model)
     if args.json:  # fail before the work, not after it
         _prepare_report(Path(args.json), "--json")
-    images, labels, paths = _read_pairs(args.images, args.labels)
+    # images as predict reads them: lazily, with the axes their files name
+    images, labels, paths = _read_pairs(args.images, args.labels, opened=True)
     bar = _progress_bar(len(images), "evaluate", unit=" images")
 
     def advance(done: int, total: int) -> None:
@@ -875,7 +881,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     found_by_model = (
         "a last axis of the model's channel count, or of 3 or 4 (colour), else a leading "
-        "axis of that count"
+        "axis of that count; none where the TIFF file's own metadata (ImageJ, OME) names "
+        "every other axis Z or T"
     )
 
     def tiles(p):

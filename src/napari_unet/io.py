@@ -394,6 +394,7 @@ class TiffArray:
             with tifffile.TiffFile(self.path) as tif:
                 series = tif.series[0]
                 self.shape = tuple(int(s) for s in series.shape)
+                self.axes = str(getattr(series, "axes", ""))  # as the file names them
                 self.dtype = np.dtype(series.dtype)
                 self._offset = series.dataoffset
                 self._byteorder = tif.byteorder
@@ -458,6 +459,15 @@ class TiffArray:
 
     def __repr__(self) -> str:
         return f"TiffArray({str(self.path)!r}, shape={self.shape}, dtype={self.dtype})"
+
+
+def stack_axes_only(image) -> bool:
+    """Whether a file's own metadata (ImageJ, OME) names every axis of ``image`` other
+    than Y and X as Z or T, so that none of them holds channels (a 3-plane Z stack is not
+    an RGB image, whatever a 3-channel model would read it as)."""
+    axes = getattr(image, "axes", "") or ""
+    extra = set(axes) - set("YX")
+    return len(axes) == getattr(image, "ndim", -1) and len(axes) >= 3 and extra <= set("ZT")
 
 
 def open_image(path):

@@ -606,6 +606,10 @@ def iter_predict(
                 f"The result {out} would replace its input {source}, a folder or store "
                 "holding it, or go inside it; write it elsewhere."
             )
+    from .io import stack_axes_only
+
+    if channel_axis == "auto" and stack_axes_only(image):  # a file's Z/T axes: no channels
+        channel_axis = None
     job = _plan(
         model, image, config, channel_axis, min_size, _warn_tiles, close_boundaries, _least_tile
     )
