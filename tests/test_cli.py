@@ -342,7 +342,14 @@ def test_resuming_says_that_architecture_options_do_not_apply(monkeypatch, folde
     assert "new models only" not in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([*command, "--norm", "none"])
-    assert "new models only" in capsys.readouterr().err
+    assert "--depth, --base-channels, --norm, --dropout shape new models only" in (
+        capsys.readouterr().err
+    )
+    with pytest.raises(SystemExit):
+        main([*command, "--high-percentile", "99"])
+    err = capsys.readouterr().err
+    assert "--low-percentile, --high-percentile shape new models only" in err
+    assert "its own intensity scaling" in err
 
 
 def _instances_model(path):

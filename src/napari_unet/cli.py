@@ -277,10 +277,22 @@ def cmd_train(args) -> int:
         depth=args.depth, base_channels=args.base_channels, norm=args.norm, dropout=args.dropout
     )
     if model is not None:
-        if model_config != ModelConfig():
+        given = [
+            option
+            for option, changed in [
+                ("--depth, --base-channels, --norm, --dropout", model_config != ModelConfig()),
+                (
+                    "--low-percentile, --high-percentile",
+                    (config.low_percentile, config.high_percentile)
+                    != (TrainConfig().low_percentile, TrainConfig().high_percentile),
+                ),
+            ]
+            if changed
+        ]
+        if given:
             print(
-                "Note: --depth, --base-channels, --norm and --dropout shape new models only; "
-                f"training continues the network saved in {args.resume} as it is.",
+                f"Note: {' and '.join(given)} shape new models only; training continues the "
+                f"network saved in {args.resume} as it is, with its own intensity scaling.",
                 file=sys.stderr,
             )
     trained = run_training(
