@@ -313,11 +313,18 @@ def test_instances_mode_reads_a_class_map_by_its_regions():
     for k, (y, x) in enumerate([(2, 2), (2, 20), (20, 2), (20, 20), (31, 31)]):
         real[y : y + 6, x : x + 6] = k + 1
     real[39, 39] = 1  # an id split by a stray pixel is still an id
+    real[8, 8:10] = 0
+    real[9, 9], real[8, 10] = 2, 2  # and one with a tail joined at a corner
+    real[10, 10] = 2
     (kept,), notes = instance_ids([real])
     assert notes == [] and kept.max() == 5
 
-    with pytest.raises(InputError, match="no background .* use mode 'semantic'"):
+    with pytest.raises(InputError, match="Image #0 have no background .* value 2 covers 3"):
         instance_ids([label + 1, label + 1])  # 1 = background, 2 and 3 classes (ilastik)
+    # dense ids without background (a crop inside a tissue) are ids
+    tissue = np.repeat(np.repeat(np.arange(1, 10).reshape(3, 3), 10, 0), 10, 1)
+    (cells,), notes = instance_ids([tissue])
+    assert notes == [] and cells.max() == 9
 
 
 @pytest.mark.parametrize("deform", ["zoom", "elastic"])

@@ -393,6 +393,20 @@ def test_few_images_are_validated_on_a_strip_of_each():
     )
     assert len(data.train) == len(data.validation) == 11
 
+    # strips without objects to score (scribbles far from them), or none at all (images
+    # too small for one): the last image whole, as before
+    scribbles = [np.zeros((96, 96), np.uint8) for _ in range(2)]
+    for scribble in scribbles:
+        scribble[5:10, 10:80], scribble[40:44, 30:60] = 1, 2  # 1 = background, 2 = nuclei
+    data = prepare_data(images, scribbles, TrainConfig(mode="sparse"))
+    assert len(data.train) == len(data.validation) == 1
+    assert not any("strip" in note for note in data.notes)
+    small = [np.zeros((20, 20), np.uint8) for _ in range(2)]
+    for square in small:
+        square[5:12, 6:14] = 1
+    data = prepare_data([s * 200 for s in small], small, TrainConfig(mode="instances"))
+    assert len(data.train) == len(data.validation) == 1
+
 
 def test_a_patch_rounded_and_shrunk_gets_one_note():
     image, label = disks(size=40, count=3)

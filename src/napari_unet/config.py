@@ -90,7 +90,11 @@ class TrainConfig(_Config):
         0.5, ge=0, le=1, description="Share of patches centred on a non-background labelled pixel."
     )
     validation_fraction: float = Field(
-        0.1, ge=0, lt=0.9, description="Held-out share: whole images or slices, else a strip."
+        0.1,
+        ge=0,
+        lt=0.9,
+        description="Held-out share: the last images or slices, or a strip of each where "
+        "they would hold more than twice the share of the labelled pixels (or of one image).",
     )
     dice_weight: float = Field(
         0.5,

@@ -563,33 +563,38 @@ def instance_ids(
     Ids may come as any whole numbers (floats with whole values, large sparse ids). A
     mask with a single object value (0/1, 0/255, boolean) holds no ids to tell objects
     apart, so its connected regions become the objects; so do the regions of a class map
-    (a few values, each for many separate regions: :func:`_class_map_regions`). Labels
-    without background (0) in any plane and with few values, such as a class map whose
-    background is 1, are refused.
+    (a few values, each for several separate regions: :func:`_value_pieces`). Labels with
+    no background (0) in any plane where a value covers several separate regions, such as
+    a class map whose background is 1, are refused.
     """
     from skimage.segmentation import relabel_sequential
 
     checked = [_check_integer_labels(label, i, owners) for i, label in enumerate(labels)]
     values = [np.unique(label) for label in checked]
-    every = np.unique(np.concatenate(values)) if values else np.array([])
-    if every.size and every[0] != 0 and every.size <= 8:
-        raise InputError(
-            f"The labels have no background (0) in any image, and only the values "
-            f"{_some(every)}: in instances mode 0 is background and every other value one "
-            "object. For a class map (such as 1 = background, 2 = nuclei), use mode "
-            "'semantic', or give the background the value 0."
-        )
+    pieces = [
+        _value_pieces(label) if present.size <= 33 and label.size <= 2**26 else None
+        for label, present in zip(checked, values, strict=True)
+    ]  # few values: ids, or classes?
+    if checked and all(present[0] != 0 for present in values):
+        for i, found in enumerate(pieces):
+            if found is not None and found[2].max() >= 3:
+                value = found[1][np.argmax(found[2])]
+                raise InputError(
+                    f"The labels of {_plane_name(i, owners)} have no background (0), and the "
+                    f"value {value} covers {int(found[2].max())} separate regions: in instances "
+                    "mode 0 is background and every other value one object. If they are a "
+                    "class map (such as 1 = background, 2 = nuclei), give the background the "
+                    "value 0, or train in mode 'semantic'."
+                )
     out, masks = [], 0
-    for label, present in zip(checked, values, strict=True):
+    for label, present, found in zip(checked, values, pieces, strict=True):
         if present.size == 2 and present[0] == 0:  # one object value: a mask (or one object)
             regions, count = ndi.label(label > 0)
             masks += count > 1
             label = regions
-        elif present.size <= 33 and label.size <= 2**26:  # few values: ids or classes?
-            regions = _class_map_regions(label)
-            if regions is not None:
-                masks += 1
-                label = regions
+        elif found is not None and _is_class_map(*found[1:]):
+            masks += 1
+            label = found[0]
         out.append(relabel_sequential(label)[0].astype(np.int32))
     notes = []
     if masks:
@@ -602,23 +607,35 @@ def instance_ids(
     return out, notes
 
 
-def _class_map_regions(label: np.ndarray) -> np.ndarray | None:
-    """The connected regions of each value of ``label`` (Y, X), where it reads as a map of
-    classes rather than of ids: values that each cover several separate regions hold
-    most of the labelled pixels (an id split by a stray pixel or two does not count)."""
+def _value_pieces(label: np.ndarray):
+    """``(regions, values, pieces, areas)`` of a label plane (Y, X): its 8-connected
+    regions of one value each (0 is background), and per non-zero value the number of its
+    substantial pieces (those of at least a quarter of its largest one, so that a stray
+    pixel or a tail joined at a corner does not count) and its pixel count."""
     from skimage.measure import label as regions_of
 
-    regions = regions_of(label, background=0, connectivity=1)
-    ids = label[regions > 0]
-    if ids.size == 0:
-        return None
-    span = np.int64(regions.max()) + 1
-    pairs = np.unique(ids.astype(np.int64) * span + regions[regions > 0])
-    values, count = np.unique(pairs // span, return_counts=True)
-    split = np.isin(ids, values[count >= 2]).mean()
-    if count.max() < 3 or split <= 0.5:
-        return None
-    return regions
+    regions = regions_of(label, background=0, connectivity=2)
+    sizes = np.bincount(regions.ravel())[1:]
+    if sizes.size == 0:
+        empty = np.zeros(0, np.int64)
+        return regions, empty, empty, empty
+    value_of = np.zeros(sizes.size + 1, np.int64)
+    value_of[regions.ravel()] = label.ravel()
+    values, which = np.unique(value_of[1:], return_inverse=True)
+    largest = np.zeros(values.size, np.int64)
+    np.maximum.at(largest, which, sizes)
+    substantial = sizes >= 0.25 * largest[which]
+    pieces = np.bincount(which, weights=substantial, minlength=values.size).astype(np.int64)
+    areas = np.bincount(which, weights=sizes, minlength=values.size).astype(np.int64)
+    return regions, values, pieces, areas
+
+
+def _is_class_map(values: np.ndarray, pieces: np.ndarray, areas: np.ndarray) -> bool:
+    """Whether a plane's values read as classes rather than ids: values of several
+    separate regions each (one of them at least three) hold most of the labelled pixels."""
+    if values.size == 0 or pieces.max() < 3:
+        return False
+    return 2 * areas[pieces >= 2].sum() > areas.sum()
 
 
 def _check_previous(encoding: LabelEncoding, previous: LabelEncoding | None) -> LabelEncoding:

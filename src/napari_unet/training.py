@@ -286,9 +286,9 @@ def prepare_data(
     train, validation = _split(samples, config.validation_fraction)
     if len(samples) >= 2 and len(train) == len(samples) and validation:
         notes.append(
-            f"Validation: a strip of each plane ({config.validation_fraction:.0%} of its "
-            "longer side, at least 16 pixels), as the last plane(s), held out whole, would "
-            "take more than twice that share of the labelled pixels from training."
+            f"Validation: a strip of each plane large enough ({config.validation_fraction:.0%}"
+            " of its longer side, at least 16 pixels), as the last plane(s), held out whole, "
+            "would take more than twice that share of the labelled pixels from training."
         )
     if not any((s.target != IGNORE).any() for s in train):
         raise InputError(
@@ -319,13 +319,23 @@ def _split(samples: list[Sample], fraction: float) -> tuple[list[Sample], list[S
     strip of each plane instead, so that validation does not take most of the data."""
     if fraction <= 0:
         return samples, []
-    if len(samples) >= 2:
-        count = min(len(samples) - 1, max(1, round(len(samples) * fraction)))
-        pixels = [int((s.target != IGNORE).sum()) for s in samples]
-        if sum(pixels[-count:]) <= 2 * fraction * sum(pixels):
-            return samples[:-count], samples[-count:]
     parts = [_strip(sample, fraction) for sample in samples]
-    return [t for t, _ in parts], [v for _, v in parts if v is not None]
+    strips = [t for t, _ in parts], [v for _, v in parts if v is not None]
+    if len(samples) == 1:
+        return strips
+    count = min(len(samples) - 1, max(1, round(len(samples) * fraction)))
+    whole = samples[:-count], samples[-count:]
+    pixels = [int((s.target != IGNORE).sum()) for s in samples]
+    if sum(pixels[-count:]) <= 2 * fraction * sum(pixels):
+        return whole
+
+    def scored(train: list[Sample], validation: list[Sample]) -> bool:
+        # labels to train on, and objects or rare classes to score (scribbles may miss them)
+        return any((s.target != IGNORE).any() for s in train) and any(
+            (s.target > 0).any() for s in validation
+        )
+
+    return strips if scored(*strips) or not scored(*whole) else whole
 
 
 def _strip(sample: Sample, fraction: float) -> tuple[Sample, Sample | None]:
