@@ -275,3 +275,15 @@ def test_a_model_file_with_a_foreign_boundary_class_is_refused(tmp_path):
     three.save(tmp_path / "three.safetensors")  # closing is for two classes only
     with pytest.raises(ModelFileError, match="boundary_class"):
         load_model(tmp_path / "three.safetensors")
+
+
+def test_membranes_of_a_tissue_with_empty_space_around_it_are_boundaries():
+    yy, xx = np.mgrid[:200, :200]
+    inside = (yy - 100) ** 2 + (xx - 100) ** 2 < 60**2  # the tissue covers 28% of the frame
+    outline = inside ^ ndi.binary_erosion(inside, iterations=2)
+    tissues = [
+        ((cells((200, 200), 60, s)[1] & inside) | outline).astype(np.int64) for s in range(3)
+    ]
+    assert ndi.label(tissues[0] == 0)[1] >= 10
+    found = boundary_network(tissues)
+    assert found is not None and found[0] == 1
