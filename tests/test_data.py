@@ -321,6 +321,13 @@ def test_instances_mode_reads_a_class_map_by_its_regions():
 
     with pytest.raises(InputError, match="Image #0 have no background .* value 2 covers 3"):
         instance_ids([label + 1, label + 1])  # 1 = background, 2 and 3 classes (ilastik)
+    # a class whose touching nuclei form one large clump beside separate ones
+    clumped = label.copy()
+    clumped[2:30, 2:30] = 1  # the clump, much larger than the nuclei of class 1
+    clumped[34:38, 2:6], clumped[34:38, 10:14] = 1, 1
+    (ids,), notes = instance_ids([clumped])
+    assert ids.max() == 4 and notes  # the clump, two nuclei of class 1, one of class 2
+
     # dense ids without background (a crop inside a tissue) are ids
     tissue = np.repeat(np.repeat(np.arange(1, 10).reshape(3, 3), 10, 0), 10, 1)
     (cells,), notes = instance_ids([tissue])

@@ -401,6 +401,12 @@ def test_few_images_are_validated_on_a_strip_of_each():
     data = prepare_data(images, scribbles, TrainConfig(mode="sparse"))
     assert len(data.train) == len(data.validation) == 1
     assert not any("strip" in note for note in data.notes)
+    # scribbles only where the strips fall: the last image whole, so that some train
+    bottom = [np.zeros((96, 96), np.uint8) for _ in range(2)]
+    bottom[0][90:, :40], bottom[1][90:, :40] = 1, 1
+    bottom[0][92:, 50:60] = 2
+    data = prepare_data(images, bottom, TrainConfig(mode="sparse"))
+    assert len(data.train) == len(data.validation) == 1
     small = [np.zeros((20, 20), np.uint8) for _ in range(2)]
     for square in small:
         square[5:12, 6:14] = 1

@@ -329,13 +329,15 @@ def _split(samples: list[Sample], fraction: float) -> tuple[list[Sample], list[S
     if sum(pixels[-count:]) <= 2 * fraction * sum(pixels):
         return whole
 
-    def scored(train: list[Sample], validation: list[Sample]) -> bool:
-        # labels to train on, and objects or rare classes to score (scribbles may miss them)
-        return any((s.target != IGNORE).any() for s in train) and any(
-            (s.target > 0).any() for s in validation
-        )
+    def trains(split) -> bool:
+        return any((s.target != IGNORE).any() for s in split[0])
 
-    return strips if scored(*strips) or not scored(*whole) else whole
+    def scored(split) -> bool:  # objects or rare classes to score (scribbles may miss them)
+        return trains(split) and any((s.target > 0).any() for s in split[1])
+
+    if scored(strips):
+        return strips
+    return whole if scored(whole) or not trains(strips) else strips
 
 
 def _strip(sample: Sample, fraction: float) -> tuple[Sample, Sample | None]:
