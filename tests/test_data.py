@@ -530,3 +530,61 @@ def test_labels_beyond_a_continued_models_classes_name_their_image():
     _, sparse = encode_labels([good + 1], "sparse")
     with pytest.raises(InputError, match=r"\[4\] \(the first in the labels of Image #1\)"):
         encode_labels([good + 1, bad + 1], "sparse", sparse)
+
+
+def _jpeg(mask: np.ndarray, quality: int) -> np.ndarray:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(mask).save(buffer, "JPEG", quality=quality)
+    buffer.seek(0)
+    return np.asarray(Image.open(buffer))
+
+
+@pytest.mark.parametrize("quality", [50, 75, 95, 100])
+@pytest.mark.parametrize("name", ["fluo_02", "he_12"])
+def test_masks_saved_as_jpeg_are_read_back_exactly(name, quality):
+    import tifffile
+
+    from napari_unet.data import lossy_mask_values, repair_lossy_masks
+
+    from .conftest import DATA
+
+    mask = np.where(tifffile.imread(DATA / f"{name}_labels.tif") > 0, 255, 0).astype(np.uint8)
+    blurred = _jpeg(mask, quality)
+    assert not np.array_equal(blurred, mask) and np.unique(blurred).size > 2
+    assert lossy_mask_values(blurred) == (0, 255)
+    (repaired,), notes = repair_lossy_masks([blurred], owners=[3])
+    assert np.array_equal(repaired, mask) and repaired.dtype == np.uint8
+    assert "Image #3" in notes[0] and "0/255" in notes[0] and "PNG or TIFF" in notes[0]
+    inverted = _jpeg(255 - mask, quality)  # white background, black objects
+    assert lossy_mask_values(inverted) == (0, 255)
+
+
+def test_labels_that_are_not_blurred_masks_are_left_as_they_are():
+    import tifffile
+
+    from napari_unet.data import lossy_mask_values, repair_lossy_masks
+
+    from .conftest import DATA
+
+    ids = tifffile.imread(DATA / "fluo_02_labels.tif")
+    trimap = np.zeros((96, 96), np.uint8)  # background, a boundary class, interior
+    trimap[20:80, 20:80] = 255
+    trimap[20:80, 20] = trimap[20:80, 79] = 128
+    voc = np.zeros((96, 96), np.uint8)  # classes 1 and 2, 255 = not annotated between them
+    voc[10:90, 10:50], voc[10:90, 50:90], voc[10:90, 49:51] = 1, 2, 255
+    exact = np.where(ids > 0, 255, 0).astype(np.uint8)
+    for label in (ids, ids.astype(np.uint8), trimap, voc, exact, exact > 0):
+        assert lossy_mask_values(label) is None
+    # a blurred mask with one value far from its edge: not a lossy mask
+    yy, xx = np.mgrid[:128, :128]
+    disk = np.where((yy - 64) ** 2 + (xx - 64) ** 2 < 20**2, 255, 0).astype(np.uint8)
+    blurred = _jpeg(disk, 75).copy()
+    assert lossy_mask_values(blurred) == (0, 255)
+    blurred[5, 5] = 128
+    assert lossy_mask_values(blurred) is None
+    kept, notes = repair_lossy_masks([trimap, voc])
+    assert kept[0] is trimap and kept[1] is voc and notes == []

@@ -252,3 +252,22 @@ def test_an_ome_zarr_group_opens_at_full_resolution(tmp_path):
     image = open_image(tmp_path / "plate.ome.zarr")
     assert image.shape == (1, 64, 48) and int(image[0, 0, 0]) == 7
     assert open_image(tmp_path / "plate.ome.zarr" / "1").shape == (1, 32, 24)
+
+
+def test_a_mask_saved_as_a_grey_rgb_picture_reads_as_one_value_per_pixel(tmp_path):
+    from PIL import Image
+
+    from napari_unet.io import read_image
+
+    mask = np.zeros((40, 50), np.uint8)
+    mask[10:30, 5:25] = 255
+    Image.fromarray(np.stack([mask] * 3, axis=-1)).save(tmp_path / "grey.png")
+    rgba = np.concatenate([np.stack([mask] * 3, -1), np.full((40, 50, 1), 255, np.uint8)], -1)
+    Image.fromarray(rgba).save(tmp_path / "grey_alpha.png")
+    for name in ("grey.png", "grey_alpha.png"):
+        label = read_image(tmp_path / name, labels=True)
+        assert label.shape == (40, 50) and np.array_equal(label, mask)
+        assert read_image(tmp_path / name).shape[-1] in (3, 4)  # images keep their colours
+    coloured = np.stack([mask, mask // 2, np.zeros_like(mask)], axis=-1)
+    Image.fromarray(coloured).save(tmp_path / "coloured.png")
+    assert read_image(tmp_path / "coloured.png", labels=True).shape == (40, 50, 3)

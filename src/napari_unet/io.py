@@ -78,7 +78,26 @@ def read_image(path, *, lazy: bool = False, labels: bool = False):
         raise InputError(f"Cannot read {path}: {error}. Is it a valid image file?") from error
     if len(image.shape) < 2 or min(image.shape) == 0:
         raise InputError(f"Cannot read {path}: it holds no 2-D image data (shape {image.shape}).")
+    if labels:
+        image = _grey_mask(image)
     return image
+
+
+def _grey_mask(image):
+    """A mask saved as a grey RGB(A) picture (black / white, as some tools export masks;
+    a JPEG's channels a few values apart) as its grey values; other arrays as they are."""
+    shape = image.shape
+    if len(shape) != 3 or shape[-1] not in (3, 4) or min(shape[:2]) <= 4:
+        return image
+    image = np.asarray(image)
+    if not np.issubdtype(image.dtype, np.integer):
+        return image
+    rgb = image[..., :3].astype(np.int64)
+    if shape[-1] == 4 and image[..., 3].min() != image[..., 3].max():
+        return image  # a varying alpha carries something of its own
+    if np.abs(rgb - rgb[..., :1]).max() > 8:
+        return image
+    return np.rint(rgb.mean(axis=-1)).astype(image.dtype)
 
 
 def _read_picture(path: Path, labels: bool = False) -> np.ndarray:

@@ -115,13 +115,18 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
     that are masks, whose connected regions are scored as the objects, as training
     reads them).
     """
-    from .data import InputError, encode_labels, instance_ids
+    from .data import InputError, encode_labels, instance_ids, repair_lossy_masks
     from .prediction import predict
 
-    per_image, masks = [], []
+    per_image, masks, lossy = [], [], []
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         label = np.asarray(label)
         truth = None
+        if label.ndim >= 2 and label.size:
+            planes, found = repair_lossy_masks(list(label.reshape(-1, *label.shape[-2:])))
+            if found:
+                lossy.append(i)
+                label = np.stack(planes).reshape(label.shape)
         if model.mode == "instances" and label.ndim >= 2 and label.size:
             # as training reads them: a mask (0/255) holds no ids, its regions are the objects
             flat = label.reshape(-1, *label.shape[-2:])
@@ -153,6 +158,13 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
         if on_image is not None:
             on_image(i + 1, len(images))
     notes = []
+    if lossy:
+        more = f" (and of {len(lossy) - 1} more image(s))" if len(lossy) > 1 else ""
+        notes.append(
+            f"The labels of Image #{lossy[0]}{more} look like a two-valued mask saved with "
+            "lossy compression (JPEG) or drawn with smoothed edges: scored as the two values, "
+            "split at their midpoint."
+        )
     if masks:
         more = f" (and of {len(masks) - 1} more image(s))" if len(masks) > 1 else ""
         notes.append(
