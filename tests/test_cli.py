@@ -101,6 +101,14 @@ def test_train_predict_evaluate_end_to_end(folders, tmp_path, capsys):
     scores = json.loads((tmp_path / "scores.json").read_text())["mean"]
     assert scores["foreground_dice"] > 0.6
     assert 0 <= scores["dsb_score"] <= 1 and "f1@0.5" in scores
+    # evaluate scores what predict writes with the same --min-size
+    evaluate = ["evaluate", "--model", str(model), "--images", str(images), "--labels",
+                str(labels), "--min-size"]  # fmt: skip
+    capsys.readouterr()
+    assert main(evaluate + ["100000"]) == 0
+    assert json.loads(capsys.readouterr().out)["objects_predicted"] == 0
+    assert main(evaluate + ["-1"]) == 2
+    assert "--min-size must be 0 or more" in capsys.readouterr().err
 
 
 def test_predict_writes_a_stack_for_a_stack(tmp_path):

@@ -276,6 +276,48 @@ def test_configuration_errors_read_as_one_line():
     assert describe_error(too_small.value).startswith("patch_size: Input should be greater")
 
 
+def test_the_generator_takes_config_fields_as_keywords_as_train_does():
+    from napari_unet.training import EpochEnded, TrainingStarted, iter_train
+
+    image, label = disks(size=64, seed=1)
+    events = list(
+        iter_train(
+            image,
+            label,
+            mode="instances",
+            epochs=2,
+            steps_per_epoch=2,
+            model_config=ModelConfig(**TINY),
+        )  # fmt: skip
+    )
+    assert events[0].model.mode == "instances"
+    assert isinstance(events[0], TrainingStarted)
+    assert sum(isinstance(e, EpochEnded) for e in events) == 2
+    with pytest.raises(TypeError, match="Unknown training option.*'epoch'"):
+        next(iter_train(image, label, epoch=2))
+
+
+@pytest.mark.parametrize("mode", ["semantic", "instances"])
+def test_masks_saved_as_jpeg_train_as_the_masks_they_were(mode):
+    from napari_unet.training import prepare_data
+
+    from .test_data import _jpeg
+
+    images, masks = [], []
+    for seed in range(2):
+        image, label = disks(size=96, count=6, seed=seed)
+        images.append(image)
+        masks.append(np.where(label > 0, 255, 0).astype(np.uint8))
+    config = TrainConfig(mode=mode, validation_fraction=0)
+    exact = prepare_data(images, masks, config)
+    lossy = prepare_data(images, [_jpeg(m, 75) for m in masks], config)
+    assert exact.encoding.class_names == lossy.encoding.class_names
+    for a, b in zip(exact.train, lossy.train, strict=True):
+        assert np.array_equal(a.target, b.target)
+    assert any("lossy compression (JPEG)" in note for note in lossy.notes)
+    assert not any("JPEG" in note for note in exact.notes)
+
+
 def test_instances_mode_reads_a_mask_as_connected_objects():
     image, label = disks(96, seed=2)
     mask = np.where(label > 0, 255, 0).astype(np.float32)  # 0/255, stored as floats

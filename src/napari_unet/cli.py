@@ -619,7 +619,7 @@ def _unused_options(model, args) -> list[str]:
         closing = args.close_boundaries
         if closing is None:
             closing = getattr(model, "boundary_class", None) is not None
-        if args.probabilities:
+        if getattr(args, "probabilities", False):  # evaluate scores labels
             notes.append("--min-size has no effect with --probabilities (they hold no objects).")
         elif model.mode != "instances" and not closing:
             notes.append(
@@ -758,8 +758,14 @@ def cmd_predict(args) -> int:
 def cmd_evaluate(args) -> int:
     from .io import load_model
     from .metrics import evaluate
+    from .prediction import _check_closing
 
     model = load_model(args.model)
+    if args.min_size is not None and args.min_size < 0:
+        raise InputError(f"--min-size must be 0 or more (pixels), not {args.min_size}.")
+    _check_closing(model, args.close_boundaries)
+    for note in _unused_options(model, args):
+        print(f"note: {note}", file=sys.stderr)
     if args.json:  # fail before the work, not after it
         _prepare_report(Path(args.json), "--json")
     # images as predict reads them: lazily, with the axes their files name
@@ -779,6 +785,8 @@ def cmd_evaluate(args) -> int:
             tile_size=args.tile_size,
             tta=args.tta,
             channel_axis=args.channel_axis,
+            min_size=args.min_size,
+            close_boundaries=args.close_boundaries,
             on_image=advance,
         )
     except InputError as error:
@@ -789,7 +797,7 @@ def cmd_evaluate(args) -> int:
         scores["file"] = path.name
     result["notes"] = [_named(note, paths) for note in result["notes"]]
     for note in result["notes"]:
-        print(f"Note: {note}", file=sys.stderr)
+        print(f"note: {note}", file=sys.stderr)
     print(json.dumps(result["mean"], indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -896,6 +904,26 @@ def build_parser() -> argparse.ArgumentParser:
         "axis of that count; none where the TIFF file's own metadata (ImageJ, OME) names "
         "every other axis Z or T"
     )
+
+    def objects(sub_parser) -> None:
+        sub_parser.add_argument(
+            "--min-size",
+            type=int,
+            default=None,
+            help="instances mode: drop objects smaller than this many pixels (default: the "
+            "size the model learned from its training labels); with boundaries closed, "
+            "regions' cores under half of it are not used",
+        )
+        sub_parser.add_argument(
+            "--close-boundaries",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="two-class semantic or sparse models of boundaries (membranes, cell walls) "
+            "and regions: complete gaps in the predicted boundaries so that a faint membrane "
+            "still parts two cells (default: when the model learned from its labels that they "
+            "draw such boundaries; forced on, the class of the higher label value is the "
+            "boundary)",
+        )
 
     def tiles(p):
         p.add_argument("--tile-size", type=int, default=predict_defaults.tile_size)
@@ -1015,23 +1043,7 @@ def build_parser() -> argparse.ArgumentParser:
         "workers must see the input and output folders",
     )
     tiles(p)
-    p.add_argument(
-        "--min-size",
-        type=int,
-        default=None,
-        help="instances mode: drop objects smaller than this many pixels (default: the size "
-        "the model learned from its training labels); with boundaries closed, regions' "
-        "cores under half of it are not used",
-    )
-    p.add_argument(
-        "--close-boundaries",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="two-class semantic or sparse models of boundaries (membranes, cell walls) and "
-        "regions: complete gaps in the predicted boundaries so that a faint membrane still "
-        "parts two cells (default: when the model learned from its labels that they draw "
-        "such boundaries; forced on, the class of the higher label value is the boundary)",
-    )
+    objects(p)
     channels(p, found_by_model)
     device(p)
     p.set_defaults(func=cmd_predict)
@@ -1043,6 +1055,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", help="also write per-image scores to this JSON file")
     e.add_argument("--tile-size", type=int, default=predict_defaults.tile_size)
     e.add_argument("--tta", action="store_true", help="average the 8 flips/rotations of each tile")
+    objects(e)
     channels(e, found_by_model)
     device(e)
     e.set_defaults(func=cmd_evaluate)

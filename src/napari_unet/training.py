@@ -37,6 +37,7 @@ from .data import (
     instance_ids,
     iter_planes,
     random_zoom,
+    repair_lossy_masks,
     smallest_object_size,
     to_cyx,
     zoom_context,
@@ -235,6 +236,8 @@ def prepare_data(
     planes, owners, rgba = _planes(images, labels, channel_axis, notes)
     label_planes = _label_planes(labels)
     check_pairs(planes, label_planes, owners)
+    label_planes, lossy_notes = repair_lossy_masks(label_planes, owners)
+    notes += lossy_notes
     if config.mode == "instances":  # consecutive integer ids, a mask's regions as objects
         label_planes, id_notes = instance_ids(label_planes, owners)
         notes += id_notes
@@ -553,6 +556,25 @@ def _steps_per_epoch(samples: list[Sample], config: TrainConfig) -> int:
     return int(np.clip(math.ceil(pixels / (config.batch_size * config.patch_size**2)), 16, 250))
 
 
+def _with_fields(config: TrainConfig | None, fields: dict, model) -> TrainConfig | None:
+    """``config`` with the :class:`TrainConfig` fields given as keywords over its own."""
+    unknown = sorted(set(fields) - set(TrainConfig.model_fields))
+    if unknown:
+        raise TypeError(
+            f"Unknown training option(s) {unknown}: give TrainConfig fields "
+            f"({', '.join(TrainConfig.model_fields)}), or model, model_config, channel_axis."
+        )
+    if not fields:
+        return config
+    base = config.model_dump(exclude_unset=True) if config is not None else {}
+    if config is None and model is not None:  # as iter_train's default
+        base["mode"] = model.mode
+    if "epochs" in fields or "minutes" in fields:  # one budget replaces the other
+        base.pop("epochs", None)
+        base.pop("minutes", None)
+    return TrainConfig(**{**base, **fields})
+
+
 def iter_train(
     images,
     labels,
@@ -561,6 +583,7 @@ def iter_train(
     model: SegmentationModel | None = None,
     model_config: ModelConfig | None = None,
     channel_axis: int | None | str = "auto",
+    **fields,
 ) -> Iterator[TrainEvent]:
     """Train a U-Net, yielding events as it goes.
 
@@ -573,7 +596,8 @@ def iter_train(
         Label images of the same height and width, read as ``config.mode`` says
         (see :func:`napari_unet.data.encode_labels`).
     config
-        :class:`TrainConfig`; defaults if None.
+        :class:`TrainConfig`; defaults if None. Its fields may also be given as
+        keywords (``epochs=5``, ``mode="instances"``), alone or over those of ``config``.
     model
         Continue training this model (same label mode, classes and channels).
     model_config
@@ -588,6 +612,7 @@ def iter_train(
     :class:`TrainingFinished`, no offset is measured); the model keeps the best
     validation weights either way.
     """
+    config = _with_fields(config, fields, model)
     config = config or TrainConfig(mode=model.mode if model is not None else "semantic")
     data = prepare_data(images, labels, config, model=model, channel_axis=channel_axis)
     rng = np.random.default_rng(config.seed)
@@ -802,15 +827,6 @@ def train(images, labels, config: TrainConfig | None = None, **kwargs) -> Segmen
     :func:`iter_train` (``model``, ``model_config``, ``channel_axis``). Training's
     notes on the data are issued as :class:`TrainingNote` warnings.
     """
-    fields = {k: kwargs.pop(k) for k in list(kwargs) if k in TrainConfig.model_fields}
-    if fields:
-        base = config.model_dump(exclude_unset=True) if config is not None else {}
-        if config is None and kwargs.get("model") is not None:  # as iter_train's default
-            base["mode"] = kwargs["model"].mode
-        if "epochs" in fields or "minutes" in fields:  # one budget replaces the other
-            base.pop("epochs", None)
-            base.pop("minutes", None)
-        config = TrainConfig(**{**base, **fields})
     model = None
     for event in iter_train(images, labels, config, **kwargs):
         if isinstance(event, TrainingStarted):
