@@ -576,8 +576,9 @@ def test_labels_that_are_not_blurred_masks_are_left_as_they_are():
     trimap[20:80, 20] = trimap[20:80, 79] = 128
     voc = np.zeros((96, 96), np.uint8)  # classes 1 and 2, 255 = not annotated between them
     voc[10:90, 10:50], voc[10:90, 50:90], voc[10:90, 49:51] = 1, 2, 255
+    rims = np.where(trimap == 128, 1, trimap).astype(np.uint8)  # 0, 1 = rim, 255 = inside
     exact = np.where(ids > 0, 255, 0).astype(np.uint8)
-    for label in (ids, ids.astype(np.uint8), trimap, voc, exact, exact > 0):
+    for label in (ids, ids.astype(np.uint8), trimap, voc, rims, exact, exact > 0):
         assert lossy_mask_values(label) is None
     # a blurred mask with one value far from its edge: not a lossy mask
     yy, xx = np.mgrid[:128, :128]

@@ -421,7 +421,7 @@ def lossy_mask_values(label) -> tuple[int, int] | None:
     total = int(others.sum())
     if total > a.size // 2:
         return None
-    slight = bool(np.all((kinds <= low + 8) | (kinds >= high - 8)))
+    slight = kinds.size >= 2 and bool(np.all((kinds <= low + 8) | (kinds >= high - 8)))
     if not slight and (kinds.size < 3 or others.max() > total // 2):
         return None
     size = 2 * LOSSY_MARGIN + 1  # near pixels of exactly each of the two values
