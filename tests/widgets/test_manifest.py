@@ -7,9 +7,12 @@ import sys
 
 from npe2 import PluginManifest
 
+from napari_unet._widgets._models import registry_for
 from napari_unet._widgets.load import LoadWidget
 from napari_unet._widgets.segment import SegmentWidget
 from napari_unet._widgets.train import TrainWidget
+
+from .widget_helpers import untrained_model
 
 WIDGETS = {
     "Train U-Net": TrainWidget,
@@ -48,6 +51,19 @@ def test_widgets_dock_from_the_plugins_menu(make_napari_viewer):
 
     for name, widget in docked.items():
         assert isinstance(widget, WIDGETS[name])
+    # each gets its own proxy of the viewer, but they share one list of models
+    train, load, segment = docked.values()
+    assert train.registry is load.registry is segment.registry
+    assert train.registry is registry_for(viewer)
+    model = untrained_model()
+    train.registry.add(model, "trained here", "trained")
+    entry = train.registry.active
+    assert segment.model.value is entry and segment.model.choices == (entry,)
+    import gc
+
+    del docked, train, load, segment
+    gc.collect()  # the proxies may go; the viewer's models stay
+    assert registry_for(viewer).active.model is model
 
 
 def test_sample_opens_image_and_labels(make_napari_viewer):

@@ -79,7 +79,13 @@ _registries: dict[int, ModelRegistry] = {}
 
 
 def registry_for(viewer) -> ModelRegistry:
-    """The :class:`ModelRegistry` of ``viewer``, created on first use and dropped with it."""
+    """The :class:`ModelRegistry` of ``viewer``, created on first use and dropped with it.
+
+    Widgets opened from the Plugins menu each get their own proxy of the viewer (npe2's
+    ``PublicOnlyProxy``): the registry belongs to the viewer behind them, so that all of
+    them share it and it lives as long as the viewer, not as one widget's proxy."""
+    while (inner := getattr(viewer, "__wrapped__", None)) is not None:
+        viewer = inner
     key = id(viewer)
     if key not in _registries:
         _registries[key] = ModelRegistry()
