@@ -399,6 +399,28 @@ def test_results_follow_the_rotation_of_the_image(viewer, qtbot):
     np.testing.assert_allclose(result.data_to_world((63, 63)), layer.data_to_world((63, 63)))
 
 
+@pytest.mark.parametrize("output", ["labels", "probabilities"])
+def test_results_with_other_axes_than_the_image_follow_its_rotation(viewer, qtbot, output):
+    """A channel axis left out, a class axis added: the plane still lies on the image."""
+    data = np.random.default_rng(0).random((2, 48, 64)).astype(np.float32)
+    affine = np.eye(4)
+    affine[1, 2] = 0.3  # an affine of its own on top of the rotation and shear
+    layer = viewer.add_image(
+        data, name="stains", rotate=30, shear=[0, 0, 0.2], affine=affine, scale=(1, 2, 2)
+    )
+    model = untrained_model(in_channels=2, num_classes=3)
+
+    segment_with(viewer, qtbot, layer, model, output=output)
+
+    name = "stains segmentation" if output == "labels" else "stains probabilities"
+    result = viewer.layers[name]
+    lead = (0,) * (result.ndim - 2)  # the class axis of the probabilities
+    for y, x in [(0, 0), (0, 63), (47, 10), (20, 30)]:
+        np.testing.assert_allclose(
+            result.data_to_world((*lead, y, x))[-2:], layer.data_to_world((0, y, x))[-2:]
+        )
+
+
 def test_closing_the_panel_cancels_the_job(viewer, qtbot):
     layer = viewer.add_image(np.zeros((6, 256, 256), np.float32), name="stack")
     registry_for(viewer).add(untrained_model(), "test model", "test")

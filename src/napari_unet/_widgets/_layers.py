@@ -246,26 +246,44 @@ def _placement(source: Layer, extra_leading: int = 0, axis: int | None = None) -
     pad = extra_leading
     scale, translate = list(source.scale), list(source.translate)
     names, units = list(source.axis_labels), list(source.units)
+    dropped = None
     if _spanned(source, axis):
         channels = full_resolution(source).shape[axis]
         translate[axis] += (channels - 1) * scale[axis] / 2  # centred on the channels
         scale[axis] *= channels
     elif axis is not None and axis != -1 and not getattr(source, "rgb", False):
+        dropped = axis % len(scale)
         for values in (scale, translate, names, units):
-            del values[axis]
-    placement = {
+            del values[dropped]
+    return {
         "scale": (1.0,) * pad + tuple(scale),
         "translate": (0.0,) * pad + tuple(translate),
         "axis_labels": ("class",) * pad + tuple(names),
         "units": ("pixel",) * pad + tuple(units),
+        **_turns(source, dropped, pad),
     }
-    if pad == 0 and len(scale) == len(source.scale):  # same axes: rotation, shear, affine too
-        placement.update(
-            rotate=np.asarray(source.rotate),
-            shear=np.asarray(source.shear),
-            affine=source.affine.affine_matrix,
-        )
-    return placement
+
+
+def _turns(source: Layer, dropped: int | None, pad: int) -> dict:
+    """The rotation, shear and affine of ``source`` for a result without its axis
+    ``dropped`` (a channel axis) and with ``pad`` leading axes of its own (classes),
+    which these leave as they are."""
+    ndim = len(source.scale)
+    shear = np.asarray(source.shear, dtype=float)
+    if shear.ndim == 1:  # napari's upper triangle, row by row
+        vector, shear = shear, np.eye(ndim)
+        shear[np.triu_indices(ndim, 1)] = vector
+    matrices = [np.asarray(source.rotate, dtype=float), shear, source.affine.affine_matrix]
+    if dropped is not None:
+        matrices = [np.delete(np.delete(m, dropped, 0), dropped, 1) for m in matrices]
+    if pad:
+        grown = []
+        for matrix in matrices:
+            out = np.eye(len(matrix) + pad)
+            out[pad:, pad:] = matrix
+            grown.append(out)
+        matrices = grown
+    return dict(zip(("rotate", "shear", "affine"), matrices, strict=True))
 
 
 def layer_result(layer: Layer, source: Layer, axis: int | None) -> np.ndarray:
