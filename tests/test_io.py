@@ -198,6 +198,37 @@ def test_a_model_file_with_impossible_percentiles_is_refused(model, tmp_path, pe
         load_model(path)
 
 
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"history": "x"}, "history"),
+        ({"min_object_size": -5}, "min_object_size"),
+        ({"min_object_size": 2.5}, "min_object_size"),
+        ({"encoding": "mode=bogus"}, "label mode 'bogus'"),
+        ({"encoding": "one class fewer"}, "classes do not match"),
+    ],
+)
+def test_a_model_file_with_an_impossible_field_is_refused(model, tmp_path, change, message):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    with safe_open(str(path), framework="pt") as handle:
+        header = json.loads(handle.metadata()["napari_unet"])
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    if change.get("encoding") == "mode=bogus":
+        header["encoding"]["mode"] = "bogus"
+    elif change.get("encoding") == "one class fewer":
+        for key in ("class_names", "class_values", "source_values"):
+            header["encoding"][key] = header["encoding"][key][:-1]
+    else:
+        header.update(change)
+    save_file(tensors, str(path), metadata={"napari_unet": json.dumps(header)})
+    with pytest.raises(ModelFileError, match=message):
+        load_model(path)
+
+
 def test_saved_files_get_the_permissions_of_a_plain_file(model, tmp_path):
     old = os.umask(0o022)
     try:

@@ -878,6 +878,17 @@ def load_model(path, *, device: str = "cpu"):
         ):
             raise ValueError(f"boundary_class {boundary_class!r} is not a class of the model")
         label_offset = checked_label_offset(header.get("label_offset"))
+        if encoding.mode not in ("semantic", "sparse", "instances"):
+            raise ValueError(f"label mode {encoding.mode!r} is not one of napari-unet's")
+        if len(encoding.class_values) != network.config.num_classes:
+            raise ValueError("its classes do not match the network's outputs")
+        if not isinstance(header.get("history") or {}, dict):
+            raise ValueError("its training history is not a JSON object")
+        min_object_size = header.get("min_object_size")
+        if min_object_size is not None and (
+            type(min_object_size) is not int or min_object_size < 0
+        ):
+            raise ValueError(f"min_object_size {min_object_size!r} is not a pixel count")
     except ModelFileError:
         raise
     except RuntimeError as error:  # load_state_dict: weights and header disagree
@@ -896,7 +907,7 @@ def load_model(path, *, device: str = "cpu"):
         normalization,
         convert_channels=bool(header.get("convert_channels", False)),
         history=header.get("history"),
-        min_object_size=header.get("min_object_size"),
+        min_object_size=min_object_size,
         boundary_class=boundary_class,
         label_offset=label_offset,
     )
