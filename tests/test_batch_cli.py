@@ -216,6 +216,41 @@ def test_results_never_replace_the_input_images(tmp_path, model_path, inputs, ca
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+@pytest.mark.parametrize("fmt", ["tif", "zarr"])
+def test_results_never_replace_a_users_file_beside_the_inputs(tmp_path, model_path, fmt, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "raw"
+    folder.mkdir()
+    image = (np.random.default_rng(0).random((64, 80)) * 255).astype(np.uint8)
+    Image.fromarray(image).save(folder / "cell.png")
+    theirs = folder / f"cell.{fmt}"  # the raw data the PNG was exported from
+    if fmt == "tif":
+        tifffile.imwrite(theirs, image)
+    else:
+        zarr.open_array(str(theirs), mode="w", shape=image.shape, dtype=image.dtype)[:] = image
+    before = sorted(
+        (p.relative_to(folder), p.read_bytes()) for p in folder.rglob("*") if p.is_file()
+    )
+    args = ["predict", "--model", str(model_path), "--input", str(folder / "*.png"),
+            "--output", str(folder), "--format", fmt, *TILES]  # fmt: skip
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"did not write (cell.{fmt})" in err and "another --output" in err
+    after = sorted(
+        (p.relative_to(folder), p.read_bytes()) for p in folder.rglob("*") if p.is_file()
+    )
+    assert after == before
+
+    # an earlier result of its own is replaced, as a rerun expects
+    import shutil
+
+    shutil.rmtree(theirs) if fmt == "zarr" else theirs.unlink()
+    assert main(args) == 0
+    assert main(args) == 0 and theirs.exists()
+
+
 def test_bad_prediction_options_fail_once_before_any_file(tmp_path, model_path, inputs, capsys):
     folder, _ = inputs
     code = main(["predict", "--model", str(model_path), "--input", str(folder),

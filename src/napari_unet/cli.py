@@ -569,8 +569,11 @@ def _inputs(specs) -> list[Path]:
 
 def _prepare_output(files: list[Path], out_dir: Path, fmt: str):
     """Refuse an --output where results would replace inputs (or the zarr group holding
-    one) or that lies inside an input zarr store, then create it. Returns how names
+    one), or files beside the inputs that are not earlier results, or that lies inside an
+    input zarr store, then create it. Returns how names
     compare there: ``str.casefold`` where the file system ignores case, else ``str``."""
+
+    from .io import written_by_us
 
     def unwritable(error: OSError) -> InputError:
         return InputError(
@@ -603,6 +606,22 @@ def _prepare_output(files: list[Path], out_dir: Path, fmt: str):
             f"{', ...' if len(clashes) > 3 else ''}): --output is the input folder (or "
             "the folder of an input zarr group). Choose another --output folder."
         )
+    # in a folder of inputs, a file of a result's name that napari-unet did not write is
+    # the user's (cell.tif beside the cell.png given): replacing it would lose data
+    folders = {fold(str(source.resolve().parent)) for source in files}
+    if fold(str(out_dir.resolve())) in folders:
+        theirs = [
+            target.name
+            for source in files
+            if (target := _output_path(source, out_dir, fmt)).exists()
+            and not written_by_us(target)
+        ]
+        if theirs:
+            raise InputError(
+                f"The results would replace files beside the inputs that napari-unet did not "
+                f"write ({', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}): "
+                "choose another --output folder."
+            )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -345,6 +345,28 @@ _TILED_MIN_SIDE = 1024  # images at least this large on both sides are written i
 _WRITE_BUFFER_BYTES = 2**25  # tiles tifffile gathers for its compression threads
 
 
+RESULT_MARK = "napari-unet"
+"""The software named in the results napari-unet writes (a TIFF's Software tag, a zarr
+array's ``software`` attribute), so that a batch can tell its own earlier results, which it
+may replace, from a user's files of the same name."""
+
+
+def written_by_us(path) -> bool:
+    """Whether ``path`` is a result that napari-unet wrote (:data:`RESULT_MARK`)."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            import zarr
+
+            return zarr.open_array(str(path), mode="r").attrs.get("software") == RESULT_MARK
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            return tif.pages.first.software == RESULT_MARK
+    except Exception:  # not an image of ours, whatever the reader says
+        return False
+
+
 def write_tiff(path, array, *, metadata: dict | None = None) -> None:
     """Write an array to a TIFF atomically (zlib-compressed, in 256 x 256 tiles when
     both sides are at least 1024 pixels).
@@ -374,6 +396,7 @@ def write_tiff(path, array, *, metadata: dict | None = None) -> None:
             compression="zlib",
             tile=(_TIFF_TILE, _TIFF_TILE) if tiled else None,
             metadata={} if metadata is None else metadata,  # {} records the shape
+            software=RESULT_MARK,  # what wrote it: see written_by_us
             bigtiff=int(np.prod(shape)) * dtype.itemsize > 2**31,
             buffersize=_WRITE_BUFFER_BYTES,
         )
@@ -655,6 +678,7 @@ class _ZarrBands(_AlignedBands):
         array = zarr.open_array(
             str(self._tmp), mode="w", shape=shape, chunks=chunks, dtype=dtype, fill_value=0
         )
+        array.attrs["software"] = RESULT_MARK  # what wrote it: see written_by_us
         super().__init__(array, chunks[-2])
 
     def finish(self):
