@@ -96,6 +96,13 @@ def test_few_object_ids_in_semantic_mode_get_a_note():
     assert not any("connected region" in note for note in notes)
 
 
+def test_few_object_ids_in_sparse_mode_get_a_note():
+    _, encoding = encode_labels([_disks(range(1, 11))], "sparse")
+    assert any("object ids" in note and "instances" in note for note in encoding.notes)
+    # scribbles: a few classes, each painted in several strokes
+    assert not encode_labels([_disks([1, 2, 3] * 4)], "sparse")[1].notes
+
+
 def test_sparse_scribbles_ignore_unpainted_and_write_background_as_zero():
     label = np.zeros((6, 6), np.uint8)
     label[0, :] = 1  # background strokes

@@ -540,6 +540,13 @@ def encode_labels(
                     "'instances', or paint class values (1 = background, 2, 3, ...)."
                 )
             source = painted.tolist()
+            if _looks_like_ids(labels, values):
+                notes.append(
+                    f"The labels hold {painted.size} painted values, each painted as one small "
+                    "connected region: if they are object ids rather than classes, use mode "
+                    "'instances' (sparse mode learns each value as a class of its own, the "
+                    "lowest as background)."
+                )
             encoding = LabelEncoding(
                 mode,
                 ["background"] + [f"class {v}" for v in source[1:]],
