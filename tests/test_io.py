@@ -149,6 +149,19 @@ def test_labels_are_matched_by_file_name(tmp_path):
     assert [p.name for p in labels] == ["a_labels.tif", "b.tif"]
 
 
+def test_cellpose_masks_beside_their_images_are_matched(tmp_path):
+    from napari_unet.io import without_label_files
+
+    for name in ["cell00.png", "cell00_cp_masks.png", "cell01.png", "cell01_cp_masks.png"]:
+        (tmp_path / name).write_bytes(b"")
+
+    images = without_label_files(list_images(tmp_path))
+    labels = match_labels(images, tmp_path)
+
+    assert [p.name for p in images] == ["cell00.png", "cell01.png"]
+    assert [p.name for p in labels] == ["cell00_cp_masks.png", "cell01_cp_masks.png"]
+
+
 def test_a_model_whose_header_length_looks_like_a_pickle_still_loads(model, tmp_path):
     # a safetensors file starts with its header length (little-endian u64); lengths of 640
     # modulo 65536 begin with the two bytes of a protocol-2 pickle

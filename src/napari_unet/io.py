@@ -29,7 +29,16 @@ from .data import InputError
 
 FORMAT = "napari-unet/1"
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-_LABEL_SUFFIXES = ("_labels", "_label", "_masks", "_mask", "_seg", "-labels", "-mask")
+_LABEL_SUFFIXES = (
+    "_labels",
+    "_label",
+    "_cp_masks",  # cellpose's own output, before "_masks", which it ends with
+    "_masks",
+    "_mask",
+    "_seg",
+    "-labels",
+    "-mask",
+)
 
 
 class ModelFileError(InputError):
