@@ -650,3 +650,34 @@ def test_a_terminated_training_exits_143(monkeypatch, folders, tmp_path):
     code = main(["train", "--images", str(images), "--labels", str(labels),
                  "--out", str(tmp_path / "m.safetensors"), "--epochs", "1"])  # fmt: skip
     assert code == 143
+
+
+def test_the_demo_checks_its_output_folder_before_training(tmp_path, capsys, monkeypatch):
+    from napari_unet import cli
+
+    trained = []
+    monkeypatch.setattr(cli, "run_training", lambda *a, **k: trained.append(1))
+    blocker = tmp_path / "results"
+    blocker.write_text("a file, not a folder")
+
+    assert main(["demo", "--output", str(blocker)]) == 2
+    assert "is a file; give a folder" in capsys.readouterr().err and not trained
+
+
+def test_evaluate_says_when_only_the_plane_count_differs(tmp_path, capsys):
+    from napari_unet import UNet
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.model import SegmentationModel
+
+    encoding = LabelEncoding("semantic", ["background", "cell"], [0, 1], [0, 1], [])
+    model = SegmentationModel(UNet(1, 2, depth=2, base_channels=4), encoding, Normalization())
+    model.save(tmp_path / "m.safetensors")
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((2, 32, 32), np.uint8))
+    (tmp_path / "labels").mkdir()
+    tifffile.imwrite(tmp_path / "labels" / "stack.tif", np.zeros((32, 32), np.uint8))
+
+    code = main(["evaluate", "--model", str(tmp_path / "m.safetensors"), "--images",
+                 str(tmp_path / "stack.tif"), "--labels", str(tmp_path / "labels")])  # fmt: skip
+
+    assert code == 2
+    assert "has 2 plane(s)" in capsys.readouterr().err

@@ -839,6 +839,16 @@ def cmd_demo(args) -> int:
 
         run_demo_gui()
         return 0
+    out = Path(args.output)
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--output {out} is a file; give a folder for the demo's results.")
+    try:  # before training, not after it
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(
+            f"Cannot make the --output folder {out} ({error.strerror or error}); choose "
+            "another folder."
+        ) from error
     (train_image, train_labels), (test_image, test_labels) = demo_images()
     print(
         f"Demo: training a small U-Net on a {train_image.shape[0]}x{train_image.shape[1]} nuclei "
@@ -861,8 +871,6 @@ def cmd_demo(args) -> int:
     seconds = time.perf_counter() - start
     scores = instance_scores(test_labels, labels)
     dice = foreground_dice(labels, test_labels)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
     model.save(out / "demo_model.safetensors")
     write_tiff(out / "demo_labels.tif", labels)
     print(

@@ -145,6 +145,12 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
         except InputError as error:  # say which image
             raise InputError(f"Image #{i}: {error}") from None
         if prediction.shape != label.shape:
+            if prediction.shape[-2:] == label.shape[-2:]:
+                raise InputError(
+                    f"Image #{i} has {int(np.prod(prediction.shape[:-2]))} plane(s) "
+                    f"{prediction.shape} but its labels {label.shape} have "
+                    f"{int(np.prod(label.shape[:-2]))}; give labels for every plane of a stack."
+                )
             raise InputError(
                 f"Image #{i}: prediction {prediction.shape} and labels {label.shape} differ in "
                 "shape; labels must match the image's height and width."
