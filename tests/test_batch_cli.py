@@ -257,7 +257,7 @@ def test_bad_prediction_options_fail_once_before_any_file(tmp_path, model_path, 
                  "--output", str(tmp_path / "out"), "--tile-size", "10"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2
-    assert err.count("error") == 1 and "tile_size" in err
+    assert err.count("error") == 1 and "--tile-size: " in err
     assert not (tmp_path / "out").exists()
 
 

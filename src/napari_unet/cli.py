@@ -1142,6 +1142,13 @@ def main(argv: list[str] | None = None) -> int:
     from .config import describe_error
 
     args = build_parser().parse_args(argv)
+    given = sys.argv[1:] if argv is None else argv
+    # a setting's error names the option the user typed (--tile-size, not tile_size)
+    options = {
+        word[2:].split("=")[0].replace("-", "_"): word.split("=")[0]
+        for word in given
+        if word.startswith("--")
+    }
     if args.command != "demo" or not getattr(args, "gui", False):
         from ._device import keep_freed_memory
 
@@ -1152,7 +1159,7 @@ def main(argv: list[str] | None = None) -> int:
             return args.func(args)
     except (InputError, ValidationError, OSError) as error:
         if isinstance(error, ValidationError):
-            message = describe_error(error)
+            message = describe_error(error, options)
         elif isinstance(error, InputError):
             message = str(error).splitlines()[0]
         else:  # a file that cannot be read or written

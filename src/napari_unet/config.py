@@ -17,11 +17,14 @@ Norm = Literal["batch", "instance", "group", "none"]
 Device = str  # "auto", "cpu", "cuda", "cuda:1", "mps"
 
 
-def describe_error(error: ValidationError) -> str:
-    """One line for a user: ``field: message`` for each problem of a configuration."""
+def describe_error(error: ValidationError, names: dict[str, str] | None = None) -> str:
+    """One line for a user: ``field: message`` for each problem of a configuration;
+    ``names`` gives fields the names the user knows them by (a command's options)."""
+    names = names or {}
     parts = []
     for problem in error.errors():
         where = ".".join(map(str, problem["loc"]))
+        where = names.get(where, where)
         parts.append(f"{where}: {problem['msg']}" if where else problem["msg"])
     return "; ".join(parts)
 
