@@ -275,6 +275,25 @@ def test_channels_between_y_and_x_get_the_channel_axis_hint():
     assert predict(two, image, tile_size=64, channel_axis=1).shape == (64, 64)
 
 
+def test_a_grey_picture_saved_as_rgb_is_read_as_grey_by_a_grey_model(tmp_path):
+    from napari_unet.prediction import GreyPictureWarning
+
+    model = _model()
+    grey = (np.random.default_rng(0).random((80, 96)) * 255).astype(np.uint8)
+    expected = predict(model, grey, tile_size=64)
+    for picture in (np.stack([grey] * 3, -1), np.dstack([grey] * 3 + [np.full_like(grey, 255)])):
+        with pytest.warns(GreyPictureWarning, match="colour channels are equal"):
+            np.testing.assert_array_equal(predict(model, picture, tile_size=64), expected)
+    tifffile.imwrite(tmp_path / "rgb.tif", np.stack([grey] * 3, -1), tile=(32, 32))
+    with pytest.warns(GreyPictureWarning):  # read lazily: a central crop is looked at
+        np.testing.assert_array_equal(
+            predict(model, open_image(tmp_path / "rgb.tif"), tile_size=64), expected
+        )
+    colour = np.stack([grey, grey // 2, 255 - grey], -1)  # a colour picture stays refused
+    with pytest.raises(InputError, match=r"expects 1 channel\(s\) \(grey\) but the image has 3"):
+        predict(model, colour, tile_size=64)
+
+
 def test_the_api_never_writes_a_result_over_its_input(tmp_path):
     from napari_unet import predict_to_file
 

@@ -1105,7 +1105,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     from tqdm import tqdm
 
     text = f"warning: {message}"
-    ours = category.__name__ == "TileDependenceWarning"  # no import: it may be loading
+    # no import: it may be loading
+    ours = category.__name__ in ("TileDependenceWarning", "GreyPictureWarning")
     if not ours and Path(__file__).parent not in Path(filename).parents:
         text += f" ({category.__name__}, {filename}:{lineno})"
     tqdm.write(text, file=sys.stderr if file is None else file)
