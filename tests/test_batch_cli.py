@@ -258,6 +258,10 @@ def test_bad_prediction_options_fail_once_before_any_file(tmp_path, model_path, 
     err = capsys.readouterr().err
     assert code == 2
     assert err.count("error") == 1 and "--tile-size: " in err
+    # an abbreviation argparse accepts is named by the option's full name
+    assert main(["predict", "--model", str(model_path), "--input", str(folder),
+                 "--output", str(tmp_path / "out"), "--tile", "10"]) == 2  # fmt: skip
+    assert "--tile-size: " in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 

@@ -681,3 +681,9 @@ def test_evaluate_says_when_only_the_plane_count_differs(tmp_path, capsys):
 
     assert code == 2
     assert "has 2 plane(s)" in capsys.readouterr().err
+    # the same number of planes, laid out otherwise: no talk of plane counts
+    tifffile.imwrite(tmp_path / "labels" / "stack.tif", np.zeros((1, 2, 32, 32), np.uint8))
+    assert main(["evaluate", "--model", str(tmp_path / "m.safetensors"), "--images",
+                 str(tmp_path / "stack.tif"), "--labels", str(tmp_path / "labels")]) == 2  # fmt: skip
+    err = capsys.readouterr().err
+    assert "layout of their planes" in err and "plane(s)" not in err

@@ -594,5 +594,61 @@ def test_labels_that_are_not_blurred_masks_are_left_as_they_are():
     assert lossy_mask_values(blurred) == (0, 255)
     blurred[5, 5] = 128
     assert lossy_mask_values(blurred) is None
+    # object ids: a colony of three touching cells (3, 5, 140), a clump of five (130-134)
+    from skimage.draw import ellipse
+
+    colony = np.zeros((128, 128), np.uint16)
+    for value, (cy, cx) in [(140, (64, 64)), (3, (64, 52)), (5, (64, 76))]:
+        colony[ellipse(cy, cx, 5, 6, shape=colony.shape)] = value
+    clump = np.zeros((96, 96), np.uint8)
+    centres = [(48, 48), (48, 38), (48, 58), (38, 48), (58, 48)]
+    for value, (cy, cx) in zip(range(130, 135), centres, strict=True):
+        clump[ellipse(cy, cx, 5, 5, shape=clump.shape)] = value
+    # classes 1 and 2 inside rings of 255 ("ignore"), small and many
+    rings = np.zeros((256, 256), np.uint8)
+    rng = np.random.default_rng(1)
+    for k in range(30):
+        cy, cx = rng.integers(16, 240, 2)
+        rings[ellipse(cy, cx, 10, 10, shape=rings.shape)] = 255
+        rings[ellipse(cy, cx, 8, 8, shape=rings.shape)] = 1 + k % 2
+    for label in (colony, clump, rings, colony.astype(np.uint64)):
+        assert lossy_mask_values(label) is None
     kept, notes = repair_lossy_masks([trimap, voc])
     assert kept[0] is trimap and kept[1] is voc and notes == []
+
+
+def test_grey_pictures_saved_as_colour_are_told_from_colour_ones():
+    import tracemalloc
+
+    import zarr
+
+    from napari_unet.data import grey_of, grey_picture
+
+    rng = np.random.default_rng(0)
+    grey = (rng.random((300, 200)) * 255).astype(np.uint8)
+    rgb = np.stack([grey] * 3, -1)
+    assert grey_picture(rgb) and np.array_equal(grey_of(rgb), grey)
+    noisy = rgb.astype(np.int16) + rng.integers(-3, 4, rgb.shape)  # a JPEG's colour noise
+    noisy = np.clip(noisy, 0, 255).astype(np.uint8)
+    assert grey_picture(noisy) and np.abs(grey_of(noisy).astype(int) - grey).max() <= 3
+    # classes 0, 1, 2 in the red channel alone, a dim 16-bit picture: colour, not grey
+    classes = np.zeros((64, 64, 3), np.uint8)
+    classes[10:30, 10:30, 0], classes[40:60, 40:60, 0] = 1, 2
+    assert not grey_picture(classes)
+    dim = np.stack([grey.astype(np.uint16)] * 3, -1)
+    dim[..., 1] += 1
+    assert not grey_picture(dim)
+    assert grey_picture(np.stack([grey.astype(np.uint16) * 200] * 3, -1))  # equal: grey
+    # a lazy stack whose later planes are colour
+    stack = np.stack([rgb, rgb, rgb])
+    stack[2, ..., 1] = 255 - grey
+    lazy = zarr.zeros(stack.shape, chunks=(1, 64, 64, 3), dtype=np.uint8)
+    lazy[:] = stack
+    assert not grey_picture(lazy) and not grey_picture(stack)
+    # a large picture is compared band by band, not copied whole into wider integers
+    large = np.stack([np.full((4000, 4000), 7, np.uint8)] * 3, -1)
+    tracemalloc.start()
+    assert grey_picture(large)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < large.nbytes / 2

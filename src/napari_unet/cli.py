@@ -620,7 +620,8 @@ def _prepare_output(files: list[Path], out_dir: Path, fmt: str):
             raise InputError(
                 f"The results would replace files beside the inputs that napari-unet did not "
                 f"write ({', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}): "
-                "choose another --output folder."
+                "choose another --output folder (results written before napari-unet marked "
+                "its results count as not its own: move or delete them to write there)."
             )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -1135,6 +1136,19 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
 
+def _option_names(parser: argparse.ArgumentParser, command: str) -> dict[str, str]:
+    """The options of a command by the settings they give (tile_size: --tile-size), so that
+    a setting's error names the option a user types."""
+    names: dict[str, str] = {}
+    for action in parser._subparsers._group_actions:  # the commands
+        sub = action.choices.get(command) if isinstance(action.choices, dict) else None
+        for option in getattr(sub, "_actions", []):
+            long = [o for o in option.option_strings if o.startswith("--")]
+            if long:
+                names.setdefault(option.dest, long[0])
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
@@ -1142,14 +1156,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from .config import describe_error
 
-    args = build_parser().parse_args(argv)
-    given = sys.argv[1:] if argv is None else argv
-    # a setting's error names the option the user typed (--tile-size, not tile_size)
-    options = {
-        word[2:].split("=")[0].replace("-", "_"): word.split("=")[0]
-        for word in given
-        if word.startswith("--")
-    }
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    options = _option_names(parser, args.command)
     if args.command != "demo" or not getattr(args, "gui", False):
         from ._device import keep_freed_memory
 

@@ -134,6 +134,71 @@ def _moveaxis(image, source: int, dest: int):
     return np.moveaxis(image, source, dest)
 
 
+GREY_SAMPLE = 1024
+"""Side of the central crop of each of a few planes looked at in a lazily read RGB(A)
+image to tell whether it is a grey picture (:func:`grey_picture`)."""
+
+_GREY_BAND = 256  # rows of an in-memory picture compared at a time
+
+
+def grey_picture(image) -> bool:
+    """Whether an RGB(A) image (Y, X, C) or stack (..., Y, X, C) is a grey picture saved
+    as colour: its colour channels equal, and any alpha constant. 8-bit channels may
+    differ by up to 8 (a JPEG's colour noise) where the picture spans 64 values or more;
+    other channels must be equal. An in-memory array (numpy, a memory map) is compared
+    whole, band by band, after a central crop that rejects most colour pictures at once;
+    a lazy one (zarr, dask, TIFF) in central crops of its first, middle and last planes."""
+    shape = tuple(image.shape)
+    if len(shape) < 3 or shape[-1] not in (3, 4):
+        return False
+    dtype = np.dtype(image.dtype)
+    if not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        return False
+    height, width = shape[-3:-1]
+    planes = list(np.ndindex(*shape[:-3]))
+    y0, x0 = max(0, (height - GREY_SAMPLE) // 2), max(0, (width - GREY_SAMPLE) // 2)
+    centre = (slice(y0, y0 + GREY_SAMPLE), slice(x0, x0 + GREY_SAMPLE))
+    picked = sorted({planes[0], planes[len(planes) // 2], planes[-1]})
+    pieces = [(plane, centre) for plane in picked]
+    if isinstance(image, np.ndarray):  # the rest too, band by band
+        bands = range(0, height, _GREY_BAND)
+        pieces += [(p, (slice(y, y + _GREY_BAND), slice(None))) for p in planes for y in bands]
+    tolerance = 8 if dtype == np.uint8 else 0
+    spread, low, high, alpha = 0, None, None, None
+    for plane, (ys, xs) in pieces:
+        piece = np.asarray(image[(*plane, ys, xs)])
+        if shape[-1] == 4:
+            values = np.unique(piece[..., 3])
+            if values.size > 1 or (alpha is not None and values[0] != alpha):
+                return False  # a varying alpha carries something of its own
+            alpha = values[0]
+        rgb = piece[..., :3]
+        if tolerance:
+            diff = np.abs(rgb.astype(np.int16) - rgb[..., :1])
+            spread = max(spread, int(diff.max(initial=0)))
+        elif not (
+            np.array_equal(rgb[..., 1], rgb[..., 0]) and np.array_equal(rgb[..., 2], rgb[..., 0])
+        ):
+            return False
+        if spread > tolerance:
+            return False
+        if rgb.size:
+            low = rgb.min() if low is None else min(low, rgb.min())
+            high = rgb.max() if high is None else max(high, rgb.max())
+    return spread == 0 or (high is not None and int(high) - int(low) >= 64)
+
+
+def grey_of(rgb: np.ndarray) -> np.ndarray:
+    """The grey values of a grey picture saved as colour (:func:`grey_picture`): its
+    first channel where the channels are equal, else their rounded mean, in its dtype."""
+    rgb = np.asarray(rgb)
+    first = rgb[..., 0]
+    if np.array_equal(rgb[..., 1], first) and np.array_equal(rgb[..., 2], first):
+        return first.copy()
+    total = rgb[..., 0].astype(np.uint16) + rgb[..., 1] + rgb[..., 2]
+    return ((total + 1) // 3).astype(rgb.dtype)
+
+
 def convert_channels(cyx: np.ndarray, channels: int, *, what: str = "image") -> np.ndarray:
     """Bring (C, Y, X) to ``channels`` channels: RGBA drops alpha, grey <-> RGB."""
     have = cyx.shape[0]
@@ -388,25 +453,32 @@ LOSSY_MARGIN = 16
 within this many pixels of where its two values meet: two JPEG blocks of 8."""
 
 
+LOSSY_SOLID = 0.02
+"""At most this share of the other values' pixels of a blurred mask may lie inside a 3 x 3
+patch of one value: JPEG leaves specks and rings (at most 0.2% on the DSB and ISBI masks),
+labels paint solid regions."""
+
+
 def lossy_mask_values(label) -> tuple[int, int] | None:
     """``(low, high)`` where a label plane (Y, X) is a two-valued mask such as 0/255 whose
     edges were blurred by lossy compression (JPEG) or smoothing, else None.
 
     Such a plane holds two values at least 128 apart as its most frequent ones, and other
-    values only within :data:`LOSSY_MARGIN` pixels of pixels of each of the two: either many
-    kinds of them (none holding half of the other pixels) or only values within 8 of the
-    two. A class map such as 0/128/255 (a boundary class between 0 and 255) or labels with
-    255 as an "ignore" value beside classes 1, 2, ... do not qualify. Of the DSB 2018
-    nuclei masks (45) and ISBI 2012 membranes (10) saved as JPEG at qualities 50 to 100 all
-    but one qualify (a large object whose inside came back a few values off), and
-    splitting at the midpoint gives back the masks exactly.
+    values only within :data:`LOSSY_MARGIN` pixels of pixels of each of the two, as specks
+    and rings rather than solid regions (:data:`LOSSY_SOLID`): either many kinds of them
+    (none holding half of the other pixels) or values a few (at most 8) off each of the
+    two. Class maps (0/128/255, a boundary class between 0 and 255; classes 1, 2 beside
+    255 as "ignore") and object ids (a few small ids beside a large one) do not qualify.
+    Of the DSB 2018 nuclei masks (45) and ISBI 2012 membranes (10) saved as JPEG at
+    qualities 50 to 100 all but one qualify (a large object whose inside came back a few
+    values off), and splitting at the midpoint gives back the masks exactly.
     """
     a = np.asarray(label)
     if a.ndim != 2 or a.size < 64 or a.size > 2**26 or not np.issubdtype(a.dtype, np.integer):
         return None
     if a.min() < 0 or a.max() > 255:
         return None
-    counts = np.bincount(a.ravel(), minlength=256)
+    counts = np.bincount(a.ravel().astype(np.intp, copy=False), minlength=256)
     if np.count_nonzero(counts) < 3:
         return None
     first = int(np.argmax(counts))
@@ -421,12 +493,20 @@ def lossy_mask_values(label) -> tuple[int, int] | None:
     total = int(others.sum())
     if total > a.size // 2:
         return None
-    slight = kinds.size >= 2 and bool(np.all((kinds <= low + 8) | (kinds >= high - 8)))
+    slight = (  # values a few off each of the two, as JPEG at high quality leaves
+        bool(np.all((kinds <= low + 8) | (kinds >= high - 8)))
+        and bool(np.any(kinds <= low + 8))
+        and bool(np.any(kinds >= high - 8))
+    )
     if not slight and (kinds.size < 3 or others.max() > total // 2):
         return None
+    stray = (a != low) & (a != high)
     size = 2 * LOSSY_MARGIN + 1  # near pixels of exactly each of the two values
     near = ndi.maximum_filter(a == low, size=size) & ndi.maximum_filter(a == high, size=size)
-    if np.any((a != low) & (a != high) & ~near):
+    if np.any(stray & ~near):
+        return None
+    solid = (ndi.maximum_filter(a, size=3) == ndi.minimum_filter(a, size=3)) & stray
+    if np.count_nonzero(solid) > LOSSY_SOLID * total:
         return None
     return low, high
 

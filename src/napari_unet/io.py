@@ -94,19 +94,14 @@ def read_image(path, *, lazy: bool = False, labels: bool = False):
 
 def _grey_mask(image):
     """A mask saved as a grey RGB(A) picture (black / white, as some tools export masks;
-    a JPEG's channels a few values apart) as its grey values; other arrays as they are."""
+    a JPEG's channels a few values apart: :func:`~napari_unet.data.grey_picture`) as its
+    grey values; other arrays as they are."""
+    from .data import grey_of, grey_picture
+
     shape = image.shape
-    if len(shape) != 3 or shape[-1] not in (3, 4) or min(shape[:2]) <= 4:
+    if len(shape) != 3 or min(shape[:2]) <= 4 or not grey_picture(image):
         return image
-    image = np.asarray(image)
-    if not np.issubdtype(image.dtype, np.integer):
-        return image
-    rgb = image[..., :3].astype(np.int64)
-    if shape[-1] == 4 and image[..., 3].min() != image[..., 3].max():
-        return image  # a varying alpha carries something of its own
-    if np.abs(rgb - rgb[..., :1]).max() > 8:
-        return image
-    return np.rint(rgb.mean(axis=-1)).astype(image.dtype)
+    return grey_of(np.asarray(image)[..., :3])
 
 
 def _read_picture(path: Path, labels: bool = False) -> np.ndarray:

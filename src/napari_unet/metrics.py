@@ -145,15 +145,19 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
         except InputError as error:  # say which image
             raise InputError(f"Image #{i}: {error}") from None
         if prediction.shape != label.shape:
-            if prediction.shape[-2:] == label.shape[-2:]:
+            planes = int(np.prod(prediction.shape[:-2])), int(np.prod(label.shape[:-2]))
+            if prediction.shape[-2:] == label.shape[-2:] and planes[0] != planes[1]:
                 raise InputError(
-                    f"Image #{i} has {int(np.prod(prediction.shape[:-2]))} plane(s) "
-                    f"{prediction.shape} but its labels {label.shape} have "
-                    f"{int(np.prod(label.shape[:-2]))}; give labels for every plane of a stack."
+                    f"Image #{i} has {planes[0]} plane(s) {prediction.shape} but its labels "
+                    f"{label.shape} have {planes[1]}; give labels for every plane of a stack."
                 )
             raise InputError(
                 f"Image #{i}: prediction {prediction.shape} and labels {label.shape} differ in "
-                "shape; labels must match the image's height and width."
+                + (
+                    "shape; labels must match the image's height and width."
+                    if prediction.shape[-2:] != label.shape[-2:]
+                    else "the layout of their planes; give labels with the image's stack axes."
+                )
             )
         if truth is None:
             scores = {"foreground_dice": foreground_dice(prediction, label)}

@@ -35,6 +35,7 @@ from .data import (
     Normalization,
     channel_axis_of,
     convert_channels,
+    grey_picture,
     stack_shape,
 )
 from .model import SegmentationModel, UNet
@@ -429,36 +430,6 @@ class GreyPictureWarning(UserWarning):
     """An RGB(A) picture whose colour channels are equal is read as grey for a grey model."""
 
 
-GREY_SAMPLE = 1024
-"""Side of the central crop of a large or lazily read RGB(A) image that is looked at to
-tell whether its colour channels are equal (a grey picture saved as colour)."""
-
-
-def _grey_picture(image) -> bool:
-    """Whether an RGB(A) image (Y, X, C) or stack (..., Y, X, C) holds equal colour
-    channels (to within 8 values: a JPEG's colour noise): a grey picture saved as colour.
-    A numpy array is looked at whole, another (lazy) one in a central crop of each of a
-    few planes."""
-    if isinstance(image, np.ndarray):
-        sample = image
-    else:
-        height, width = image.shape[-3:-1]
-        y0, x0 = max(0, (height - GREY_SAMPLE) // 2), max(0, (width - GREY_SAMPLE) // 2)
-        key = (0,) * (len(image.shape) - 3)
-        crop = (slice(y0, y0 + GREY_SAMPLE), slice(x0, x0 + GREY_SAMPLE))
-        sample = np.asarray(image[(*key, *crop)])
-    if not np.issubdtype(sample.dtype, np.number):
-        return False
-    rgb = sample[..., :3]
-    if sample.shape[-1] == 4 and not np.all(sample[..., 3] == sample[..., 3].flat[0]):
-        return False  # a varying alpha: not a plain picture
-    if np.issubdtype(rgb.dtype, np.floating):
-        spread = float(np.nanmax(np.abs(rgb - rgb[..., :1]), initial=0))
-        scale = float(np.nanmax(np.abs(rgb), initial=0)) or 1.0
-        return spread <= scale * 8 / 255
-    return int(np.abs(rgb.astype(np.int64) - rgb[..., :1]).max(initial=0)) <= 8
-
-
 class TileDependenceWarning(UserWarning):
     """A model that normalises with each tile's own statistics (instance or group
     normalisation) is predicting an image in several tiles."""
@@ -537,7 +508,7 @@ def _plan(
         and image_channels in (3, 4)
         and axis == len(shape) - 1
         and not convert
-        and _grey_picture(image)
+        and grey_picture(image)
     ):  # the channels are averaged as each tile is read (convert_channels)
         warnings.warn(
             f"The image is saved as {'RGBA' if image_channels == 4 else 'RGB'} but its colour "
