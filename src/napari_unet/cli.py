@@ -1014,8 +1014,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=train_defaults.validation_fraction,
         help="share held out to choose the best weights: the last images (planes), or a strip "
-        "of each where that would hold more than twice the share of the labelled pixels "
-        "(default: %(default)s)",
+        "of each where that would hold more than twice the share of the labelled pixels; "
+        "none where it would hold too few annotated pixels to choose by, or every pixel of a "
+        "class (default: %(default)s)",
     )
     t.add_argument(
         "--elastic",

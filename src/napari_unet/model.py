@@ -265,9 +265,10 @@ class SegmentationModel:
 
     @property
     def best_score(self) -> float | None:
-        runs = self.history.get("runs", [])
-        scores = [r["best_score"] for r in runs if r.get("best_score") is not None]
-        return scores[-1] if scores else None
+        """The best validation score of the last run that trained (None where it was not
+        validated): the weights are that run's, whatever earlier runs scored."""
+        runs = [r for r in self.history.get("runs", []) if r.get("steps", 1)]
+        return runs[-1].get("best_score") if runs else None
 
     def card(self) -> dict:
         """A short summary for people: classes, mode, channels, data, date, score."""

@@ -289,10 +289,17 @@ def prepare_data(
     train, validation = _split(samples, config.validation_fraction)
     if len(samples) >= 2 and len(train) == len(samples) and validation:
         notes.append(
-            f"Validation: a strip of each plane large enough ({config.validation_fraction:.0%}"
-            " of its longer side, at least 16 pixels), as the last plane(s), held out whole, "
-            "would take more than twice that share of the labelled pixels from training."
+            f"Validation: a strip of each plane ({config.validation_fraction:.0%} of its "
+            "longer side, at least 16 pixels) is held out, rather than the last plane(s) "
+            "whole, which would hold more than twice that share of the labelled pixels."
         )
+    unusable = _unusable_validation(samples, train, validation, encoding.class_names)
+    if unusable:
+        notes.append(
+            f"Validation: the part held out to choose the best weights {unusable}; training "
+            "uses every annotated pixel instead and keeps the last weights."
+        )
+        train, validation = samples, []
     if not any((s.target != IGNORE).any() for s in train):
         raise InputError(
             "No annotated pixels in the training part; paint labels or lower the validation share."
@@ -343,25 +350,83 @@ def _split(samples: list[Sample], fraction: float) -> tuple[list[Sample], list[S
     return whole if scored(whole) or not trains(strips) else strips
 
 
+VALIDATION_MIN_ANNOTATED = 1024
+"""A validation part with fewer annotated pixels than this (32 x 32) ..."""
+
+VALIDATION_MIN_FOREGROUND = 64
+"""... or fewer pixels of objects or non-background classes than this is too small to
+choose the best weights by: its score jumps from epoch to epoch (a strip of scribbles
+holding 9 painted nucleus pixels scored 0.72-1.0), so training uses every annotated pixel
+instead and keeps the last weights."""
+
+
+def _unusable_validation(
+    samples: list[Sample], train: list[Sample], validation: list[Sample], names: list[str]
+) -> str | None:
+    """Why the ``validation`` part cannot choose the best weights, or None where it can:
+    it holds too few annotated or foreground pixels, or every pixel of a class."""
+    if not validation:
+        return None
+
+    def counts(part: list[Sample]) -> np.ndarray:
+        total = np.zeros(len(names), np.int64)
+        for sample in part:
+            target = sample.target[sample.target >= 0]
+            total += np.bincount(target, minlength=len(names))[: len(names)]
+        return total
+
+    held, trained = counts(validation), counts(train)
+    missing = [names[c] for c in np.flatnonzero((held > 0) & (trained == 0))]
+    if missing:
+        return f"would hold every annotated pixel of {', '.join(map(repr, missing))}"
+    if held.sum() < VALIDATION_MIN_ANNOTATED:
+        return (
+            f"would hold only {held.sum()} annotated pixels, too few to choose by "
+            f"(at least {VALIDATION_MIN_ANNOTATED})"
+        )
+    if held[1:].sum() < VALIDATION_MIN_FOREGROUND:
+        return (
+            f"would hold only {held[1:].sum()} pixels of objects or classes other than "
+            f"background, too few to choose by (at least {VALIDATION_MIN_FOREGROUND})"
+        )
+    return None
+
+
 def _strip(sample: Sample, fraction: float) -> tuple[Sample, Sample | None]:
-    """A plane cut into a training part and a validation strip along its longer side
-    (``fraction`` of it, at least 16 pixels; none where less than 16 would be left)."""
+    """A plane cut into a training part and a validation strip (``fraction`` of its side,
+    at least 16 pixels; none where less than 16 would be left): at the end of its longer
+    side, or where that holds too few pixels of objects or classes other than background
+    to score (:data:`VALIDATION_MIN_FOREGROUND`), at the first of its start, the end and
+    the start of the shorter side that does."""
     height, width = sample.target.shape
-    along_y = height >= width
-    length = height if along_y else width
-    cut = length - max(16, int(round(length * fraction)))
-    if cut < 16:
+    cuts = []
+    for along_y in (height >= width, height < width):
+        length = height if along_y else width
+        size = max(16, int(round(length * fraction)))
+        if length - size >= 16:
+            cuts += [(along_y, slice(0, length - size), slice(length - size, None))]
+            cuts += [(along_y, slice(size, None), slice(0, size))]
+    if not cuts:
         return sample, None
 
-    def part(a: np.ndarray | None, keep: slice) -> np.ndarray | None:
+    def part(a: np.ndarray | None, along_y: bool, keep: slice) -> np.ndarray | None:
         if a is None:
             return None
         return a[..., keep, :] if along_y else a[..., keep]
 
-    head, tail = slice(0, cut), slice(cut, None)
-    train = Sample(part(sample.image, head), part(sample.target, head), part(sample.weight, head))
-    val = Sample(part(sample.image, tail), part(sample.target, tail), part(sample.weight, tail))
-    return train, val
+    scored = [
+        c
+        for c in cuts
+        if np.count_nonzero(part(sample.target, c[0], c[2]) > 0) >= VALIDATION_MIN_FOREGROUND
+    ]
+    along_y, head, tail = (scored or cuts)[0]
+
+    def cut(keep: slice) -> Sample:
+        return Sample(
+            *(part(a, along_y, keep) for a in (sample.image, sample.target, sample.weight))
+        )
+
+    return cut(head), cut(tail)
 
 
 # ---------------------------------------------------------------------------
@@ -754,10 +819,9 @@ def iter_train(
                 progress = min(1.0, elapsed / budget if budget else step / total_steps)
                 eta = elapsed / max(progress, 1e-9) * (1 - progress)
                 yield StepEnded(step, epoch, losses[-1], lr, elapsed, progress, eta)
-            else:
-                epoch += 1
             if not losses:
                 break
+            epoch += 1  # also the last, partial one of a time budget
             network.eval()
             score = _validate(
                 network, data.validation, str(device), validation_tile, config.patch_size
@@ -767,6 +831,7 @@ def iter_train(
                 best_state = copy.deepcopy(network.state_dict())
                 if improved:
                     best_score = score
+                    run["best_epoch"] = epoch
             run.update(epochs=epoch, steps=step, best_score=best_score)
             run["curve"].append(
                 {

@@ -467,6 +467,26 @@ def test_a_result_the_user_renamed_is_kept(viewer, qtbot):
     assert widget.status.text() == "Wrote the layer 'a segmentation'."
 
 
+def test_a_result_painted_on_is_kept_and_the_next_goes_to_a_new_layer(
+    viewer, qtbot, notifications
+):
+    layer = viewer.add_image(np.random.default_rng(0).random((48, 48), np.float32), name="a")
+    widget = segment_with(viewer, qtbot, layer, untrained_model())
+    corrected = viewer.layers["a segmentation"]
+    corrected.paint((5, 5), 7)  # a correction with the brush
+
+    widget.start()
+    wait_for(qtbot, widget)
+
+    assert corrected in viewer.layers and corrected.data[5, 5] == 7
+    new = [x for x in viewer.layers if x not in (layer, corrected)]
+    assert len(new) == 1 and new[0].name.startswith("a segmentation")
+    assert any("holds your edits" in message for message in notifications.infos)
+    widget.start()  # the new result, untouched, is replaced as before
+    wait_for(qtbot, widget)
+    assert [x for x in viewer.layers if x not in (layer, corrected)] == new
+
+
 def test_boundaries_choice_is_passed_on(viewer, qtbot, monkeypatch):
     from napari_unet import predict
     from napari_unet import prediction as p

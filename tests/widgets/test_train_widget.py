@@ -602,3 +602,53 @@ def test_channels_on_the_last_axis_get_a_message_that_says_how(make_napari_viewe
     assert not train.running
     assert "planes would be 48 x 3 pixels" in notifications.errors[-1]
     assert "napari-unet train --channel-axis -1" in notifications.errors[-1]
+
+
+def test_unticking_continue_gives_the_form_its_own_settings_back(viewer):
+    registry_for(viewer).add(untrained_model(), "loaded", "loaded.safetensors")
+    train = TrainWidget(viewer)
+    train.mode.value, train.depth.value, train.base_channels.value = "sparse", 3, 8
+    train.norm.value = "instance"
+
+    train.continue_training.value = True
+    assert (train.mode.value, train.depth.value, train.base_channels.value) == ("semantic", 2, 8)
+    assert train.norm.value == "batch"
+    train.continue_training.value = False
+    assert (train.mode.value, train.depth.value, train.norm.value) == ("sparse", 3, "instance")
+
+
+def test_a_panel_opened_after_training_saves_the_trained_model(viewer, tmp_path):
+    model = untrained_model()
+    registry_for(viewer).add(model, "trained earlier", "trained")
+    train = TrainWidget(viewer)  # a panel closed and opened again
+
+    assert train.save_button.isEnabled()
+    path = train.save_model(tmp_path / "again.safetensors")
+    assert load_model(path).class_names == model.class_names
+    registry_for(viewer).add(untrained_model(), "loaded", "x.safetensors")  # active: loaded
+    assert not train.save_button.isEnabled()
+
+
+def test_the_preview_ends_with_the_weights_kept(monkeypatch):
+    """After the last epoch the preview is drawn again with the best epoch's weights."""
+    from napari_unet._widgets import _workers
+    from napari_unet.training import EpochEnded, TrainingStarted
+
+    model = untrained_model()
+
+    def epochs(*args, **kwargs):
+        yield TrainingStarted(model, 1, 1, "cpu", "fp32", [])
+        for epoch, improved in [(1, True), (2, True), (3, False)]:
+            yield EpochEnded(epoch, epoch, 0.5, 0.8, 0.9, improved, 1.0)
+
+    monkeypatch.setattr(_workers, "iter_train", epochs)
+    image = np.zeros((32, 32), np.float32)
+    labels = np.zeros((32, 32), np.uint8)
+    labels[4:8, 4:8] = 1
+    preview = _workers.Preview(image, (), None, "cpu")
+    events = list(
+        _workers._train(image, labels, None, None, None, None, preview, _workers.threading.Event())
+    )
+    previews = [e for e in events if isinstance(e, _workers.PreviewReady)]
+    assert len(previews) == 4  # one per epoch, and the weights kept (epoch 2) again
+    assert isinstance(events[-1], _workers.PreviewReady)

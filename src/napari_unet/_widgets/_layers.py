@@ -305,21 +305,36 @@ def output_layer(viewer, source: Layer, suffix: str) -> Layer | None:
 
     Only layers this plugin created carry the mark, so a user's own layer that
     happens to have the same name is never overwritten; nor is a result the user has
-    renamed since (to keep it, say): it is theirs now.
+    renamed since (to keep it, say), painted on or trained on: it is theirs now.
     """
-    source_id = str(source.unique_id)
+    return next((layer for layer in viewer.layers if _written_for(layer, source, suffix)), None)
 
-    def written_for(layer: Layer) -> bool:
-        mark = layer.metadata.get(OUTPUT_KEY)
-        if not isinstance(mark, dict) or mark.get("kind") != suffix:
-            return False
-        if layer.name != mark.get("name", layer.name):
-            return False
-        if "source_id" in mark:  # follows the source through a rename
-            return mark["source_id"] == source_id
-        return mark.get("source") == source.name  # layers saved without the id
 
-    return next((layer for layer in viewer.layers if written_for(layer)), None)
+def _written_for(layer: Layer, source: Layer, suffix: str, edited: bool = False) -> bool:
+    """Whether ``layer`` is the result ``suffix`` of ``source`` that the plugin may replace
+    (``edited``: one that it may not, as the user painted on it or trained on it)."""
+    mark = layer.metadata.get(OUTPUT_KEY)
+    if not isinstance(mark, dict) or mark.get("kind") != suffix:
+        return False
+    if bool(mark.get("edited")) != edited:
+        return False
+    if layer.name != mark.get("name", layer.name):
+        return False
+    if "source_id" in mark:  # follows the source through a rename
+        return mark["source_id"] == str(source.unique_id)
+    return mark.get("source") == source.name  # layers saved without the id
+
+
+def mark_edited(layer: Layer) -> None:
+    """Keep a result the user painted on, or trained on, from being replaced: the next
+    result goes to a layer of its own."""
+    mark = layer.metadata.get(OUTPUT_KEY)
+    if isinstance(mark, dict):
+        mark["edited"] = True
+
+
+def _painted(event) -> None:
+    mark_edited(event.source)
 
 
 def write_layer(
@@ -359,6 +374,14 @@ def write_layer(
         return existing
     if existing is not None:
         viewer.layers.remove(existing)
+    kept = [layer.name for layer in viewer.layers if _written_for(layer, source, suffix, True)]
+    if kept and kind == "labels":
+        from napari.utils.notifications import show_info
+
+        show_info(
+            f"'{kept[-1]}' holds your edits (painted, or trained on), so it is kept; the "
+            "new result goes to a layer of its own."
+        )
     options = {  # placed when added: a layer added unplaced would move the sliders
         "name": f"{source.name} {suffix}",
         "metadata": {OUTPUT_KEY: mark},
@@ -366,6 +389,7 @@ def write_layer(
     }
     if kind == "labels":
         layer = viewer.add_labels(data, opacity=0.6, **options)
+        layer.events.paint.connect(_painted)  # corrections: never replaced
     else:
         layer = viewer.add_image(
             data, colormap="magma", contrast_limits=(0.0, 1.0), blending="additive", **options

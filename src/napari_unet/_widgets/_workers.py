@@ -159,6 +159,21 @@ def _train(
         channel_axis="auto" if plane_axis == -1 else plane_axis,
     )
     trained = None
+
+    def previewed() -> PreviewReady:
+        index = preview.index  # once: the widget moves it with the viewer's plane
+        plane, axis = plane_of(preview.image, index, preview.channel_axis)
+        labels = predict(
+            trained,
+            plane,
+            channel_axis=axis,
+            device=preview.device,
+            compute=True,
+            _warn_tiles=False,  # the Segment step warns; not every epoch's preview
+        )
+        return PreviewReady(index, labels)
+
+    epochs = kept = 0
     try:
         for event in events:
             if isinstance(event, TrainingStarted):
@@ -166,20 +181,15 @@ def _train(
             yield event
             if stop.is_set():
                 break
-            if preview is not None and isinstance(event, EpochEnded):
-                index = preview.index  # once: the widget moves it with the viewer's plane
-                plane, axis = plane_of(preview.image, index, preview.channel_axis)
-                labels = predict(
-                    trained,
-                    plane,
-                    channel_axis=axis,
-                    device=preview.device,
-                    compute=True,
-                    _warn_tiles=False,  # the Segment step warns; not every epoch's preview
-                )
-                yield PreviewReady(index, labels)
+            if isinstance(event, EpochEnded):
+                epochs += 1
+                kept = epochs if event.improved or event.best_score is None else kept
+                if preview is not None:
+                    yield previewed()
     finally:
         events.close()  # restores the best weights when training was stopped early
+    if preview is not None and trained is not None and epochs and kept != epochs:
+        yield previewed()  # the weights kept, not the last epoch's
     return trained
 
 

@@ -47,6 +47,7 @@ from ._layers import (
     layers_of,
     leading_axis,
     made_here,
+    mark_edited,
     placed_alike,
     single_plane_axis,
     spatial_shape,
@@ -82,6 +83,7 @@ class TrainWidget(QWidget):
         self.viewer = napari_viewer
         self.registry = registry_for(napari_viewer)
         self.model: SegmentationModel | None = None
+        self._own_settings: list | None = None  # the form's model fields while continuing
         self._worker = None
         self._stop = threading.Event()
         self._completed = False  # the running training reached TrainingFinished
@@ -311,7 +313,18 @@ class TrainWidget(QWidget):
         self.elastic.enabled = self.augment.value
         self.zoom.enabled = self.augment.value
 
+    @property
+    def trained_model(self) -> SegmentationModel | None:
+        """The model "Save model…" writes: the last one trained here, or, in a panel
+        opened since, the viewer's active model where it was trained rather than loaded."""
+        if self.model is not None:
+            return self.model
+        active = self.registry.active
+        return active.model if active is not None and active.source == "trained" else None
+
     def _update_model_fields(self, *_) -> None:
+        if not self.running:
+            self.save_button.setEnabled(self.trained_model is not None)
         if self.running:  # the (disabled) form shows the run's model until the run ends
             self.continue_training.enabled = False
             return
@@ -325,8 +338,15 @@ class TrainWidget(QWidget):
             else f"continue training '{active.name}'"
         )
         resume = self.continue_training.value and active is not None
-        for field in (self.mode, self.depth, self.base_channels, self.norm, self.dropout):
+        fields = (self.mode, self.depth, self.base_channels, self.norm, self.dropout)
+        for field in fields:
             field.enabled = not resume
+        if resume and self._own_settings is None:  # shown again when it is unticked
+            self._own_settings = [field.value for field in fields]
+        elif not resume and self._own_settings is not None:
+            for field, value in zip(fields, self._own_settings, strict=True):
+                field.value = value
+            self._own_settings = None
         if resume:
             network = active.model.network.config
             self.mode.value = active.model.mode
@@ -375,7 +395,7 @@ class TrainWidget(QWidget):
     def _set_running(self, running: bool) -> None:
         self.train_button.setEnabled(not running)
         self.stop_button.setEnabled(running)
-        self.save_button.setEnabled(not running and self.model is not None)
+        self.save_button.setEnabled(not running and self.trained_model is not None)
         self.form.enabled = not running
         self.advanced.enabled = not running
         if not running:
@@ -436,6 +456,7 @@ class TrainWidget(QWidget):
                 f"Training reads '{image.name}' as a stack of grey planes; if one of its "
                 "axes holds channels, choose it in the 'channels' field."
             )
+        mark_edited(labels)  # a result trained on as labels is not replaced by the next
         self._stop.clear()
         self._completed = False
         self._worker = train_worker(
@@ -601,10 +622,17 @@ class TrainWidget(QWidget):
         score = "-" if model.best_score is None else f"{model.best_score:.3f}"
         verb = "stopped" if stopped else "finished"
         why = ""
+        run = model.history["runs"][-1]
         if model.best_score is None and not stopped:
             why = (
                 " (the validation part held no painted foreground, or there was none: the "
                 "model keeps its last weights)"
+            )
+        elif run.get("best_epoch") and run["best_epoch"] < run.get("epochs", 0):
+            why = (
+                f" (the model keeps the weights of epoch {run['best_epoch']} of "
+                f"{run['epochs']}, which scored best"
+                + ("; the preview shows them)" if self._preview is not None else ")")
             )
         self.status.setText(
             f"Training {verb}. Best validation score {score}{why}. "
@@ -625,7 +653,8 @@ class TrainWidget(QWidget):
 
     def save_model(self, path: str | Path | None = None) -> Path | None:
         """Write the trained model to ``path`` (asked for with a file dialog if None)."""
-        if self.model is None:
+        model = self.trained_model
+        if model is None:
             show_warning("There is no trained model to save yet.")
             return None
         if path is None:
@@ -638,7 +667,7 @@ class TrainWidget(QWidget):
         if path.suffix != ".safetensors":
             path = path.with_name(path.name + ".safetensors")
         try:
-            self.model.save(path)
+            model.save(path)
         except OSError as error:
             show_error(f"Could not write {path}: {error.strerror or error}.")
             return None
