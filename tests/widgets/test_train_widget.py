@@ -652,3 +652,19 @@ def test_the_preview_ends_with_the_weights_kept(monkeypatch):
     previews = [e for e in events if isinstance(e, _workers.PreviewReady)]
     assert len(previews) == 4  # one per epoch, and the weights kept (epoch 2) again
     assert isinstance(events[-1], _workers.PreviewReady)
+
+
+def test_errors_about_labels_name_the_labels_layer(viewer, qtbot, notifications):
+    registry_for(viewer).add(untrained_model(), "two classes", "test")
+    train = TrainWidget(viewer)
+    set_tiny(train)
+    train.preview.value = False
+    painted = np.zeros(viewer.layers["nuclei"].data.shape[:2], np.uint8)
+    painted[10:20, 10:20], painted[40:50, 40:50] = 1, 3  # 3: not a class of the model
+    train.labels.value = viewer.add_labels(painted, name="scribbles")
+    train.continue_training.value = True
+
+    train.start()
+    wait_for(qtbot, train)
+
+    assert "(the first in the labels layer 'scribbles')" in notifications.errors[-1]

@@ -569,6 +569,11 @@ class TrainWidget(QWidget):
             lambda m: f"The labels layer '{self._labels_name}'{plane(m.group(1))} holds",
             text,
         )
+        text = re.sub(
+            r"\b([Tt])he labels of Image #(\d+)(?: \(plane \d+\))?",
+            lambda m: f"{m.group(1)}he labels layer '{self._labels_name}'{plane(m.group(2))}",
+            text,
+        )
         return re.sub(
             r"\bImage #(\d+)(?: \(plane \d+\))?",
             lambda m: f"'{self._image_name}'{plane(m.group(1))}",
