@@ -599,3 +599,32 @@ def test_the_score_shown_is_the_last_trained_runs_and_partial_epochs_count():
     ended = [e for e in iter_train(image, label, config, model_config=ModelConfig(**TINY))
              if isinstance(e, EpochEnded)]  # fmt: skip
     assert [e.epoch for e in ended] == [1]  # the one, partial epoch of the budget
+
+
+def test_validation_that_cannot_choose_weights_tries_another_split_first():
+    from napari_unet.training import prepare_data
+
+    # a strip, not the top rows that hold every pixel of class 2
+    image, label = disks(size=128, count=10, seed=4)
+    semantic = (label > 0).astype(np.uint8)
+    semantic[112:] = 0
+    semantic[2:10, 60:70] = 2
+    data = prepare_data(image, semantic, TrainConfig(mode="semantic"))
+    assert [s.target.shape for s in data.validation] == [(128, 16)]  # the right edge
+
+    # scribbled planes of a stack: two held out where one holds too few pixels
+    pairs = [disks(size=96, count=6, seed=10 + k) for k in range(10)]
+    strokes = [np.zeros((96, 96), np.uint8) for _ in pairs]
+    for s in strokes:
+        s[10:20, 10:80], s[40:46, 20:60] = 1, 2
+    data = prepare_data([p[0] for p in pairs], strokes, TrainConfig(mode="sparse"))
+    assert (len(data.train), len(data.validation)) == (8, 2)
+
+    # a sparsely scribbled last image of three: strips of each instead of it whole
+    images = [disks(size=256, count=20, seed=k)[0] for k in range(3)]
+    labels = [np.where(disks(size=256, count=20, seed=k)[1] > 0, 2, 1).astype(np.uint8)
+              for k in range(3)]  # fmt: skip
+    labels[2] = np.zeros_like(labels[2])
+    labels[2][100:105, 10:100], labels[2][120:125, 120:140] = 1, 2
+    data = prepare_data(images, labels, TrainConfig(mode="sparse"))
+    assert len(data.train) == len(data.validation) == 3

@@ -310,8 +310,9 @@ def cmd_train(args) -> int:
     print(
         f"Best validation Dice: {score:.4f}"
         if score is not None
-        else "No validation score: the validation part held no annotated foreground (or there "
-        "was none, --validation-fraction 0); the model keeps its last weights."
+        else "No validation score: no validation part was held out (--validation-fraction 0, "
+        "or too few annotated pixels for one: see the note above), or it held no annotated "
+        "foreground; the model keeps its last weights."
     )
     if trained.label_offset is not None:
         dy, dx = trained.label_offset

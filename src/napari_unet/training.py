@@ -286,7 +286,11 @@ def prepare_data(
         Sample(image, target, None if weights is None else weights[i])
         for i, (image, target) in enumerate(zip(normalized, targets, strict=True))
     ]
-    train, validation = _split(samples, config.validation_fraction)
+
+    def usable(split) -> bool:
+        return _unusable_validation(samples, *split, encoding.class_names) is None
+
+    train, validation = _split(samples, config.validation_fraction, usable)
     if len(samples) >= 2 and len(train) == len(samples) and validation:
         notes.append(
             f"Validation: a strip of each plane ({config.validation_fraction:.0%} of its "
@@ -322,11 +326,15 @@ def prepare_data(
     )
 
 
-def _split(samples: list[Sample], fraction: float) -> tuple[list[Sample], list[Sample]]:
+def _split(
+    samples: list[Sample], fraction: float, usable=None
+) -> tuple[list[Sample], list[Sample]]:
     """Hold out the last whole planes (contiguous, as in a stack) or, with a single plane, a
     strip along its longer side. Where the last planes would hold more than twice
     ``fraction`` of the labelled pixels (two or three images, or a large one last), a
-    strip of each plane instead, so that validation does not take most of the data."""
+    strip of each plane instead, so that validation does not take most of the data.
+    ``usable(split)``: where the split chosen fails it (too few pixels to choose weights
+    by) and the other passes, the other."""
     if fraction <= 0:
         return samples, []
     parts = [_strip(sample, fraction) for sample in samples]
@@ -337,7 +345,15 @@ def _split(samples: list[Sample], fraction: float) -> tuple[list[Sample], list[S
     whole = samples[:-count], samples[-count:]
     pixels = [int((s.target != IGNORE).sum()) for s in samples]
     if sum(pixels[-count:]) <= 2 * fraction * sum(pixels):
-        return whole
+        if usable is None or usable(whole):
+            return whole
+        # too few pixels to choose by: more planes (up to twice the share), or strips
+        for more in range(count + 1, len(samples)):
+            if sum(pixels[-more:]) > 2 * fraction * sum(pixels):
+                break
+            if usable(larger := (samples[:-more], samples[-more:])):
+                return larger
+        return strips if strips[1] and usable(strips) else whole
 
     def trains(split) -> bool:
         return any((s.target != IGNORE).any() for s in split[0])
@@ -346,8 +362,12 @@ def _split(samples: list[Sample], fraction: float) -> tuple[list[Sample], list[S
         return trains(split) and any((s.target > 0).any() for s in split[1])
 
     if scored(strips):
-        return strips
-    return whole if scored(whole) or not trains(strips) else strips
+        chosen, other = strips, whole
+    else:
+        chosen, other = (whole, strips) if scored(whole) or not trains(strips) else (strips, whole)
+    if usable is not None and not usable(chosen) and other[1] and usable(other):
+        return other
+    return chosen
 
 
 VALIDATION_MIN_ANNOTATED = 1024
@@ -396,8 +416,9 @@ def _strip(sample: Sample, fraction: float) -> tuple[Sample, Sample | None]:
     """A plane cut into a training part and a validation strip (``fraction`` of its side,
     at least 16 pixels; none where less than 16 would be left): at the end of its longer
     side, or where that holds too few pixels of objects or classes other than background
-    to score (:data:`VALIDATION_MIN_FOREGROUND`), at the first of its start, the end and
-    the start of the shorter side that does."""
+    to score (:data:`VALIDATION_MIN_FOREGROUND`) or takes every pixel of a class from
+    training, at the first of its start, the end and the start of the shorter side that
+    does neither."""
     height, width = sample.target.shape
     cuts = []
     for along_y in (height >= width, height < width):
@@ -414,12 +435,15 @@ def _strip(sample: Sample, fraction: float) -> tuple[Sample, Sample | None]:
             return None
         return a[..., keep, :] if along_y else a[..., keep]
 
-    scored = [
-        c
-        for c in cuts
-        if np.count_nonzero(part(sample.target, c[0], c[2]) > 0) >= VALIDATION_MIN_FOREGROUND
-    ]
-    along_y, head, tail = (scored or cuts)[0]
+    classes = np.unique(sample.target[sample.target >= 0])
+
+    def good(choice) -> bool:  # objects to score, and every class of the plane left to train
+        along_y, head, tail = choice
+        trained = np.unique(part(sample.target, along_y, head))
+        held = np.count_nonzero(part(sample.target, along_y, tail) > 0)
+        return held >= VALIDATION_MIN_FOREGROUND and bool(np.isin(classes, trained).all())
+
+    along_y, head, tail = next((choice for choice in cuts if good(choice)), cuts[0])
 
     def cut(keep: slice) -> Sample:
         return Sample(

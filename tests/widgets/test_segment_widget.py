@@ -534,3 +534,27 @@ def test_boundaries_field_is_for_two_class_models_only(viewer):
     registry.add(instances, "instances", "test")
     widget.model.value = registry.entries[-1]
     assert not widget._boundaries_apply()
+
+
+def test_correcting_a_stack_plane_by_plane_keeps_one_result_layer(viewer, qtbot, notifications):
+    layer = viewer.add_image(np.random.default_rng(0).random((3, 48, 48), np.float32), name="s")
+    model = untrained_model()
+    widget = None
+    for z in range(3):  # segment a plane, correct it, go on to the next
+        viewer.dims.set_current_step(0, z)
+        if widget is None:
+            widget = segment_with(viewer, qtbot, layer, model, planes=CURRENT_PLANE)
+        else:
+            widget.start()
+            wait_for(qtbot, widget)
+        viewer.layers["s segmentation"].paint((z, 5, 5), 7)
+
+    result = viewer.layers["s segmentation"]
+    assert [x.name for x in viewer.layers] == ["s", "s segmentation"]
+    assert (result.data[:, 5, 5] == 7).all() and all(result.data[z].any() for z in range(3))
+    assert not any("holds your edits" in message for message in notifications.infos)
+
+    viewer.dims.set_current_step(0, 1)  # a corrected plane again: the result goes elsewhere
+    widget.start()
+    wait_for(qtbot, widget)
+    assert (result.data[:, 5, 5] == 7).all() and len(viewer.layers) == 3

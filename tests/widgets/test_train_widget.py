@@ -668,3 +668,22 @@ def test_errors_about_labels_name_the_labels_layer(viewer, qtbot, notifications)
     wait_for(qtbot, train)
 
     assert "(the first in the labels layer 'scribbles')" in notifications.errors[-1]
+
+
+def test_a_preview_painted_on_keeps_its_data(make_napari_viewer):
+    from napari_unet._widgets._workers import PreviewReady
+
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.zeros((3, 32, 32), np.float32), name="st")
+    train = TrainWidget(viewer)
+    train._preview_layer_source, train._preview_axis = image, None
+    train._show_preview(PreviewReady((0,), np.ones((32, 32), np.uint8)))
+    preview = viewer.layers["st preview"]
+    preview.paint((1, 3, 3), 5)  # the user corrects the preview's plane 1
+
+    train._show_preview(PreviewReady((1,), np.full((32, 32), 2, np.uint8)))
+
+    assert np.asarray(preview.data)[1, 3, 3] == 5  # kept, and not written through
+    new = [x for x in viewer.layers if x.name.startswith("st preview") and x is not preview]
+    assert len(new) == 1 and np.asarray(new[0].data)[1, 3, 3] == 2
+    assert not np.shares_memory(np.asarray(new[0].data), np.asarray(preview.data))

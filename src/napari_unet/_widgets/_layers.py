@@ -300,14 +300,25 @@ def layer_result(layer: Layer, source: Layer, axis: int | None) -> np.ndarray:
 OUTPUT_KEY = "napari-unet output"
 
 
-def output_layer(viewer, source: Layer, suffix: str) -> Layer | None:
+def plane_digest(plane: np.ndarray) -> str:
+    """A fingerprint of a plane's values, to tell later whether the user painted on it."""
+    import hashlib
+
+    plane = np.ascontiguousarray(plane)
+    return hashlib.blake2b(plane.tobytes() + str(plane.dtype).encode(), digest_size=16).hexdigest()
+
+
+def output_layer(viewer, source: Layer, suffix: str, *, edited: bool = False) -> Layer | None:
     """The layer written earlier for ``source`` with ``suffix``, if it is still there.
 
     Only layers this plugin created carry the mark, so a user's own layer that
     happens to have the same name is never overwritten; nor is a result the user has
-    renamed since (to keep it, say), painted on or trained on: it is theirs now.
+    renamed since (to keep it, say), painted on or trained on: it is theirs now
+    (``edited``: that one instead).
     """
-    return next((layer for layer in viewer.layers if _written_for(layer, source, suffix)), None)
+    return next(
+        (layer for layer in viewer.layers if _written_for(layer, source, suffix, edited)), None
+    )
 
 
 def _written_for(layer: Layer, source: Layer, suffix: str, edited: bool = False) -> bool:
@@ -345,6 +356,7 @@ def write_layer(
     suffix: str,
     axis: int | None = None,
     model: dict | None = None,
+    into: Layer | None = None,
 ) -> Layer:
     """Show ``data`` in the layer "<source name> <suffix>", creating it or replacing its data.
 
@@ -357,15 +369,18 @@ def write_layer(
     extra = data.ndim - len(spatial_shape(source, axis))
     if _spanned(source, axis):
         data = np.expand_dims(data, extra + axis)
-    existing = output_layer(viewer, source, suffix)
+    existing = output_layer(viewer, source, suffix) if into is None else into
     placement = _placement(source, extra, axis)
     mark = {"source": source.name, "kind": suffix, "source_id": str(source.unique_id)}
     if model is not None:  # which model wrote it: planes of one result come from one model
         mark["model"] = model
     if existing is not None and isinstance(existing, layer_type) and existing.ndim == data.ndim:
         existing.data = data
-        if existing.metadata[OUTPUT_KEY].get("source") != source.name:  # the source was renamed
+        earlier = existing.metadata[OUTPUT_KEY]
+        if earlier.get("source") != source.name:  # the source was renamed
             existing.name = f"{source.name} {suffix}"
+        if into is not None:  # planes added to a result the user edited: still theirs
+            mark.update({k: earlier[k] for k in ("edited", "planes") if k in earlier})
         existing.metadata[OUTPUT_KEY] = {**mark, "name": existing.name}
         for name, value in placement.items():
             setattr(existing, name, value)

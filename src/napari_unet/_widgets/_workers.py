@@ -173,23 +173,28 @@ def _train(
         )
         return PreviewReady(index, labels)
 
-    epochs = kept = 0
+    # the epochs validated, the one whose weights are kept, the one the preview shows
+    epochs = kept = drawn = 0
     try:
         for event in events:
             if isinstance(event, TrainingStarted):
                 trained = event.model
-            yield event
-            if stop.is_set():
-                break
             if isinstance(event, EpochEnded):
                 epochs += 1
                 kept = epochs if event.improved or event.best_score is None else kept
-                if preview is not None:
-                    yield previewed()
+            yield event
+            if stop.is_set():
+                break
+            if preview is not None and isinstance(event, EpochEnded):
+                yield previewed()
+                drawn = epochs
     finally:
         events.close()  # restores the best weights when training was stopped early
-    if preview is not None and trained is not None and epochs and kept != epochs:
-        yield previewed()  # the weights kept, not the last epoch's
+    if preview is not None and trained is not None and kept and kept != drawn:
+        try:  # the weights kept, not the last epoch's; the model matters more than this
+            yield previewed()
+        except Exception as error:
+            logger.debug("final preview failed", exc_info=error)
     return trained
 
 

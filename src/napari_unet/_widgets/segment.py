@@ -29,6 +29,7 @@ from ._layers import (
     layers_of,
     leading_axis,
     output_layer,
+    plane_digest,
     spatial_shape,
     watch_layers,
     write_layer,
@@ -453,6 +454,10 @@ class SegmentWidget(QWidget):
                 f"The image layer '{image.name}' changed while it was segmented; segment it again."
             )
         existing = output_layer(self.viewer, image, suffix)
+        into = None
+        if existing is None:  # a result painted on: this plane may join it if untouched
+            into = self._untouched(image, suffix, index, len(extra), model, full_shape, axis)
+            existing = into
         data = None
         if existing is not None:
             data = layer_result(existing, image, axis)
@@ -481,8 +486,26 @@ class SegmentWidget(QWidget):
                 data = data.astype(np.result_type(data.dtype, result.dtype))
         if data is None:
             data = np.zeros(full_shape, result.dtype)
-        data[(*(slice(None),) * len(extra), *index)] = result
-        return write_layer(self.viewer, image, data, kind, suffix, axis, model)
+        plane = (*(slice(None),) * len(extra), *index)
+        data[plane] = result
+        layer = write_layer(self.viewer, image, data, kind, suffix, axis, model, into=into)
+        planes = layer.metadata[OUTPUT_KEY].setdefault("planes", {})
+        planes[",".join(map(str, index))] = plane_digest(data[plane])
+        return layer
+
+    def _untouched(self, image, suffix, index, extra, model, full_shape, axis):
+        """The result layer the user edited, where this plane of it is not theirs: written
+        by the same model and not painted since (or never written and empty)."""
+        edited = output_layer(self.viewer, image, suffix, edited=True)
+        if edited is None or edited.metadata[OUTPUT_KEY].get("model") != model:
+            return None
+        data = layer_result(edited, image, axis)
+        if data.shape != full_shape:
+            return None
+        plane = data[(*(slice(None),) * extra, *index)]
+        written = edited.metadata[OUTPUT_KEY].get("planes", {}).get(",".join(map(str, index)))
+        untouched = plane_digest(plane) == written if written else not plane.any()
+        return edited if untouched else None
 
     def _on_finished(self) -> None:
         entry = self._job.get("entry")

@@ -48,6 +48,7 @@ from ._layers import (
     leading_axis,
     made_here,
     mark_edited,
+    output_layer,
     placed_alike,
     single_plane_axis,
     spatial_shape,
@@ -593,6 +594,8 @@ class TrainWidget(QWidget):
         source = self._preview_layer_source
         if source is None or source not in self.viewer.layers:
             return
+        if output_layer(self.viewer, source, "preview") is None:  # gone, or painted on
+            self._preview_data = None  # a fresh one: the old layer keeps its own data
         shape = spatial_shape(source, self._preview_axis)
         if tuple(shape[-2:]) != tuple(event.labels.shape[-2:]) or len(event.index) + 2 != len(
             shape
@@ -630,14 +633,14 @@ class TrainWidget(QWidget):
         run = model.history["runs"][-1]
         if model.best_score is None and not stopped:
             why = (
-                " (the validation part held no painted foreground, or there was none: the "
+                " (no validation part was held out, or it held no painted foreground: the "
                 "model keeps its last weights)"
             )
         elif run.get("best_epoch") and run["best_epoch"] < run.get("epochs", 0):
             why = (
                 f" (the model keeps the weights of epoch {run['best_epoch']} of "
                 f"{run['epochs']}, which scored best"
-                + ("; the preview shows them)" if self._preview is not None else ")")
+                + ("; the preview shows them)" if self._preview_shown() else ")")
             )
         self.status.setText(
             f"Training {verb}. Best validation score {score}{why}. "
@@ -646,6 +649,15 @@ class TrainWidget(QWidget):
         if stopped:
             self.progress.setFormat("stopped")
         show_info(f"Training {verb}: '{entry.name}' (validation score {score}) is ready.")
+
+    def _preview_shown(self) -> bool:
+        source = self._preview_layer_source
+        return (
+            self._preview is not None
+            and source is not None
+            and source in self.viewer.layers
+            and output_layer(self.viewer, source, "preview") is not None
+        )
 
     def _on_finished(self) -> None:
         if self._busy_model is not None:
