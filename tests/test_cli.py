@@ -636,7 +636,7 @@ def test_training_without_a_validation_score_says_why(tmp_path, capsys, nuclei_p
                  "--epochs", "1", "--depth", "2", "--base-channels", "4", "--patch-size", "32",
                  "--batch-size", "2", "--validation-fraction", "0"])  # fmt: skip
     assert code == 0 and out.exists()
-    assert "No validation score: the validation part held no" in capsys.readouterr().out
+    assert "No validation score: no validation part was held out" in capsys.readouterr().out
 
 
 def test_a_terminated_training_exits_143(monkeypatch, folders, tmp_path):
