@@ -167,21 +167,17 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
         per_image.append(scores)
         if on_image is not None:
             on_image(i + 1, len(images))
+    said = {
+        "look like a two-valued mask saved with lossy compression (JPEG) or drawn with "
+        "smoothed edges: scored as the two values, split at their midpoint.": lossy,
+        "hold masks or class maps (one value for several objects), not one id per object: "
+        "each connected region is scored as an object (touching objects count as one).": masks,
+    }
     notes = []
-    if lossy:
-        more = f" (and of {len(lossy) - 1} more image(s))" if len(lossy) > 1 else ""
-        notes.append(
-            f"The labels of Image #{lossy[0]}{more} look like a two-valued mask saved with "
-            "lossy compression (JPEG) or drawn with smoothed edges: scored as the two values, "
-            "split at their midpoint."
-        )
-    if masks:
-        more = f" (and of {len(masks) - 1} more image(s))" if len(masks) > 1 else ""
-        notes.append(
-            f"The labels of Image #{masks[0]}{more} hold masks or class maps (one value for "
-            "several objects), not one id per object: each connected region is scored as an object "
-            "(touching objects count as one)."
-        )
+    for text, found in said.items():
+        if found:
+            more = f" (and of {len(found) - 1} more image(s))" if len(found) > 1 else ""
+            notes.append(f"The labels of Image #{found[0]}{more} {text}")
     return {"images": per_image, "mean": _mean_scores(per_image), "notes": notes}
 
 
