@@ -102,3 +102,19 @@ def test_semantic_test_labels_that_are_not_whole_numbers_are_refused():
     label[8:20, 8:20] = 0.99  # a resampled mask: read as 0 everywhere before
     with pytest.raises(InputError, match="non-integer"):
         evaluate(model, [label], [label], tile_size=32)
+
+
+def test_evaluate_refuses_unequal_numbers_of_images_and_labels_before_predicting(monkeypatch):
+    from napari_unet import UNet, evaluate
+    from napari_unet import prediction as p
+    from napari_unet.data import InputError, LabelEncoding, Normalization
+    from napari_unet.model import SegmentationModel
+
+    encoding = LabelEncoding("semantic", ["background", "cell"], [0, 1], [0, 1], [])
+    model = SegmentationModel(UNet(1, 2, depth=2, base_channels=4), encoding, Normalization())
+    called = []
+    monkeypatch.setattr(p, "predict", lambda *a, **k: called.append(1))
+    image = np.zeros((32, 32), np.float32)
+    with pytest.raises(InputError, match="Got 2 images but 1 label images"):
+        evaluate(model, [image, image], [np.zeros((32, 32), np.uint8)])
+    assert not called

@@ -334,3 +334,16 @@ def test_an_out_array_that_cannot_hold_the_result_is_refused():
     predict(_model(), image, out=np.zeros((64, 64), np.float32), tile_size=64)  # classes
     with pytest.raises(InputError, match="min_size"):
         predict(instances, image, min_size=-5, tile_size=64)
+
+
+def test_predict_takes_the_path_of_an_image_file(tmp_path):
+    model = _model()
+    image = (np.random.default_rng(0).random((70, 90)) * 255).astype(np.uint8)
+    tifffile.imwrite(tmp_path / "image.tif", image)
+    expected = predict(model, image, tile_size=64)
+    for path in (tmp_path / "image.tif", str(tmp_path / "image.tif")):
+        np.testing.assert_array_equal(predict(model, path, tile_size=64), expected)
+    with pytest.raises(InputError, match="would replace its input"):
+        predict(model, tmp_path / "image.tif", tile_size=64, out=tmp_path / "image.tif")
+    with pytest.raises(InputError, match="No such file"):
+        predict(model, tmp_path / "missing.tif")

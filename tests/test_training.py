@@ -628,3 +628,15 @@ def test_validation_that_cannot_choose_weights_tries_another_split_first():
     labels[2][100:105, 10:100], labels[2][120:125, 120:140] = 1, 2
     data = prepare_data(images, labels, TrainConfig(mode="sparse"))
     assert len(data.train) == len(data.validation) == 3
+
+
+def test_a_model_config_given_with_a_model_to_continue_is_said_to_be_unused():
+    from napari_unet.training import TrainingNote
+
+    image, label = disks(size=64, seed=5)
+    model = train(image, label, TrainConfig(epochs=1, steps_per_epoch=1),
+                  model_config=ModelConfig(**TINY))  # fmt: skip
+    with pytest.warns(TrainingNote, match="model_config is not used"):
+        train(image, label, TrainConfig(epochs=1, steps_per_epoch=1), model=model,
+              model_config=ModelConfig(depth=3))  # fmt: skip
+    assert model.network.config.depth == TINY["depth"]

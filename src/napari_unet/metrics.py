@@ -118,6 +118,12 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
     from .data import InputError, encode_labels, instance_ids, repair_lossy_masks
     from .prediction import predict
 
+    images, labels = list(images), list(labels)
+    if len(images) != len(labels):
+        raise InputError(
+            f"Got {len(images)} images but {len(labels)} label images; give one labels per "
+            "image, in the same order."
+        )
     per_image, masks, lossy = [], [], []
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         label = np.asarray(label)

@@ -601,6 +601,10 @@ def iter_predict(
     :class:`TileDependenceWarning` (training's validation and preview passes);
     ``_least_tile``: the shortest tile side (None: the model's training patch size, as an
     image smaller than it is mirrored around to it)."""
+    if isinstance(image, (str, os.PathLike)):  # a file: read lazily, as predict_to_file does
+        from .io import open_image
+
+        image = open_image(image)
     defaults = PredictConfig()
     config = PredictConfig(
         tile_size=defaults.tile_size if tile_size is None else tile_size,
@@ -712,7 +716,8 @@ def predict(model: SegmentationModel | UNet, image, **kwargs):
     image
         (Y, X), (Y, X, C) RGB(A), or a stack (Z, Y, X) / (Z, Y, X, C); numpy, a
         memory-mapped TIFF, :class:`~napari_unet.io.TiffArray`, zarr or dask array,
-        read one tile at a time.
+        read one tile at a time; or the path of an image file (opened with
+        :func:`~napari_unet.io.open_image`, lazily).
     tile_size, overlap, batch_size
         Square tiles of ``tile_size`` pixels overlapping by ``overlap`` (a share of
         the tile; None: 64 pixels, at most a quarter of the tile), ``batch_size`` tiles

@@ -701,6 +701,13 @@ def iter_train(
     :class:`TrainingFinished`, no offset is measured); the model keeps the best
     validation weights either way.
     """
+    if model is not None and model_config is not None:
+        warnings.warn(
+            "model_config is not used when a model is continued (model=...): the model "
+            "keeps its architecture.",
+            TrainingNote,
+            stacklevel=2,
+        )
     config = _with_fields(config, fields, model)
     config = config or TrainConfig(mode=model.mode if model is not None else "semantic")
     data = prepare_data(images, labels, config, model=model, channel_axis=channel_axis)
