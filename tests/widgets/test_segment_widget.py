@@ -558,3 +558,46 @@ def test_correcting_a_stack_plane_by_plane_keeps_one_result_layer(viewer, qtbot,
     widget.start()
     wait_for(qtbot, widget)
     assert (result.data[:, 5, 5] == 7).all() and len(viewer.layers) == 3
+
+
+def test_a_result_for_image_data_replaced_meanwhile_is_not_written(viewer, qtbot, notifications):
+    layer = viewer.add_image(np.random.default_rng(0).random((3, 256, 256), np.float32), name="s")
+    registry_for(viewer).add(untrained_model(), "test model", "test")
+    widget = SegmentWidget(viewer)
+    widget.image.value = layer
+    widget.tile_size.value = 64
+    widget.device.value = "cpu"
+    widget.start()
+    layer.data = np.zeros((64, 64), np.float32)  # replaced by a script while it runs
+    wait_for(qtbot, widget)
+
+    assert "s segmentation" not in viewer.layers
+    assert "changed while it was segmented" in widget.status.text()
+
+
+def test_what_prediction_warns_of_is_shown(viewer, qtbot, notifications):
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.model import SegmentationModel, UNet
+
+    encoding = LabelEncoding("semantic", ["background", "cell"], [0, 1], [0, 1], [])
+    per_tile = SegmentationModel(
+        UNet(1, 2, depth=2, base_channels=4, norm="instance"), encoding, Normalization()
+    )
+    layer = viewer.add_image(np.random.default_rng(0).random((150, 150), np.float32), name="i")
+    segment_with(viewer, qtbot, layer, per_tile)  # tiles of 64: several
+
+    assert any("tile" in message for message in notifications.warnings)
+    assert "i segmentation" in viewer.layers
+
+
+def test_a_long_message_scrolls_rather_than_squashing_the_fields(viewer):
+    widget = SegmentWidget(viewer)
+    dock = viewer.window.add_dock_widget(widget, area="right")
+    widget.status.setText("A long message. " * 60)
+    dock.resize(dock.width(), 300)
+
+    form = widget.form.native
+    assert form.height() >= form.sizeHint().height()  # every field whole
+    area = widget.status.parentWidget().parentWidget()  # the status box scrolls instead
+    assert area.height() <= 7 * widget.status.fontMetrics().lineSpacing()
+    assert widget.status.sizeHint().height() > area.height()

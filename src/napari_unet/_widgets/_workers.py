@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -65,6 +66,13 @@ class Preview:
     index: tuple[int, ...]
     channel_axis: int | None
     device: str
+
+
+@dataclass
+class JobWarning:
+    """Something the job warns of; it goes on."""
+
+    message: str
 
 
 def refuse(widget, message: str) -> None:
@@ -234,8 +242,20 @@ def _segment(
     # compute=True: a dask layer is segmented here, in the worker, with progress and
     # Cancel, not handed to the GUI thread as a lazy graph
     events = iter_predict(model, plane, channel_axis=axis, compute=True, **options)
+    said: set[str] = set()
     try:
-        for event in events:
+        while True:
+            # what prediction warns of (tiles of a model normalised per tile, a grey
+            # picture saved as colour) reaches the user: a worker's warnings do not
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                event = next(events, None)
+            for warning in caught:
+                if str(warning.message) not in said:
+                    said.add(str(warning.message))
+                    yield JobWarning(str(warning.message))
+            if event is None:
+                return None
             if isinstance(event, PredictionFinished):
                 return event.result
             yield event
@@ -243,7 +263,6 @@ def _segment(
                 return None
     finally:
         events.close()
-    return None
 
 
 def segment_worker(

@@ -35,7 +35,10 @@ def open_demo_viewer(viewer=None):
     train.minutes.value = 2.0
     viewer.window.add_dock_widget(train, name="Train U-Net", area="right")
     viewer.window.add_dock_widget(widgets["load"], name="Load U-Net model", area="right")
-    viewer.window.add_dock_widget(widgets["segment"], name="Segment with U-Net", area="right")
+    # a tab beside Load, not a third panel in the column: each keeps room for its fields
+    viewer.window.add_dock_widget(
+        widgets["segment"], name="Segment with U-Net", area="right", tabify=True
+    )
     return viewer, widgets
 
 

@@ -7,7 +7,7 @@ import threading
 import numpy as np
 from magicgui.widgets import ComboBox, Container
 from napari.layers import Image
-from napari.utils.notifications import show_error, show_info
+from napari.utils.notifications import show_error, show_info, show_warning
 from pydantic import ValidationError
 from qtpy.QtCore import QEvent
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
@@ -15,7 +15,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBox
 from ..config import OVERLAP_PIXELS, PredictConfig, describe_error
 from ..data import InputError
 from ..prediction import TileProgress, _resolve_layout
-from ._form import config_field, device_choices
+from ._form import config_field, device_choices, keep_fields_whole, status_area
 from ._layers import (
     AUTO,
     OUTPUT_KEY,
@@ -35,7 +35,7 @@ from ._layers import (
     write_layer,
 )
 from ._models import ModelEntry, registry_for
-from ._workers import JobFailed, refuse, segment_worker
+from ._workers import JobFailed, JobWarning, refuse, segment_worker
 
 EVERY_PLANE = "every plane"
 CURRENT_PLANE = "current plane"
@@ -196,11 +196,12 @@ class SegmentWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
+        keep_fields_whole(self.form)
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
         layout.addLayout(buttons)
         layout.addWidget(self.progress)
-        layout.addWidget(self.status)
+        layout.addWidget(status_area(self.status))
         layout.addStretch(1)
 
         self.registry.changed.connect(self._select_active_model)
@@ -221,6 +222,8 @@ class SegmentWidget(QWidget):
         self._update_planes()
 
     def _select_active_model(self, *_) -> None:
+        if self.running:  # the run's model stays shown; the new one is chosen at its end
+            return
         self.model.reset_choices()
         if self.registry.active is not None:
             self.model.value = self.registry.active
@@ -396,6 +399,8 @@ class SegmentWidget(QWidget):
             self.progress.setValue(int(round(event.fraction * 1000)))
             plane = f"plane {event.plane + 1}/{event.planes}  ·  " if event.planes > 1 else ""
             self.progress.setFormat(f"{plane}tile {event.tiles_done}/{event.tiles_total}  ·  %p%")
+        elif isinstance(event, JobWarning):
+            show_warning(event.message)
         elif isinstance(event, JobFailed):
             show_error(event.message)
             self.progress.setFormat("failed")
@@ -440,9 +445,17 @@ class SegmentWidget(QWidget):
         steps = sum(run.get("steps", 0) for run in entry.model.history.get("runs", []))
         # which model, and which version of it (more training: more steps), wrote the result
         model = {"name": entry.name, "id": id(entry.model), "steps": steps}
-        if not index:
-            return write_layer(self.viewer, image, result, kind, suffix, axis, model)
         shape = spatial_shape(image, axis)
+        if not index:
+            classes = result.ndim - len(shape)  # probabilities of several classes: one axis
+            if classes not in ((0,) if kind == "labels" else (0, 1)) or tuple(
+                result.shape[classes:]
+            ) != tuple(shape):
+                raise InputError(
+                    f"The image layer '{image.name}' changed while it was segmented; segment "
+                    "it again."
+                )
+            return write_layer(self.viewer, image, result, kind, suffix, axis, model)
         extra = result.shape[:-2]  # the class axis of probabilities, if any
         full_shape = (*extra, *shape)
         if (
@@ -513,3 +526,4 @@ class SegmentWidget(QWidget):
             self.registry.set_busy(entry.model, False)
         self._worker = None
         self._set_running(False)
+        self._select_active_model()  # one loaded or trained meanwhile
