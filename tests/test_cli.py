@@ -637,6 +637,11 @@ def test_training_without_a_validation_score_says_why(tmp_path, capsys, nuclei_p
                  "--batch-size", "2", "--validation-fraction", "0"])  # fmt: skip
     assert code == 0 and out.exists()
     assert "No validation score: no validation part was held out" in capsys.readouterr().out
+    # continued without architecture options: no word of them
+    code = main(["train", "--images", str(nuclei_paths["images"][0]), "--labels",
+                 str(nuclei_paths["labels"][0]), "--out", str(out), "--resume", str(out),
+                 "--epochs", "1", "--patch-size", "32", "--batch-size", "2"])  # fmt: skip
+    assert code == 0 and "model_config" not in capsys.readouterr().err
 
 
 def test_a_terminated_training_exits_143(monkeypatch, folders, tmp_path):

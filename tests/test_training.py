@@ -631,12 +631,38 @@ def test_validation_that_cannot_choose_weights_tries_another_split_first():
 
 
 def test_a_model_config_given_with_a_model_to_continue_is_said_to_be_unused():
-    from napari_unet.training import TrainingNote
-
     image, label = disks(size=64, seed=5)
     model = train(image, label, TrainConfig(epochs=1, steps_per_epoch=1),
                   model_config=ModelConfig(**TINY))  # fmt: skip
-    with pytest.warns(TrainingNote, match="model_config is not used"):
+    with pytest.warns(UserWarning, match="model_config is not used"):
         train(image, label, TrainConfig(epochs=1, steps_per_epoch=1), model=model,
               model_config=ModelConfig(depth=3))  # fmt: skip
     assert model.network.config.depth == TINY["depth"]
+
+
+def test_strips_keep_every_class_to_train_and_the_note_gives_the_reason():
+    from napari_unet.training import prepare_data
+
+    images, labels = [], []
+    for k in range(2):
+        image, label = disks(size=128, count=10, seed=k)
+        images.append(image)
+        labels.append((label > 0).astype(np.uint8))
+    third = np.zeros((128, 128), np.uint8)
+    third[20:100, 20:100] = 1
+    third[115:125, 50:60] = 2  # class 2 only here, near the bottom of the plane
+    images.append(disks(size=128, count=10, seed=9)[0])
+    labels.append(third)
+    data = prepare_data(images, labels, TrainConfig(mode="semantic"))
+    assert len(data.validation) == 3  # the third plane's strip from elsewhere
+    assert (data.train[2].target == 2).any()
+    assert any("more than twice that share" in note for note in data.notes)
+
+    # strips because the last image, whole, holds too few pixels to choose by
+    images = [disks(size=256, count=20, seed=k)[0] for k in range(3)]
+    labels = [np.where(disks(size=256, count=20, seed=k)[1] > 0, 2, 1).astype(np.uint8)
+              for k in range(3)]  # fmt: skip
+    labels[2] = np.zeros_like(labels[2])
+    labels[2][100:105, 10:100], labels[2][120:125, 120:140] = 1, 2
+    data = prepare_data(images, labels, TrainConfig(mode="sparse"))
+    assert any("too few annotated pixels to choose" in note for note in data.notes)

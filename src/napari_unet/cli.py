@@ -300,7 +300,7 @@ def cmd_train(args) -> int:
         labels,
         config,
         model=model,
-        model_config=model_config,
+        model_config=None if model is not None else model_config,  # noted above
         out=args.out,
         reraise=True,
         paths=paths,

@@ -292,10 +292,18 @@ def prepare_data(
 
     train, validation = _split(samples, config.validation_fraction, usable)
     if len(samples) >= 2 and len(train) == len(samples) and validation:
+        pixels = [int((s.target != IGNORE).sum()) for s in samples]
+        count = min(len(samples) - 1, max(1, round(len(samples) * config.validation_fraction)))
+        much = sum(pixels[-count:]) > 2 * config.validation_fraction * sum(pixels)
         notes.append(
             f"Validation: a strip of each plane ({config.validation_fraction:.0%} of its "
             "longer side, at least 16 pixels) is held out, rather than the last plane(s) "
-            "whole, which would hold more than twice that share of the labelled pixels."
+            "whole, which would hold "
+            + (
+                "more than twice that share of the labelled pixels."
+                if much
+                else "too few annotated pixels to choose the best weights by."
+            )
         )
     unusable = _unusable_validation(samples, train, validation, encoding.class_names)
     if unusable:
@@ -435,15 +443,24 @@ def _strip(sample: Sample, fraction: float) -> tuple[Sample, Sample | None]:
             return None
         return a[..., keep, :] if along_y else a[..., keep]
 
-    classes = np.unique(sample.target[sample.target >= 0])
+    classes = int(sample.target.max(initial=0)) + 1
 
-    def good(choice) -> bool:  # objects to score, and every class of the plane left to train
-        along_y, head, tail = choice
-        trained = np.unique(part(sample.target, along_y, head))
-        held = np.count_nonzero(part(sample.target, along_y, tail) > 0)
-        return held >= VALIDATION_MIN_FOREGROUND and bool(np.isin(classes, trained).all())
+    def counts(a: np.ndarray) -> np.ndarray:  # pixels per class
+        return np.bincount(a[a >= 0].ravel(), minlength=classes)
 
-    along_y, head, tail = next((choice for choice in cuts if good(choice)), cuts[0])
+    present = counts(sample.target) > 0
+
+    def keeps(choice) -> bool:  # every class of the plane left to train
+        return bool(np.all(counts(part(sample.target, choice[0], choice[1]))[present] > 0))
+
+    def scores(choice) -> bool:  # objects or rare classes to score
+        held = counts(part(sample.target, choice[0], choice[2]))
+        return int(held[1:].sum()) >= VALIDATION_MIN_FOREGROUND
+
+    along_y, head, tail = next(
+        (c for rule in (lambda c: keeps(c) and scores(c), keeps, scores) for c in cuts if rule(c)),
+        cuts[0],
+    )
 
     def cut(keep: slice) -> Sample:
         return Sample(
@@ -705,7 +722,7 @@ def iter_train(
         warnings.warn(
             "model_config is not used when a model is continued (model=...): the model "
             "keeps its architecture.",
-            TrainingNote,
+            UserWarning,
             stacklevel=2,
         )
     config = _with_fields(config, fields, model)

@@ -596,8 +596,29 @@ def test_a_long_message_scrolls_rather_than_squashing_the_fields(viewer):
     widget.status.setText("A long message. " * 60)
     dock.resize(dock.width(), 300)
 
-    form = widget.form.native
-    assert form.height() >= form.sizeHint().height()  # every field whole
+    shown = [w.native for w in widget.form if w.visible]
+    assert all(w.height() >= w.sizeHint().height() for w in shown)  # every field whole
     area = widget.status.parentWidget().parentWidget()  # the status box scrolls instead
     assert area.height() <= 7 * widget.status.fontMetrics().lineSpacing()
     assert widget.status.sizeHint().height() > area.height()
+
+
+def test_the_model_chosen_stays_chosen_after_a_run(viewer, qtbot):
+    first, second = untrained_model(), untrained_model()
+    registry_for(viewer).add(first, "first", "test")
+    registry_for(viewer).add(second, "second", "test")  # the active one
+    layer = viewer.add_image(np.random.default_rng(0).random((48, 48), np.float32), name="a")
+    widget = SegmentWidget(viewer)
+    widget.model.value = registry_for(viewer).entry_of(first)
+    widget.image.value, widget.tile_size.value, widget.device.value = layer, 64, "cpu"
+
+    widget.start()
+    wait_for(qtbot, widget)
+    assert widget.model.value.model is first
+
+    widget.start()  # a model loaded during a run is chosen when it ends
+    third = untrained_model()
+    registry_for(viewer).add(third, "third", "test")
+    assert widget.model.value.model is first
+    wait_for(qtbot, widget)
+    assert widget.model.value.model is third

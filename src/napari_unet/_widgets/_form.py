@@ -105,13 +105,6 @@ STATUS_LINES = 6
 """A widget's status message shows at most this many lines and scrolls beyond them."""
 
 
-def keep_fields_whole(form) -> None:
-    """Give a form of fields the height it needs even where its panel is short (several
-    docks in one column, a long message below), rather than squashing the fields until
-    their text overlaps."""
-    form.native.setMinimumHeight(form.native.sizeHint().height())
-
-
 def status_area(label):
     """``label`` (a status message, word-wrapped) in a box of at most
     :data:`STATUS_LINES` lines that scrolls, so that a long message does not take the
@@ -126,5 +119,7 @@ def status_area(label):
     area.setWidgetResizable(True)
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
-    area.setMaximumHeight(STATUS_LINES * label.fontMetrics().lineSpacing() + 4)
+    line = label.fontMetrics().lineSpacing()
+    area.setMinimumHeight(line + 4)
+    area.setMaximumHeight(STATUS_LINES * line + 4)
     return area

@@ -387,7 +387,7 @@ def write_layer(
         if kind == "image":
             existing.contrast_limits = (0.0, 1.0)
         return existing
-    if existing is not None:
+    if existing is not None and into is None:  # never a layer the user edited
         viewer.layers.remove(existing)
     kept = [layer.name for layer in viewer.layers if _written_for(layer, source, suffix, True)]
     if kept and kind == "labels":

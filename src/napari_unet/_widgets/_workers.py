@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -66,13 +65,6 @@ class Preview:
     index: tuple[int, ...]
     channel_axis: int | None
     device: str
-
-
-@dataclass
-class JobWarning:
-    """Something the job warns of; it goes on."""
-
-    message: str
 
 
 def refuse(widget, message: str) -> None:
@@ -194,15 +186,22 @@ def _train(
             if stop.is_set():
                 break
             if preview is not None and isinstance(event, EpochEnded):
-                yield previewed()
-                drawn = epochs
+                try:  # a preview that fails costs the preview, not the training
+                    ready = previewed()
+                except Exception as error:
+                    logger.debug("preview failed", exc_info=error)
+                else:
+                    yield ready
+                    drawn = epochs
     finally:
         events.close()  # restores the best weights when training was stopped early
     if preview is not None and trained is not None and kept and kept != drawn:
         try:  # the weights kept, not the last epoch's; the model matters more than this
-            yield previewed()
+            ready = previewed()
         except Exception as error:
             logger.debug("final preview failed", exc_info=error)
+        else:
+            yield ready
     return trained
 
 
@@ -242,20 +241,8 @@ def _segment(
     # compute=True: a dask layer is segmented here, in the worker, with progress and
     # Cancel, not handed to the GUI thread as a lazy graph
     events = iter_predict(model, plane, channel_axis=axis, compute=True, **options)
-    said: set[str] = set()
     try:
-        while True:
-            # what prediction warns of (tiles of a model normalised per tile, a grey
-            # picture saved as colour) reaches the user: a worker's warnings do not
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
-                event = next(events, None)
-            for warning in caught:
-                if str(warning.message) not in said:
-                    said.add(str(warning.message))
-                    yield JobWarning(str(warning.message))
-            if event is None:
-                return None
+        for event in events:
             if isinstance(event, PredictionFinished):
                 return event.result
             yield event
@@ -263,6 +250,7 @@ def _segment(
                 return None
     finally:
         events.close()
+    return None
 
 
 def segment_worker(

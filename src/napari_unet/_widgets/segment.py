@@ -14,8 +14,13 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBox
 
 from ..config import OVERLAP_PIXELS, PredictConfig, describe_error
 from ..data import InputError
-from ..prediction import TileProgress, _resolve_layout
-from ._form import config_field, device_choices, keep_fields_whole, status_area
+from ..prediction import (
+    GreyPictureWarning,
+    TileDependenceWarning,
+    TileProgress,
+    _resolve_layout,
+)
+from ._form import config_field, device_choices, status_area
 from ._layers import (
     AUTO,
     OUTPUT_KEY,
@@ -35,7 +40,7 @@ from ._layers import (
     write_layer,
 )
 from ._models import ModelEntry, registry_for
-from ._workers import JobFailed, JobWarning, refuse, segment_worker
+from ._workers import JobFailed, refuse, segment_worker
 
 EVERY_PLANE = "every plane"
 CURRENT_PLANE = "current plane"
@@ -103,6 +108,7 @@ class SegmentWidget(QWidget):
         self.viewer = napari_viewer
         self.registry = registry_for(napari_viewer)
         self._worker = None
+        self._active_changed = False  # the active model changed while a job ran
         self._stop = threading.Event()
         self._job: dict = {}
 
@@ -196,7 +202,6 @@ class SegmentWidget(QWidget):
         self.status = QLabel("")
         self.status.setWordWrap(True)
 
-        keep_fields_whole(self.form)
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
         layout.addLayout(buttons)
@@ -223,7 +228,9 @@ class SegmentWidget(QWidget):
 
     def _select_active_model(self, *_) -> None:
         if self.running:  # the run's model stays shown; the new one is chosen at its end
+            self._active_changed = True
             return
+        self._active_changed = False
         self.model.reset_choices()
         if self.registry.active is not None:
             self.model.value = self.registry.active
@@ -364,6 +371,7 @@ class SegmentWidget(QWidget):
             else None,
         )
         self._worker.yielded.connect(self._on_event)
+        self._worker.warned.connect(self._on_warned)
         self._worker.returned.connect(self._on_returned)
         self._worker.finished.connect(self._on_finished)
         self.registry.set_busy(entry.model, True)
@@ -394,13 +402,20 @@ class SegmentWidget(QWidget):
             self.cancel_button.setEnabled(False)
             self.status.setText(f"The image layer '{event.value.name}' was removed; stopping…")
 
+    def _on_warned(self, warning: tuple) -> None:
+        """What prediction warns of (tiles of a model normalised per tile, a grey picture
+        saved as colour), shown: napari does not pass a worker's warnings on."""
+        message, category = warning[0], warning[1]
+        if isinstance(category, type) and issubclass(
+            category, (TileDependenceWarning, GreyPictureWarning)
+        ):
+            show_warning(str(message))
+
     def _on_event(self, event) -> None:
         if isinstance(event, TileProgress):
             self.progress.setValue(int(round(event.fraction * 1000)))
             plane = f"plane {event.plane + 1}/{event.planes}  ·  " if event.planes > 1 else ""
             self.progress.setFormat(f"{plane}tile {event.tiles_done}/{event.tiles_total}  ·  %p%")
-        elif isinstance(event, JobWarning):
-            show_warning(event.message)
         elif isinstance(event, JobFailed):
             show_error(event.message)
             self.progress.setFormat("failed")
@@ -526,4 +541,5 @@ class SegmentWidget(QWidget):
             self.registry.set_busy(entry.model, False)
         self._worker = None
         self._set_running(False)
-        self._select_active_model()  # one loaded or trained meanwhile
+        if self._active_changed:  # a model loaded or trained meanwhile
+            self._select_active_model()

@@ -35,7 +35,7 @@ from ..training import (
     TrainingFinished,
     TrainingStarted,
 )
-from ._form import config_field, device_choices, keep_fields_whole, status_area
+from ._form import config_field, device_choices, status_area
 from ._layers import (
     AUTO,
     channel_choices,
@@ -224,7 +224,6 @@ class TrainWidget(QWidget):
         self.status.setWordWrap(True)
         self.plot = TrainingPlot()
 
-        keep_fields_whole(self.form)
         layout = QVBoxLayout(self)
         layout.addWidget(self.form.native)
         layout.addWidget(collapsible)
