@@ -63,3 +63,24 @@ def test_load_without_a_file_asks_for_one(make_napari_viewer, notifications):
     assert load.load() is None
 
     assert "Choose a model file" in notifications.errors[0]
+
+
+def test_loading_a_file_again_activates_it_rather_than_copying_it(
+    make_napari_viewer, model_file, tmp_path, notifications
+):
+    viewer = make_napari_viewer()
+    load = LoadWidget(viewer)
+    registry = registry_for(viewer)
+    first = load.load(model_file)
+    registry.add(first.__class__(first.network, first.encoding, first.normalization), "x", "t")
+
+    assert load.load(model_file) is first  # unchanged: the entry it has, active again
+    assert len(registry.entries) == 2 and registry.active.model is first
+    assert "is loaded already" in notifications.infos[-1]
+
+    first.history.setdefault("runs", []).append({"steps": 3})  # trained on since
+    again = load.load(model_file)
+    assert again is not first and len(registry.entries) == 3
+    copy = tmp_path / "copy.safetensors"
+    copy.write_bytes(model_file.read_bytes())
+    assert load.load(copy) is not again  # another file

@@ -24,6 +24,7 @@ class ModelEntry:
     model: SegmentationModel
     source: str  # "trained" or the path of the file it was loaded from
     busy: bool = field(default=False)
+    stamp: tuple | None = None  # a loaded file's size and time, and the model's runs, then
 
 
 class ModelRegistry:

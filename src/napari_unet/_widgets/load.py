@@ -81,6 +81,31 @@ class LoadWidget(QWidget):
             show_error("Choose a model file (.safetensors) first.")
             return None
         try:
+            stat = path.stat()
+        except OSError:
+            stat = None
+        stamp = None if stat is None else (stat.st_size, stat.st_mtime_ns)
+        source = str(path.expanduser().resolve())
+        same = (
+            next(
+                (
+                    e
+                    for e in self.registry.entries
+                    if e.source == source
+                    and e.stamp == (*stamp, len(e.model.history.get("runs", [])))
+                ),
+                None,
+            )
+            if stamp is not None
+            else None
+        )
+        if same is not None:  # this file, unchanged since, and its model not trained since
+            self.registry.add(same.model, same.name, same.source)
+            show_info(
+                f"'{path.name}' is loaded already, as '{same.name}': it is the active model."
+            )
+            return same.model
+        try:
             model = load_model(path)
         except InputError as error:
             show_error(str(error))
@@ -88,7 +113,9 @@ class LoadWidget(QWidget):
         except OSError as error:
             show_error(f"Cannot read {path}: {error.strerror or error}.")
             return None
-        self.registry.add(model, path.stem, str(path))
+        entry = self.registry.add(model, path.stem, source)
+        if stamp is not None:
+            entry.stamp = (*stamp, len(model.history.get("runs", [])))
         show_info(f"Loaded '{path.name}': it is now the active model.")
         return model
 
