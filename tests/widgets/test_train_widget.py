@@ -687,3 +687,33 @@ def test_a_preview_painted_on_keeps_its_data(make_napari_viewer):
     new = [x for x in viewer.layers if x.name.startswith("st preview") and x is not preview]
     assert len(new) == 1 and np.asarray(new[0].data)[1, 3, 3] == 2
     assert not np.shares_memory(np.asarray(new[0].data), np.asarray(preview.data))
+
+
+def test_a_result_trained_on_is_kept_by_the_next_segmentation(viewer, qtbot):
+    from napari_unet._widgets._layers import OUTPUT_KEY
+
+    segment = SegmentWidget(viewer)
+    registry_for(viewer).add(untrained_model(), "first", "test")
+    segment.image.value = viewer.layers["nuclei"]
+    segment.tile_size.value, segment.device.value = 64, "cpu"
+    segment.start()
+    wait_for(qtbot, segment)
+    result = viewer.layers["nuclei segmentation"]
+
+    train = TrainWidget(viewer)
+    set_tiny(train)
+    train.preview.value = False
+    train.labels.value = result
+    result.data = np.zeros_like(result.data)  # nothing to learn: the run fails at once
+    train.start()
+    wait_for(qtbot, train)
+    assert not result.metadata[OUTPUT_KEY].get("edited")  # a failed run keeps nothing
+
+    result.data = (viewer.layers["nuclei labels"].data > 0).astype(np.int32)  # corrected
+    train.start()
+    wait_for(qtbot, train)
+    assert result.metadata[OUTPUT_KEY].get("edited")
+    segment.start()
+    wait_for(qtbot, segment)
+    assert result in viewer.layers and result.name == "nuclei segmentation"
+    assert len([x for x in viewer.layers if x.name.startswith("nuclei segmentation")]) == 2

@@ -94,6 +94,7 @@ class TrainWidget(QWidget):
         self._preview: Preview | None = None
         self._busy_model: SegmentationModel | None = None
         self._image_name = self._labels_name = ""
+        self._labels_layer: Labels | None = None
         self._planes: tuple[tuple[int, ...], ...] = ()  # the labelled planes of the run
         self._planes_note = ""
 
@@ -457,7 +458,6 @@ class TrainWidget(QWidget):
                 f"Training reads '{image.name}' as a stack of grey planes; if one of its "
                 "axes holds channels, choose it in the 'channels' field."
             )
-        mark_edited(labels)  # a result trained on as labels is not replaced by the next
         self._stop.clear()
         self._completed = False
         self._worker = train_worker(
@@ -472,6 +472,7 @@ class TrainWidget(QWidget):
         )
         self._image_name = image.name
         self._labels_name = labels.name
+        self._labels_layer = labels
         self._planes = ()
         self._worker.yielded.connect(self._on_event)
         self._worker.returned.connect(self._on_returned)
@@ -524,6 +525,9 @@ class TrainWidget(QWidget):
                 else ""
             )
         elif isinstance(event, TrainingStarted):
+            # a result trained on as labels (corrections) is not replaced by the next
+            if self._labels_layer is not None:
+                mark_edited(self._labels_layer)
             self._busy_model = event.model
             self.registry.set_busy(event.model, True)
             split = (
