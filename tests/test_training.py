@@ -628,7 +628,8 @@ def test_validation_that_cannot_choose_weights_tries_another_split_first():
     labels[2][100:105, 10:100], labels[2][120:125, 120:140] = 1, 2
     data = prepare_data(images, labels, TrainConfig(mode="sparse"))
     assert len(data.train) == len(data.validation) == 3
-    assert any("too few annotated pixels to choose" in note for note in data.notes)
+    assert any("which would hold only" in note and "too few to choose by" in note
+               for note in data.notes)  # fmt: skip
 
 
 def test_a_model_config_given_with_a_model_to_continue_is_said_to_be_unused():
@@ -658,3 +659,11 @@ def test_strips_keep_every_class_to_train_and_the_note_says_why():
     assert len(data.validation) == 3  # the third plane's strip from elsewhere
     assert (data.train[2].target == 2).any()
     assert any("more than twice that share" in note for note in data.notes)
+
+    # ten planes, class 2 only in the last: strips, and the note says why
+    pairs = [disks(size=128, count=10, seed=k) for k in range(10)]
+    labels = [(label > 0).astype(np.uint8) for _, label in pairs]
+    labels[9][115:125, 50:60] = 2
+    data = prepare_data([p[0] for p in pairs], labels, TrainConfig(mode="semantic"))
+    assert len(data.validation) == 10
+    assert any("which would hold every annotated pixel of 'class 2'" in n for n in data.notes)

@@ -294,16 +294,14 @@ def prepare_data(
     if len(samples) >= 2 and len(train) == len(samples) and validation:
         pixels = [int((s.target != IGNORE).sum()) for s in samples]
         count = min(len(samples) - 1, max(1, round(len(samples) * config.validation_fraction)))
-        much = sum(pixels[-count:]) > 2 * config.validation_fraction * sum(pixels)
+        why = "would hold more than twice that share of the labelled pixels"
+        if sum(pixels[-count:]) <= 2 * config.validation_fraction * sum(pixels):
+            whole = samples[:-count], samples[-count:]
+            why = _unusable_validation(samples, *whole, encoding.class_names) or why
         notes.append(
             f"Validation: a strip of each plane ({config.validation_fraction:.0%} of its "
             "longer side, at least 16 pixels) is held out, rather than the last plane(s) "
-            "whole, which would hold "
-            + (
-                "more than twice that share of the labelled pixels."
-                if much
-                else "too few annotated pixels to choose the best weights by."
-            )
+            f"whole, which {why}."
         )
     unusable = _unusable_validation(samples, train, validation, encoding.class_names)
     if unusable:

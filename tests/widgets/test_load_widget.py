@@ -84,3 +84,26 @@ def test_loading_a_file_again_activates_it_rather_than_copying_it(
     copy = tmp_path / "copy.safetensors"
     copy.write_bytes(model_file.read_bytes())
     assert load.load(copy) is not again  # another file
+
+
+def test_a_file_replaced_with_the_same_size_and_time_is_read_again(
+    make_napari_viewer, model_file, tmp_path
+):
+    import os
+
+    from napari_unet.io import load_model
+
+    viewer = make_napari_viewer()
+    load = LoadWidget(viewer)
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(model_file.read_bytes())
+    first = load.load(path)
+    other = load_model(model_file)
+    for weights in other.network.parameters():  # the same size, other weights
+        weights.data.add_(1.0)
+    times = path.stat().st_atime_ns, path.stat().st_mtime_ns
+    other.save(path)
+    os.utime(path, ns=times)  # as cp -p leaves it
+
+    again = load.load(path)
+    assert again is not first and len(registry_for(viewer).entries) == 2

@@ -336,12 +336,16 @@ def _written_for(layer: Layer, source: Layer, suffix: str, edited: bool = False)
     return mark.get("source") == source.name  # layers saved without the id
 
 
-def mark_edited(layer: Layer) -> None:
+def mark_edited(layer: Layer, edited: bool = True) -> bool:
     """Keep a result the user painted on, or trained on, from being replaced: the next
-    result goes to a layer of its own."""
+    result goes to a layer of its own (``edited=False``: no longer). Returns whether it
+    was marked before."""
     mark = layer.metadata.get(OUTPUT_KEY)
-    if isinstance(mark, dict):
-        mark["edited"] = True
+    if not isinstance(mark, dict):
+        return False
+    before = bool(mark.get("edited"))
+    mark["edited"] = edited
+    return before
 
 
 def _painted(event) -> None:

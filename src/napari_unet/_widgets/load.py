@@ -76,7 +76,7 @@ class LoadWidget(QWidget):
 
     def load(self, path: str | Path | None = None) -> SegmentationModel | None:
         """Load ``path`` (default: the chosen file); a bad file gives an error notification."""
-        path = Path(path) if path is not None else Path(self.file.value)
+        path = (Path(path) if path is not None else Path(self.file.value)).expanduser()
         if path == Path(".") or path.is_dir():
             show_error("Choose a model file (.safetensors) first.")
             return None
@@ -84,7 +84,13 @@ class LoadWidget(QWidget):
             stat = path.stat()
         except OSError:
             stat = None
-        stamp = None if stat is None else (stat.st_size, stat.st_mtime_ns)
+        # the file as it is: a replaced one (saved anew, copied over) has another inode
+        # or change time, whatever its size and modification time
+        stamp = (
+            None
+            if stat is None
+            else (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+        )
         source = str(path.expanduser().resolve())
         same = (
             next(
@@ -92,6 +98,7 @@ class LoadWidget(QWidget):
                     e
                     for e in self.registry.entries
                     if e.source == source
+                    and not e.busy  # being trained on: about to change
                     and e.stamp == (*stamp, len(e.model.history.get("runs", [])))
                 ),
                 None,

@@ -94,7 +94,7 @@ class TrainWidget(QWidget):
         self._preview: Preview | None = None
         self._busy_model: SegmentationModel | None = None
         self._image_name = self._labels_name = ""
-        self._labels_layer: Labels | None = None
+        self._unmark: Labels | None = None  # marked at start, unmarked if it never trained
         self._planes: tuple[tuple[int, ...], ...] = ()  # the labelled planes of the run
         self._planes_note = ""
 
@@ -472,7 +472,10 @@ class TrainWidget(QWidget):
         )
         self._image_name = image.name
         self._labels_name = labels.name
-        self._labels_layer = labels
+        # a result trained on as labels (corrections) is not replaced by the next; marked
+        # now, so that no segmentation replaces it while the data are prepared, and
+        # unmarked if the run ends before training started
+        self._unmark = None if mark_edited(labels) else labels
         self._planes = ()
         self._worker.yielded.connect(self._on_event)
         self._worker.returned.connect(self._on_returned)
@@ -525,9 +528,7 @@ class TrainWidget(QWidget):
                 else ""
             )
         elif isinstance(event, TrainingStarted):
-            # a result trained on as labels (corrections) is not replaced by the next
-            if self._labels_layer is not None:
-                mark_edited(self._labels_layer)
+            self._unmark = None  # the labels layer was trained on: it stays the user's
             self._busy_model = event.model
             self.registry.set_busy(event.model, True)
             split = (
@@ -664,6 +665,9 @@ class TrainWidget(QWidget):
         )
 
     def _on_finished(self) -> None:
+        if self._unmark is not None:  # refused before training started
+            mark_edited(self._unmark, False)
+            self._unmark = None
         if self._busy_model is not None:
             self.registry.set_busy(self._busy_model, False)
         self._busy_model = None
