@@ -287,17 +287,11 @@ def prepare_data(
         for i, (image, target) in enumerate(zip(normalized, targets, strict=True))
     ]
 
-    def usable(split) -> bool:
-        return _unusable_validation(samples, *split, encoding.class_names) is None
+    def unusable(split) -> str | None:
+        return _unusable_validation(samples, *split, encoding.class_names)
 
-    train, validation = _split(samples, config.validation_fraction, usable)
-    if len(samples) >= 2 and len(train) == len(samples) and validation:
-        pixels = [int((s.target != IGNORE).sum()) for s in samples]
-        count = min(len(samples) - 1, max(1, round(len(samples) * config.validation_fraction)))
-        why = "would hold more than twice that share of the labelled pixels"
-        if sum(pixels[-count:]) <= 2 * config.validation_fraction * sum(pixels):
-            whole = samples[:-count], samples[-count:]
-            why = _unusable_validation(samples, *whole, encoding.class_names) or why
+    train, validation, why = _split(samples, config.validation_fraction, unusable)
+    if why:
         notes.append(
             f"Validation: a strip of each plane ({config.validation_fraction:.0%} of its "
             "longer side, at least 16 pixels) is held out, rather than the last plane(s) "
@@ -333,33 +327,38 @@ def prepare_data(
 
 
 def _split(
-    samples: list[Sample], fraction: float, usable=None
-) -> tuple[list[Sample], list[Sample]]:
+    samples: list[Sample], fraction: float, unusable=None
+) -> tuple[list[Sample], list[Sample], str | None]:
     """Hold out the last whole planes (contiguous, as in a stack) or, with a single plane, a
     strip along its longer side. Where the last planes would hold more than twice
     ``fraction`` of the labelled pixels (two or three images, or a large one last), a
     strip of each plane instead, so that validation does not take most of the data.
-    ``usable(split)``: where the split chosen fails it (too few pixels to choose weights
-    by) and the other passes, the other."""
+    ``unusable(split)``: why a split cannot choose weights (too few pixels), or None;
+    where the split chosen cannot and another can, the other (more whole planes, up to
+    twice the share, or strips). Returns the training and validation parts, and why the
+    last planes were not held out whole where several planes were cut into strips."""
     if fraction <= 0:
-        return samples, []
+        return samples, [], None
     parts = [_strip(sample, fraction) for sample in samples]
     strips = [t for t, _ in parts], [v for _, v in parts if v is not None]
     if len(samples) == 1:
-        return strips
+        return (*strips, None)
     count = min(len(samples) - 1, max(1, round(len(samples) * fraction)))
     whole = samples[:-count], samples[-count:]
     pixels = [int((s.target != IGNORE).sum()) for s in samples]
     if sum(pixels[-count:]) <= 2 * fraction * sum(pixels):
-        if usable is None or usable(whole):
-            return whole
-        # too few pixels to choose by: more planes (up to twice the share), or strips
+        why = None if unusable is None else unusable(whole)
+        if why is None:
+            return (*whole, None)
         for more in range(count + 1, len(samples)):
             if sum(pixels[-more:]) > 2 * fraction * sum(pixels):
                 break
-            if usable(larger := (samples[:-more], samples[-more:])):
-                return larger
-        return strips if strips[1] and usable(strips) else whole
+            if unusable(larger := (samples[:-more], samples[-more:])) is None:
+                return (*larger, None)
+        if strips[1] and unusable(strips) is None:
+            return (*strips, why)
+        return (*whole, None)
+    share = "would hold more than twice that share of the labelled pixels"
 
     def trains(split) -> bool:
         return any((s.target != IGNORE).any() for s in split[0])
@@ -371,9 +370,9 @@ def _split(
         chosen, other = strips, whole
     else:
         chosen, other = (whole, strips) if scored(whole) or not trains(strips) else (strips, whole)
-    if usable is not None and not usable(chosen) and other[1] and usable(other):
-        return other
-    return chosen
+    if unusable is not None and unusable(chosen) and other[1] and unusable(other) is None:
+        chosen = other
+    return (*chosen, share if chosen is strips and strips[1] else None)
 
 
 VALIDATION_MIN_ANNOTATED = 1024
