@@ -15,6 +15,13 @@ faster CPU step would buy. A lever seen here still has to show in the CPU study.
         --deadline 400 --stop 525
     python benchmarks/gpu_levers.py --data ../shared/data --out more.jsonl --plan followup \
         --workers 10 --deadline 200 --stop 285
+    python benchmarks/gpu_levers.py --data ../shared/data --out third.jsonl --plan third \
+        --workers 12 --deadline 250 --stop 400
+    python benchmarks/gpu_levers.py --data ../shared/data --out fourth.jsonl --plan fourth \
+        --workers 12 --deadline 30 --stop 430
+    # the same runs with this code and an older one (PYTHONPATH=OLD/src), side by side:
+    python benchmarks/gpu_levers.py --data ../shared/data --out again.jsonl --plan again \
+        --workers 7 --threads 1 --deadline 20 --stop 200
     python benchmarks/gpu_levers.py --data ../shared/data --out smoke.jsonl --smoke
     python benchmarks/gpu_levers.py table docs/gpu-levers.jsonl   # the table of the docs
 
@@ -132,6 +139,87 @@ def followup(steps: int = STEPS) -> list[dict]:
     ]
 
 
+HALF = "Dice at half weight"
+"""The reference runs of the third call: the defaults since 2026-11-27 17:29 (Dice term
+at weight 0.5)."""
+
+
+def third(steps: int = STEPS) -> list[dict]:
+    """The third call: the levers the first two left with too few seeds to read (DSB
+    learning rate 1e-3; ISBI constant learning rate, learning rate 1e-3, patches of 512
+    in batches of 2), each on top of the defaults of the time (Dice term at half
+    weight), and more seeds of those defaults."""
+    half = {"dice_weight": 0.5}
+    return [
+        *_jobs(
+            "dsb",
+            "learning rate 1e-3, Dice at half weight",
+            steps,
+            [0, 1, 2, 3],
+            train={**half, "learning_rate": 1e-3},
+        ),
+        *_jobs("dsb", HALF, steps, [4, 5, 6, 7], train=half),
+        *_jobs("isbi", HALF, steps, [3, 4, 5, 6], train=half),
+        *_jobs(
+            "isbi",
+            "constant learning rate, Dice at half weight",
+            steps,
+            [0, 1, 2, 3],
+            train=half,
+            schedule="constant",
+        ),
+        *_jobs(
+            "isbi",
+            "learning rate 1e-3, Dice at half weight",
+            steps,
+            [0, 1, 2, 3],
+            train={**half, "learning_rate": 1e-3},
+        ),
+        *_jobs(
+            "isbi",
+            "patches 512 x 2, Dice at half weight",
+            steps,
+            [0, 1, 2, 3],
+            train={**half, "patch_size": 512, "batch_size": 2},
+        ),
+    ]
+
+
+def fourth(steps: int = STEPS) -> list[dict]:
+    """The fourth call: smaller batches for proportionally more steps, which cost the CPU
+    about the same time as the defaults' steps (a step's time grows with its pixels)."""
+    half = {"dice_weight": 0.5}
+    return [
+        *_jobs(
+            "dsb",
+            "batches of 4, x2 steps",
+            2 * steps,
+            [0, 1, 2, 3],
+            train={**half, "batch_size": 4},
+        ),
+        *_jobs(
+            "isbi",
+            "batches of 4, x2 steps",
+            2 * steps,
+            [0, 1, 2, 3],
+            train={**half, "batch_size": 4},
+        ),
+        *_jobs(
+            "dsb", "batches of 2, x4 steps", 4 * steps, [0, 1], train={**half, "batch_size": 2}
+        ),
+        *_jobs(
+            "isbi", "batches of 2, x4 steps", 4 * steps, [0, 1], train={**half, "batch_size": 2}
+        ),
+    ]
+
+
+def again(steps: int = STEPS) -> list[dict]:
+    """ISBI reference runs (Dice term at half weight) over seven seeds: run once with the
+    code of the time and once with that of the first two calls (``PYTHONPATH``), to tell
+    a change of the code from the spread of the seeds."""
+    return _jobs("isbi", HALF, steps, list(range(7)), train={"dice_weight": 0.5})
+
+
 _DATA: dict = {}
 
 
@@ -206,6 +294,7 @@ def run_job(job: dict, data: Path, device: str, smoke: bool) -> dict:
         "per_image": per_image,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
         "torch": torch.__version__,
+        "code": str(Path(training.__file__).parent.parent.parent),
     }
 
 
@@ -267,15 +356,25 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--deadline", type=float, default=480, help="seconds: no run starts after")
     parser.add_argument("--stop", type=float, default=520, help="seconds: runs cut off after")
-    parser.add_argument("--plan", choices=["first", "followup"], default="first")
+    parser.add_argument(
+        "--plan", choices=["first", "followup", "third", "fourth", "again"], default="first"
+    )
+    parser.add_argument(
+        "--threads", type=int, help="CPU threads per run (default: cores / workers)"
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny runs: 20 steps, few images")
     args = parser.parse_args()
 
-    make = plan if args.plan == "first" else followup
+    make = {"first": plan, "followup": followup, "third": third, "fourth": fourth, "again": again}[
+        args.plan
+    ]
     jobs = make(20) if args.smoke else make()
     if args.smoke:
-        jobs = [j for j in jobs if j["lever"] in (BASE, "constant learning rate")][:4]
-    threads = max(1, (os.cpu_count() or 2) // args.workers)
+        first = {}  # one run of each of the first four levers
+        for job in jobs:
+            first.setdefault((job["data"], job["lever"]), job)
+        jobs = list(first.values())[:4]
+    threads = args.threads or max(1, (os.cpu_count() or 2) // args.workers)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     print(f"{len(jobs)} runs, {args.workers} at a time, {threads} threads each", flush=True)
     start = time.perf_counter()
