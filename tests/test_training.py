@@ -453,11 +453,17 @@ def test_few_images_are_validated_on_a_strip_of_each():
     data = prepare_data(images, few, TrainConfig(mode="sparse"))
     assert len(data.train) == 2 and not data.validation
     assert any("would hold only 470 annotated pixels" in note for note in data.notes)
-    # scribbles only where the strips fall: the last image whole, so that some train;
-    # there it takes every stroke of class 2 from training, so every pixel trains
+    # scribbles only where the strips fall: the strips of the other edges hold none, and
+    # the last image whole would hold most of the strokes, so every pixel trains
     bottom = [np.zeros((96, 96), np.uint8) for _ in range(2)]
     bottom[0][90:, :40], bottom[1][90:, :40] = 1, 1
     bottom[1][92:, 50:60] = 2
+    data = prepare_data(images, bottom, TrainConfig(mode="sparse"))
+    assert len(data.train) == 2 and not data.validation
+    assert any("would hold only 0 annotated pixels" in note for note in data.notes)
+    # more strokes in the first image: the last whole holds less than half, but every
+    # stroke of class 2, so again every pixel trains, and the note says why
+    bottom[0][76:90, :40] = 1
     data = prepare_data(images, bottom, TrainConfig(mode="sparse"))
     assert len(data.train) == 2 and not data.validation
     assert any("every annotated pixel of 'class 2'" in note for note in data.notes)
@@ -667,3 +673,34 @@ def test_strips_keep_every_class_to_train_and_the_note_says_why():
     data = prepare_data([p[0] for p in pairs], labels, TrainConfig(mode="semantic"))
     assert len(data.validation) == 10
     assert any("which would hold every annotated pixel of 'class 2'" in n for n in data.notes)
+
+
+def test_the_last_plane_whole_is_never_held_out_where_it_holds_most_labels():
+    from napari_unet.training import prepare_data
+
+    # a small and a large plane, objects in their middles: strips hold too few objects,
+    # and the large plane whole would hold 80% of the labels; nothing is held out, and
+    # the one note says so (no note of strips that were not used)
+    images, labels = [], []
+    for size in (128, 256):
+        label = np.zeros((size, size), np.uint8)
+        c = size // 2
+        label[c - 20 : c + 20, c - 20 : c + 20] = 1
+        label[size - 6 : size - 3, 10:13] = 1
+        images.append(np.random.default_rng(size).random((size, size)).astype(np.float32))
+        labels.append(label)
+    data = prepare_data(images, labels, TrainConfig(mode="semantic"))
+    assert not data.validation and len(data.train) == 2
+    validation_notes = [n for n in data.notes if n.startswith("Validation")]
+    assert len(validation_notes) == 1, validation_notes
+    assert "training uses every annotated pixel" in validation_notes[0]
+
+    # two equal planes whose strips hold too few objects to score: one note, not two
+    # that contradict each other
+    small = [np.zeros((96, 96), np.uint8) for _ in range(2)]
+    for label in small:
+        label[40:45, 40:45], label[90:95, 40:45] = 1, 1  # one in a bottom strip
+    data = prepare_data([i[:96, :96] for i in images[:1] * 2], small,
+                        TrainConfig(mode="semantic"))  # fmt: skip
+    validation_notes = [n for n in data.notes if n.startswith("Validation")]
+    assert len(validation_notes) == 1, validation_notes

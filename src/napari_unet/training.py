@@ -293,8 +293,8 @@ def prepare_data(
     train, validation, why = _split(samples, config.validation_fraction, unusable)
     if why:
         notes.append(
-            f"Validation: a strip of each plane ({config.validation_fraction:.0%} of its "
-            "longer side, at least 16 pixels) is held out, rather than the last plane(s) "
+            f"Validation: a strip of each plane ({config.validation_fraction:.0%} of one "
+            "side, at least 16 pixels) is held out, rather than the last plane(s) "
             f"whole, which {why}."
         )
     unusable = _unusable_validation(samples, train, validation, encoding.class_names)
@@ -335,8 +335,10 @@ def _split(
     strip of each plane instead, so that validation does not take most of the data.
     ``unusable(split)``: why a split cannot choose weights (too few pixels), or None;
     where the split chosen cannot and another can, the other (more whole planes, up to
-    twice the share, or strips). Returns the training and validation parts, and why the
-    last planes were not held out whole where several planes were cut into strips."""
+    twice the share, or strips); the last planes whole never where they hold most of the
+    labelled pixels. Returns the training and validation parts, and why the last planes
+    were not held out whole where several planes were cut into strips (None where no
+    split can choose weights: the caller then holds nothing out)."""
     if fraction <= 0:
         return samples, [], None
     parts = [_strip(sample, fraction) for sample in samples]
@@ -366,12 +368,18 @@ def _split(
     def scored(split) -> bool:  # objects or rare classes to score (scribbles may miss them)
         return trains(split) and any((s.target > 0).any() for s in split[1])
 
-    if scored(strips):
+    # The last planes whole, though over twice the share, where strips cannot score or
+    # train; never where they would hold most of the labels: training keeps the majority.
+    most = 2 * sum(pixels[-count:]) > sum(pixels)
+    if scored(strips) or most:
         chosen, other = strips, whole
     else:
         chosen, other = (whole, strips) if scored(whole) or not trains(strips) else (strips, whole)
-    if unusable is not None and unusable(chosen) and other[1] and unusable(other) is None:
-        chosen = other
+    if unusable is not None and unusable(chosen):
+        if other[1] and not (other is whole and most) and unusable(other) is None:
+            chosen = other
+        else:  # nothing usable: the caller holds nothing out, and says why
+            return (*chosen, None)
     return (*chosen, share if chosen is strips and strips[1] else None)
 
 

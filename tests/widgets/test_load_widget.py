@@ -103,7 +103,54 @@ def test_a_file_replaced_with_the_same_size_and_time_is_read_again(
         weights.data.add_(1.0)
     times = path.stat().st_atime_ns, path.stat().st_mtime_ns
     other.save(path)
-    os.utime(path, ns=times)  # as cp -p leaves it
+    os.utime(path, ns=times)  # saved anew (another inode), its times set back
 
     again = load.load(path)
     assert again is not first and len(registry_for(viewer).entries) == 2
+
+
+def test_a_file_rewritten_in_place_with_its_size_and_time_is_read_again(
+    make_napari_viewer, model_file, tmp_path
+):
+    """The same inode, size and modification time (bytes written into the file, its time
+    set back, as ``cp -p`` over it does): its change time tells it apart."""
+    import os
+    import time
+
+    viewer = make_napari_viewer()
+    load = LoadWidget(viewer)
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(model_file.read_bytes())
+    first = load.load(path)
+    before = path.stat()
+    time.sleep(0.02)  # a later change time
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 1  # another weight, the same size
+    with open(path, "r+b") as f:  # in place: the same inode
+        f.write(bytes(data))
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert path.stat().st_ino == before.st_ino and path.stat().st_mtime_ns == before.st_mtime_ns
+
+    assert load.load(path) is not first and len(registry_for(viewer).entries) == 2
+
+
+def test_home_in_a_path_is_expanded(make_napari_viewer, model_file, monkeypatch, notifications):
+    viewer = make_napari_viewer()
+    load = LoadWidget(viewer)
+    monkeypatch.setenv("HOME", str(model_file.parent))
+    model = load.load(f"~/{model_file.name}")
+    assert model is not None and registry_for(viewer).active.model is model
+    assert load.load(f"~/{model_file.name}") is model  # the same file, unchanged
+
+    assert load.load("~no_such_user_of_this_machine/m.safetensors") is None
+    assert "Cannot find the home directory" in notifications.errors[-1]
+
+
+def test_a_file_loaded_again_while_its_model_trains_is_read_anew(make_napari_viewer, model_file):
+    viewer = make_napari_viewer()
+    load = LoadWidget(viewer)
+    registry = registry_for(viewer)
+    first = load.load(model_file)
+    registry.set_busy(first, True)  # being trained on: its weights are about to change
+
+    assert load.load(model_file) is not first and len(registry.entries) == 2

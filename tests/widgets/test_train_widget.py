@@ -652,6 +652,41 @@ def test_the_preview_ends_with_the_weights_kept(monkeypatch):
     previews = [e for e in events if isinstance(e, _workers.PreviewReady)]
     assert len(previews) == 4  # one per epoch, and the weights kept (epoch 2) again
     assert isinstance(events[-1], _workers.PreviewReady)
+    assert [e.epoch for e in previews] == [1, 2, 3, 2]
+
+    # the final preview fails: the last one drawn is epoch 3's, and it says so
+    calls = []
+
+    def fails_the_fourth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 4:
+            raise RuntimeError("out of memory")
+        return np.zeros((32, 32), np.int32)
+
+    monkeypatch.setattr(_workers, "predict", fails_the_fourth)
+    events = list(
+        _workers._train(image, labels, None, None, None, None, preview, _workers.threading.Event())
+    )
+    previews = [e for e in events if isinstance(e, _workers.PreviewReady)]
+    assert [e.epoch for e in previews] == [1, 2, 3]
+
+
+def test_the_status_says_the_preview_shows_the_kept_weights_only_where_it_does(viewer):
+    """The closing status claims the preview shows the kept epoch only when it does."""
+    from napari_unet._widgets.train import PreviewReady
+
+    train = TrainWidget(viewer)
+    image = viewer.add_image(np.zeros((32, 32), np.float32), name="img")
+    model = untrained_model()
+    model.history["runs"].append({"steps": 30, "epochs": 3, "best_epoch": 2, "best_score": 0.9})
+    train._preview_layer_source, train._preview_axis = image, None
+    train._preview = object()  # a preview was asked for
+    train._image_name = "img"
+    for epoch, expected in [(3, False), (2, True)]:
+        train._show_preview(PreviewReady((), np.ones((32, 32), np.uint8), epoch))
+        train._on_returned(model)
+        said = "the preview shows them" in train.status.text()
+        assert said == expected, (epoch, train.status.text())
 
 
 def test_errors_about_labels_name_the_labels_layer(viewer, qtbot, notifications):
@@ -706,8 +741,15 @@ def test_a_result_trained_on_is_kept_by_the_next_segmentation(viewer, qtbot):
     train.labels.value = result
     result.data = np.zeros_like(result.data)  # nothing to learn: the run fails at once
     train.start()
+    # the user's from the press of Train: no segmentation replaces it meanwhile
+    assert result.metadata[OUTPUT_KEY].get("edited")
     wait_for(qtbot, train)
     assert not result.metadata[OUTPUT_KEY].get("edited")  # a failed run keeps nothing
+    train.start()
+    result.paint((5, 5), 7)  # painted on while the data are prepared: the user's for good
+    wait_for(qtbot, train)
+    assert result.metadata[OUTPUT_KEY].get("edited")
+    result.data = np.zeros_like(result.data)
 
     result.data = (viewer.layers["nuclei labels"].data > 0).astype(np.int32)  # corrected
     train.start()

@@ -348,7 +348,18 @@ def mark_edited(layer: Layer, edited: bool = True) -> bool:
     return before
 
 
+def unmark_unpainted(layer: Layer) -> None:
+    """Undo :func:`mark_edited` for a layer trained on by a run that never started,
+    unless the user painted on it meanwhile."""
+    mark = layer.metadata.get(OUTPUT_KEY)
+    if isinstance(mark, dict) and not mark.get("painted"):
+        mark["edited"] = False
+
+
 def _painted(event) -> None:
+    mark = event.source.metadata.get(OUTPUT_KEY)
+    if isinstance(mark, dict):
+        mark["painted"] = True
     mark_edited(event.source)
 
 
@@ -384,7 +395,7 @@ def write_layer(
         if earlier.get("source") != source.name:  # the source was renamed
             existing.name = f"{source.name} {suffix}"
         if into is not None:  # planes added to a result the user edited: still theirs
-            mark.update({k: earlier[k] for k in ("edited", "planes") if k in earlier})
+            mark.update({k: earlier[k] for k in ("edited", "painted", "planes") if k in earlier})
         existing.metadata[OUTPUT_KEY] = {**mark, "name": existing.name}
         for name, value in placement.items():
             setattr(existing, name, value)

@@ -55,6 +55,7 @@ class PreviewReady:
 
     index: tuple[int, ...]
     labels: np.ndarray
+    epoch: int = 0  # the epoch of the run whose weights drew it
 
 
 @dataclass
@@ -160,7 +161,7 @@ def _train(
     )
     trained = None
 
-    def previewed() -> PreviewReady:
+    def previewed(epoch: int) -> PreviewReady:
         index = preview.index  # once: the widget moves it with the viewer's plane
         plane, axis = plane_of(preview.image, index, preview.channel_axis)
         labels = predict(
@@ -171,33 +172,32 @@ def _train(
             compute=True,
             _warn_tiles=False,  # the Segment step warns; not every epoch's preview
         )
-        return PreviewReady(index, labels)
+        return PreviewReady(index, labels, epoch)
 
-    # the epochs validated, the one whose weights are kept, the one the preview shows
-    epochs = kept = drawn = 0
+    # the epoch whose weights are kept, and the one the preview shows
+    kept = drawn = 0
     try:
         for event in events:
             if isinstance(event, TrainingStarted):
                 trained = event.model
             if isinstance(event, EpochEnded):
-                epochs += 1
-                kept = epochs if event.improved or event.best_score is None else kept
+                kept = event.epoch if event.improved or event.best_score is None else kept
             yield event
             if stop.is_set():
                 break
             if preview is not None and isinstance(event, EpochEnded):
                 try:  # a preview that fails costs the preview, not the training
-                    ready = previewed()
+                    ready = previewed(event.epoch)
                 except Exception as error:
                     logger.debug("preview failed", exc_info=error)
                 else:
                     yield ready
-                    drawn = epochs
+                    drawn = event.epoch
     finally:
         events.close()  # restores the best weights when training was stopped early
     if preview is not None and trained is not None and kept and kept != drawn:
         try:  # the weights kept, not the last epoch's; the model matters more than this
-            ready = previewed()
+            ready = previewed(kept)
         except Exception as error:
             logger.debug("final preview failed", exc_info=error)
         else:

@@ -76,7 +76,12 @@ class LoadWidget(QWidget):
 
     def load(self, path: str | Path | None = None) -> SegmentationModel | None:
         """Load ``path`` (default: the chosen file); a bad file gives an error notification."""
-        path = (Path(path) if path is not None else Path(self.file.value)).expanduser()
+        path = Path(path) if path is not None else Path(self.file.value)
+        try:
+            path = path.expanduser()
+        except RuntimeError:  # '~user' of no such user, or no home directory
+            show_error(f"Cannot find the home directory in '{path}'; give the full path.")
+            return None
         if path == Path(".") or path.is_dir():
             show_error("Choose a model file (.safetensors) first.")
             return None
@@ -91,14 +96,14 @@ class LoadWidget(QWidget):
             if stat is None
             else (stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
         )
-        source = str(path.expanduser().resolve())
+        source = str(path.resolve())
         same = (
             next(
                 (
                     e
                     for e in self.registry.entries
                     if e.source == source
-                    and not e.busy  # being trained on: about to change
+                    and not e.busy  # being trained on, about to change (or segmenting)
                     and e.stamp == (*stamp, len(e.model.history.get("runs", [])))
                 ),
                 None,

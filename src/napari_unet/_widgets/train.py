@@ -52,6 +52,7 @@ from ._layers import (
     placed_alike,
     single_plane_axis,
     spatial_shape,
+    unmark_unpainted,
     watch_layers,
     write_layer,
 )
@@ -92,6 +93,7 @@ class TrainWidget(QWidget):
         self._preview_data: np.ndarray | None = None
         self._preview_axis: int | None = None
         self._preview: Preview | None = None
+        self._preview_epoch: int | None = None  # the epoch whose weights drew the preview
         self._busy_model: SegmentationModel | None = None
         self._image_name = self._labels_name = ""
         self._unmark: Labels | None = None  # marked at start, unmarked if it never trained
@@ -450,6 +452,7 @@ class TrainWidget(QWidget):
             self._preview_axis = axis
             self._preview_data = None
         self._preview = preview  # its plane follows the viewer (_follow_plane)
+        self._preview_epoch = None
         if axis is not None and axis != -1:
             channels = full_resolution(image).shape[axis]
             show_info(f"Training reads axis {axis} of '{image.name}' as {channels} channels.")
@@ -614,6 +617,7 @@ class TrainWidget(QWidget):
         else:
             data = event.labels
         write_layer(self.viewer, source, data, "labels", "preview", self._preview_axis)
+        self._preview_epoch = event.epoch
 
     def _on_returned(self, model: SegmentationModel | None) -> None:
         if model is None:
@@ -645,7 +649,11 @@ class TrainWidget(QWidget):
             why = (
                 f" (the model keeps the weights of epoch {run['best_epoch']} of "
                 f"{run['epochs']}, which scored best"
-                + ("; the preview shows them)" if self._preview_shown() else ")")
+                + (
+                    "; the preview shows them)"
+                    if self._preview_shown() and self._preview_epoch == run["best_epoch"]
+                    else ")"
+                )
             )
         self.status.setText(
             f"Training {verb}. Best validation score {score}{why}. "
@@ -666,7 +674,7 @@ class TrainWidget(QWidget):
 
     def _on_finished(self) -> None:
         if self._unmark is not None:  # refused before training started
-            mark_edited(self._unmark, False)
+            unmark_unpainted(self._unmark)
             self._unmark = None
         if self._busy_model is not None:
             self.registry.set_busy(self._busy_model, False)
