@@ -150,39 +150,20 @@ def third(steps: int = STEPS) -> list[dict]:
     in batches of 2), each on top of the defaults of the time (Dice term at half
     weight), and more seeds of those defaults."""
     half = {"dice_weight": 0.5}
-    return [
-        *_jobs(
-            "dsb",
-            "learning rate 1e-3, Dice at half weight",
-            steps,
-            [0, 1, 2, 3],
-            train={**half, "learning_rate": 1e-3},
-        ),
+    levers = [  # data, lever (on top of half weight), training fields, schedule
+        ("dsb", "learning rate 1e-3", {"learning_rate": 1e-3}, None),
+        ("isbi", "constant learning rate", {}, "constant"),
+        ("isbi", "learning rate 1e-3", {"learning_rate": 1e-3}, None),
+        ("isbi", "patches 512 x 2", {"patch_size": 512, "batch_size": 2}, None),
+    ]
+    jobs = [
         *_jobs("dsb", HALF, steps, [4, 5, 6, 7], train=half),
         *_jobs("isbi", HALF, steps, [3, 4, 5, 6], train=half),
-        *_jobs(
-            "isbi",
-            "constant learning rate, Dice at half weight",
-            steps,
-            [0, 1, 2, 3],
-            train=half,
-            schedule="constant",
-        ),
-        *_jobs(
-            "isbi",
-            "learning rate 1e-3, Dice at half weight",
-            steps,
-            [0, 1, 2, 3],
-            train={**half, "learning_rate": 1e-3},
-        ),
-        *_jobs(
-            "isbi",
-            "patches 512 x 2, Dice at half weight",
-            steps,
-            [0, 1, 2, 3],
-            train={**half, "patch_size": 512, "batch_size": 2},
-        ),
     ]
+    for data, lever, train, schedule in levers:
+        name = f"{lever}, {HALF}"
+        jobs += _jobs(data, name, steps, [0, 1, 2, 3], train={**half, **train}, schedule=schedule)
+    return jobs
 
 
 def fourth(steps: int = STEPS) -> list[dict]:
@@ -215,8 +196,8 @@ def fourth(steps: int = STEPS) -> list[dict]:
 
 def again(steps: int = STEPS) -> list[dict]:
     """ISBI reference runs (Dice term at half weight) over seven seeds: run once with the
-    code of the time and once with that of the first two calls (``PYTHONPATH``), to tell
-    a change of the code from the spread of the seeds."""
+    code of the time and once with that of the first session's runs (``PYTHONPATH``), to
+    tell a change of the code from the spread of the seeds."""
     return _jobs("isbi", HALF, steps, list(range(7)), train={"dice_weight": 0.5})
 
 
