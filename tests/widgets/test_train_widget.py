@@ -12,9 +12,10 @@ from qtpy.QtCore import QTimer
 
 from napari_unet._widgets._models import registry_for
 from napari_unet._widgets.load import LoadWidget
-from napari_unet._widgets.segment import SegmentWidget
+from napari_unet._widgets.segment import CURRENT_PLANE, SegmentWidget
 from napari_unet._widgets.train import TrainWidget, format_duration
 from napari_unet.io import load_model
+from napari_unet.model import SegmentationModel
 
 from .widget_helpers import scribbles, set_tiny, untrained_model, wait_for
 
@@ -291,6 +292,26 @@ def test_a_corrected_result_with_a_one_plane_channel_axis_trains(
     assert preview.data.shape == (2, 1, *image.shape)
 
 
+def test_an_image_chosen_gets_its_own_labels_among_others_of_its_size(make_napari_viewer):
+    viewer = make_napari_viewer()
+    a = viewer.add_image(np.zeros((32, 32), np.float32), name="A")
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="A - Labels")
+    b = viewer.add_image(np.zeros((32, 32), np.float32), name="B")
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="B - Labels")
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="AB scribbles")  # not A's
+    train = TrainWidget(viewer)
+
+    train.image.value = a
+    assert train.labels.value.name == "A - Labels"
+    train.image.value = b  # A's labels fit B too, but B has its own
+    assert train.labels.value.name == "B - Labels"
+    train.image.value = a
+    assert train.labels.value.name == "A - Labels"
+    train.labels.value = viewer.layers["AB scribbles"]  # chosen by hand: kept
+    viewer.add_points(name="unrelated layer")
+    assert train.labels.value.name == "AB scribbles"
+
+
 def test_painted_labels_come_before_the_plugins_results(make_napari_viewer):
     from napari_unet._widgets._layers import write_layer
 
@@ -450,7 +471,7 @@ def test_bad_inputs_become_notifications(make_napari_viewer, qtbot, sample, noti
     assert "Add an image layer" in notifications.errors[0]
     assert "Add a labels layer" in notifications.errors[1]
     assert "(128, 256)" in notifications.errors[2] and "(256, 256)" in notifications.errors[2]
-    assert "labels layer is empty" in notifications.errors[3]
+    assert "labels layer 'empty' is empty" in notifications.errors[3]
     assert "instances" in notifications.errors[4]
     assert train.model is None
     assert registry_for(viewer).active is None
@@ -759,3 +780,84 @@ def test_a_result_trained_on_is_kept_by_the_next_segmentation(viewer, qtbot):
     wait_for(qtbot, segment)
     assert result in viewer.layers and result.name == "nuclei segmentation"
     assert len([x for x in viewer.layers if x.name.startswith("nuclei segmentation")]) == 2
+
+
+def sparse_model() -> SegmentationModel:
+    """A scribbles model: background painted 1 (written 0), nuclei painted 2."""
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.model import UNet
+
+    encoding = LabelEncoding("sparse", ["background", "class 2"], [0, 2], [1, 2], [])
+    return SegmentationModel(UNet(1, 2, depth=2, base_channels=8), encoding, Normalization())
+
+
+@pytest.mark.parametrize("stack", [False, True])
+def test_a_scribble_models_segmentation_trains_its_background(
+    make_napari_viewer, qtbot, monkeypatch, notifications, stack
+):
+    """Corrected and trained on, a segmentation by a sparse model trains everywhere it
+    was written: its 0 is the background found, not pixels left unannotated."""
+    from napari_unet._widgets import _workers
+
+    viewer = make_napari_viewer()
+    shape = (3, 64, 64) if stack else (64, 64)
+    image = viewer.add_image(np.random.default_rng(0).random(shape, np.float32), name="cells")
+    model = sparse_model()
+    registry_for(viewer).add(model, "scribbles", "test")
+    segment = SegmentWidget(viewer)
+    segment.image.value, segment.device.value = image, "cpu"
+    if stack:
+        segment.planes.value = CURRENT_PLANE
+        viewer.dims.set_current_step(0, 1)
+    segment.start()
+    wait_for(qtbot, segment)
+    result = viewer.layers["cells segmentation"]
+    found = np.zeros(shape[-2:], np.uint8)
+    found[10:20, 10:20] = found[40:50, 40:50] = 2  # two objects found
+    found[40:50, 40:50] = 0  # one of them wrong: erased
+    data = result.data.copy()
+    data[(1,) if stack else ()] = found
+    result.data = data
+
+    captured = {}
+
+    def record(images, targets, *args, **kwargs):
+        targets = [targets] if isinstance(targets, np.ndarray) and targets.ndim == 2 else targets
+        captured["targets"] = [np.array(t) for t in targets]
+        return
+        yield
+
+    monkeypatch.setattr(_workers, "iter_train", record)
+    train = TrainWidget(viewer)
+    train.image.value, train.labels.value = image, result
+    train.continue_training.value = True
+    assert train.mode.value == "sparse"
+    train.start()
+    wait_for(qtbot, train)
+    (targets,) = captured["targets"]  # the plane written, and only that one
+    assert set(np.unique(targets)) == {1, 2}
+    assert (targets[10:20, 10:20] == 2).all() and (targets[40:50, 40:50] == 1).all()
+    assert any("train as background (1)" in note for note in notifications.infos)
+    assert result.data[(1,) if stack else ()][45, 45] == 0  # the layer itself unchanged
+
+
+def test_a_grey_stack_is_said_to_be_read_as_planes_once(make_napari_viewer, qtbot, monkeypatch,
+                                                       notifications):  # fmt: skip
+    from napari_unet._widgets import _workers
+
+    def nothing(*args, **kwargs):
+        return
+        yield
+
+    monkeypatch.setattr(_workers, "iter_train", nothing)
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((3, 32, 32), np.float32), name="em")
+    labels = np.zeros((3, 32, 32), np.uint8)
+    labels[1, 4:20, 4:20] = 1
+    viewer.add_labels(labels, name="em labels")
+    train = TrainWidget(viewer)
+    for _ in range(2):
+        train.start()
+        wait_for(qtbot, train)
+    said = [n for n in notifications.infos if "as a stack of grey planes" in n]
+    assert len(said) == 1

@@ -428,6 +428,38 @@ def write_layer(
     return layer
 
 
+def scribble_result_labels(layer: Layer, data: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """The labels to train on in sparse mode from ``layer`` (its ``data``): where it is a
+    segmentation written by a sparse (scribbles) model, its 0 pixels are the background
+    that model wrote as 0, not pixels left unannotated, so they become the background's
+    painted value, in the planes the model wrote (all, or those segmented one by one).
+    Without this, only its objects and the corrections would train: erasing a false
+    object would leave nothing, and painting it background would teach more objects.
+    Returns the data (a copy where changed) and a note, or ``data`` and None."""
+    mark = layer.metadata.get(OUTPUT_KEY)
+    if not isinstance(mark, dict) or mark.get("kind") != "segmentation":
+        return data, None
+    model = mark.get("model")
+    background = model.get("background") if isinstance(model, dict) else None
+    if background is None:
+        return data, None
+    data = np.asarray(data)
+    planes = mark.get("planes")
+    if planes:  # segmented plane by plane: the planes written
+        data = data.copy()
+        for key in planes:
+            index = tuple(int(i) for i in key.split(",")) if key else ()
+            if len(index) + 2 == data.ndim:
+                data[index][data[index] == 0] = background
+    else:
+        data = np.where(data == 0, np.asarray(background, data.dtype), data)
+    return data, (
+        f"'{layer.name}' is a segmentation by a scribbles (sparse) model: its unlabelled "
+        f"pixels (0) are the background it found, so they train as background "
+        f"({background}); erase or paint over wrong objects to correct them."
+    )
+
+
 def made_here(layer: Layer) -> bool:
     """Whether ``layer`` is a result or preview this plugin wrote."""
     return OUTPUT_KEY in layer.metadata

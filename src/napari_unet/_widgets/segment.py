@@ -460,6 +460,9 @@ class SegmentWidget(QWidget):
         steps = sum(run.get("steps", 0) for run in entry.model.history.get("runs", []))
         # which model, and which version of it (more training: more steps), wrote the result
         model = {"name": entry.name, "id": id(entry.model), "steps": steps}
+        encoding = entry.model.encoding
+        if encoding.mode == "sparse":  # its background is written as 0, painted as this
+            model["background"] = int(encoding.source_values[0])
         shape = spatial_shape(image, axis)
         if not index:
             classes = result.ndim - len(shape)  # probabilities of several classes: one axis

@@ -50,6 +50,7 @@ from ._layers import (
     mark_edited,
     output_layer,
     placed_alike,
+    scribble_result_labels,
     single_plane_axis,
     spatial_shape,
     unmark_unpainted,
@@ -61,6 +62,12 @@ from ._plot import TrainingPlot
 from ._workers import JobFailed, PlanesSelected, Preview, PreviewReady, refuse, train_worker
 
 DEFAULT_MINUTES = 5.0
+
+
+def _named_for(layer: Labels, image: Image) -> bool:
+    """Whether ``layer``'s name is ``image``'s, alone or followed by a separator."""
+    name, base = layer.name, image.name
+    return name == base or (name.startswith(base) and not name[len(base)].isalnum())
 
 
 def format_duration(seconds: float) -> str:
@@ -94,6 +101,7 @@ class TrainWidget(QWidget):
         self._preview_axis: int | None = None
         self._preview: Preview | None = None
         self._preview_epoch: int | None = None  # the epoch whose weights drew the preview
+        self._told_stack: set = set()  # image layers said to be read as stacks of grey planes
         self._busy_model: SegmentationModel | None = None
         self._image_name = self._labels_name = ""
         self._unmark: Labels | None = None  # marked at start, unmarked if it never trained
@@ -266,9 +274,9 @@ class TrainWidget(QWidget):
         self._match_labels(keep_fitting=False)
 
     def _match_labels(self, *_, keep_fitting: bool = True) -> None:
-        """Pick a labels layer for the image: one of its own shape first (the one chosen,
-        if it is), then one that lacks a channel axis of the image; the user's layers
-        before this plugin's results and previews. With
+        """Pick a labels layer for the image: one of its own shape first (one named after
+        it first, then the one chosen, if it is), then one that lacks a channel axis of
+        the image; the user's layers before this plugin's results and previews. With
         ``keep_fitting`` (layers were added or removed), a chosen layer that fits stays."""
         image, labels = self.image.value, self.labels.value
         if image is None or (keep_fitting and labels is not None and self._fits(image, labels)):
@@ -277,9 +285,12 @@ class TrainWidget(QWidget):
             (layer for _, layer in layers_of(self.viewer, Labels)), key=made_here
         )
         same = [layer for layer in candidates if spatial_shape(layer) == spatial_shape(image)]
-        if labels in same and not made_here(labels):
+        # the image's own labels ("B - Labels", as napari names a new one) before others of
+        # its shape: images of one size are common, and another's labels fit them too
+        own = [layer for layer in same if not made_here(layer) and _named_for(layer, image)]
+        if labels in (own or same) and not made_here(labels):
             return
-        fitting = same or [layer for layer in candidates if self._fits(image, layer)]
+        fitting = own or same or [layer for layer in candidates if self._fits(image, layer)]
         if fitting:
             self.labels.value = fitting[0]
 
@@ -456,16 +467,27 @@ class TrainWidget(QWidget):
         if axis is not None and axis != -1:
             channels = full_resolution(image).shape[axis]
             show_info(f"Training reads axis {axis} of '{image.name}' as {channels} channels.")
-        elif axis is None and self.channels.value == AUTO and channel_choices(image):
+        elif (
+            axis is None
+            and self.channels.value == AUTO
+            and channel_choices(image)
+            and image.unique_id not in self._told_stack  # once per layer, not every run
+        ):
+            self._told_stack.add(image.unique_id)
             show_info(
                 f"Training reads '{image.name}' as a stack of grey planes; if one of its "
                 "axes holds channels, choose it in the 'channels' field."
             )
+        label_data = full_resolution(labels)
+        if config.mode == "sparse":
+            label_data, note = scribble_result_labels(labels, label_data)
+            if note:
+                show_info(note)
         self._stop.clear()
         self._completed = False
         self._worker = train_worker(
             full_resolution(image),
-            full_resolution(labels),
+            label_data,
             channel_axis=axis,
             config=config,
             model=model,
@@ -573,6 +595,9 @@ class TrainWidget(QWidget):
             index = self._planes[k] if k < len(self._planes) else None
             return "" if index is None else f" (plane {', '.join(map(str, index))})"
 
+        text = text.replace(
+            "The labels layer is empty", f"The labels layer '{self._labels_name}' is empty"
+        )
         text = re.sub(
             r"\bThe labels of Image #(\d+)(?: \(plane \d+\))? hold\b",
             lambda m: f"The labels layer '{self._labels_name}'{plane(m.group(1))} holds",
