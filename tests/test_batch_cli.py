@@ -548,3 +548,26 @@ def test_a_z_stack_named_so_by_its_file_is_not_read_as_channels(tmp_path):
     assert main(["predict", *model, "--input", str(folder), "--output", str(tmp_path / "c"),
                  "--channel-axis", "0"]) == 0  # fmt: skip
     assert tifffile.imread(tmp_path / "c" / "z.tif").shape == (80, 90)
+
+
+def test_results_never_replace_ground_truth_in_another_output_folder(tmp_path, model_path, capsys):
+    """--output given as the labels folder, where the ground truth is named as its image."""
+    images, labels = tmp_path / "images", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    rng = np.random.default_rng(1)
+    tifffile.imwrite(images / "02.tif", (rng.random((64, 64)) * 255).astype(np.uint8))
+    truth = (rng.random((64, 64)) > 0.5).astype(np.uint8)
+    tifffile.imwrite(labels / "02.tif", truth)
+    before = (labels / "02.tif").read_bytes()
+    args = ["predict", "--model", str(model_path), "--input", str(images),
+            "--output", str(labels), *TILES]  # fmt: skip
+
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "did not write (02.tif)" in err
+    assert (labels / "02.tif").read_bytes() == before
+
+    (labels / "02.tif").unlink()  # nothing of the user's there: written, and rewritten
+    assert main(args) == 0
+    assert main(args) == 0

@@ -668,6 +668,47 @@ def test_the_demo_checks_its_output_folder_before_training(tmp_path, capsys, mon
     assert main(["demo", "--output", str(blocker)]) == 2
     assert "is a file; give a folder" in capsys.readouterr().err and not trained
 
+    # a folder holding a file of the user's under a result's name
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    tifffile.imwrite(folder / "demo_labels.tif", np.ones((8, 8), np.uint8))
+    before = (folder / "demo_labels.tif").read_bytes()
+    assert main(["demo", "--output", str(folder)]) == 2
+    assert "demo_labels.tif, which the demo did not write" in capsys.readouterr().err
+    assert not trained and (folder / "demo_labels.tif").read_bytes() == before
+
+
+def test_reports_never_replace_a_file_that_is_not_json(tmp_path, capsys):
+    from napari_unet import UNet
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.model import SegmentationModel
+
+    encoding = LabelEncoding("semantic", ["background", "cell"], [0, 1], [0, 1], [])
+    model = SegmentationModel(UNet(1, 2, depth=2, base_channels=4), encoding, Normalization())
+    model_path = tmp_path / "m.safetensors"
+    model.save(model_path)
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    tifffile.imwrite(tmp_path / "images" / "a.tif", np.zeros((32, 32), np.uint8))
+    tifffile.imwrite(tmp_path / "labels" / "a.tif", np.zeros((32, 32), np.uint8))
+    before = model_path.read_bytes()
+    evaluate = ["evaluate", "--model", str(model_path), "--images", str(tmp_path / "images"),
+                "--labels", str(tmp_path / "labels")]  # fmt: skip
+
+    assert main([*evaluate, "--json", str(model_path)]) == 2
+    assert "is not a JSON report" in capsys.readouterr().err
+    assert model_path.read_bytes() == before
+    image = tmp_path / "images" / "a.tif"
+    image_bytes = image.read_bytes()
+    assert main(["predict", "--model", str(model_path), "--input", str(image), "--output",
+                 str(tmp_path / "out"), "--summary", str(image)]) == 2  # fmt: skip
+    assert "is not a JSON report" in capsys.readouterr().err
+    assert image.read_bytes() == image_bytes
+    # an earlier report is replaced
+    report = tmp_path / "scores.json"
+    assert main([*evaluate, "--json", str(report)]) == 0
+    assert main([*evaluate, "--json", str(report)]) == 0
+
 
 def test_evaluate_says_when_only_the_plane_count_differs(tmp_path, capsys):
     from napari_unet import UNet

@@ -181,6 +181,11 @@ def _prepare_report(path: Path, option: str) -> None:
     if blocker is not None:
         raise InputError(f"Cannot write {path}: {blocker} is a file, not a folder; "
                          f"choose another {option}.")  # fmt: skip
+    if path.is_file() and path.stat().st_size and not _is_json(path):
+        raise InputError(
+            f"{option} {path} exists and is not a JSON report (an image? a model?); the "
+            f"report would replace it. Give a new file name such as report.json."
+        )
     try:
         if path.is_dir():
             raise IsADirectoryError(f"{path} is a folder")
@@ -190,6 +195,17 @@ def _prepare_report(path: Path, option: str) -> None:
         raise InputError(
             f"Cannot write {path} ({error.strerror or error}); choose another {option}."
         ) from error
+
+
+def _is_json(path: Path) -> bool:
+    """Whether the file holds JSON (an earlier report, which a new one may replace)."""
+    if path.stat().st_size > 256 * 2**20:  # no report of ours is that large
+        return False
+    try:
+        json.loads(path.read_bytes())
+    except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        return False
+    return True
 
 
 def _check_writable(out: Path) -> None:
@@ -574,7 +590,7 @@ def _prepare_output(files: list[Path], out_dir: Path, fmt: str):
     input zarr store, then create it. Returns how names
     compare there: ``str.casefold`` where the file system ignores case, else ``str``."""
 
-    from .io import written_by_us
+    from .io import holds_data, written_by_us
 
     def unwritable(error: OSError) -> InputError:
         return InputError(
@@ -607,23 +623,23 @@ def _prepare_output(files: list[Path], out_dir: Path, fmt: str):
             f"{', ...' if len(clashes) > 3 else ''}): --output is the input folder (or "
             "the folder of an input zarr group). Choose another --output folder."
         )
-    # in a folder of inputs, a file of a result's name that napari-unet did not write is
-    # the user's (cell.tif beside the cell.png given): replacing it would lose data
-    folders = {fold(str(source.resolve().parent)) for source in files}
-    if fold(str(out_dir.resolve())) in folders:
-        theirs = [
-            target.name
-            for source in files
-            if (target := _output_path(source, out_dir, fmt)).exists()
-            and not written_by_us(target)
-        ]
-        if theirs:
-            raise InputError(
-                f"The results would replace files beside the inputs that napari-unet did not "
-                f"write ({', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}): "
-                "choose another --output folder (results written before napari-unet marked "
-                "its results count as not its own: move or delete them to write there)."
-            )
+    # a file of a result's name that napari-unet did not write is the user's (cell.tif
+    # beside the cell.png given, or ground truth named as its image in a labels folder):
+    # replacing it would lose data
+    theirs = [
+        target.name
+        for source in files
+        if (target := _output_path(source, out_dir, fmt)).exists()
+        and not written_by_us(target)
+        and holds_data(target)
+    ]
+    if theirs:
+        raise InputError(
+            f"The results would replace files in {out_dir} that napari-unet did not write "
+            f"({', '.join(theirs[:3])}{', ...' if len(theirs) > 3 else ''}): choose another "
+            "--output folder (results written before napari-unet marked its results count "
+            "as not its own: move or delete them to write there)."
+        )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -832,7 +848,7 @@ def cmd_evaluate(args) -> int:
 def cmd_demo(args) -> int:
     from ._sample_data import demo_images
     from .config import ModelConfig, TrainConfig
-    from .io import write_tiff
+    from .io import is_model_file, write_tiff, written_by_us
     from .metrics import foreground_dice, instance_scores
     from .prediction import predict
 
@@ -851,6 +867,17 @@ def cmd_demo(args) -> int:
             f"Cannot make the --output folder {out} ({error.strerror or error}); choose "
             "another folder."
         ) from error
+    labels_path, model_path = out / "demo_labels.tif", out / "demo_model.safetensors"
+    theirs = [
+        path.name
+        for path, ours in ((labels_path, written_by_us), (model_path, is_model_file))
+        if path.is_file() and path.stat().st_size and not ours(path)
+    ]
+    if theirs:
+        raise InputError(
+            f"--output {out} holds {' and '.join(theirs)}, which the demo did not write; "
+            "the demo would replace them. Choose another --output folder."
+        )
     (train_image, train_labels), (test_image, test_labels) = demo_images()
     print(
         f"Demo: training a small U-Net on a {train_image.shape[0]}x{train_image.shape[1]} nuclei "
@@ -873,14 +900,14 @@ def cmd_demo(args) -> int:
     seconds = time.perf_counter() - start
     scores = instance_scores(test_labels, labels)
     dice = foreground_dice(labels, test_labels)
-    model.save(out / "demo_model.safetensors")
-    write_tiff(out / "demo_labels.tif", labels)
+    model.save(model_path)
+    write_tiff(labels_path, labels)
     print(
         f"Segmented the held-out image in {seconds:.2f} s: {scores['objects_predicted']} nuclei "
         f"found, {scores['objects_true']} annotated.\n"
         f"Score: foreground Dice {dice:.3f}, F1@0.5 {scores['f1@0.5']:.3f}, "
         f"DSB score {scores['dsb_score']:.3f}.\n"
-        f"Wrote {out / 'demo_labels.tif'} and {out / 'demo_model.safetensors'}."
+        f"Wrote {labels_path} and {model_path}."
     )
     return 0
 

@@ -371,6 +371,23 @@ def written_by_us(path) -> bool:
         return False
 
 
+def holds_data(path) -> bool:
+    """Whether ``path`` holds something a result must not replace unless napari-unet
+    wrote it: a folder, or a file that reads as a TIFF. A file that does not (a result
+    cut short by a crash or a full disk, an empty file) holds nothing to lose."""
+    path = Path(path)
+    if path.is_dir():
+        return True
+    try:
+        import tifffile
+
+        with tifffile.TiffFile(path) as tif:
+            tif.pages.first  # noqa: B018 - reads the first page
+        return True
+    except Exception:
+        return False
+
+
 def write_tiff(path, array, *, metadata: dict | None = None) -> None:
     """Write an array to a TIFF atomically (zlib-compressed, in 256 x 256 tiles when
     both sides are at least 1024 pixels).
