@@ -725,11 +725,44 @@ def test_evaluate_says_when_only_the_plane_count_differs(tmp_path, capsys):
     code = main(["evaluate", "--model", str(tmp_path / "m.safetensors"), "--images",
                  str(tmp_path / "stack.tif"), "--labels", str(tmp_path / "labels")])  # fmt: skip
 
-    assert code == 2
+    assert code == 1  # nothing scored
     assert "has 2 plane(s)" in capsys.readouterr().err
     # the same number of planes, laid out otherwise: no talk of plane counts
     tifffile.imwrite(tmp_path / "labels" / "stack.tif", np.zeros((1, 2, 32, 32), np.uint8))
     assert main(["evaluate", "--model", str(tmp_path / "m.safetensors"), "--images",
-                 str(tmp_path / "stack.tif"), "--labels", str(tmp_path / "labels")]) == 2  # fmt: skip
+                 str(tmp_path / "stack.tif"), "--labels", str(tmp_path / "labels")]) == 1  # fmt: skip
     err = capsys.readouterr().err
     assert "layout of their planes" in err and "plane(s)" not in err
+
+
+def test_evaluate_scores_the_good_pairs_beside_a_bad_one(tmp_path, capsys):
+    from napari_unet import UNet
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.model import SegmentationModel
+
+    encoding = LabelEncoding("semantic", ["background", "cell"], [0, 1], [0, 1], [])
+    model = SegmentationModel(UNet(1, 2, depth=2, base_channels=4), encoding, Normalization())
+    model.save(tmp_path / "m.safetensors")
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    rng = np.random.default_rng(0)
+    for name, rows in (("a", 32), ("b", 20), ("c", 32)):  # b's labels are cropped
+        tifffile.imwrite(tmp_path / "images" / f"{name}.tif", rng.random((32, 32), np.float32))
+        label = np.zeros((rows, 32), np.uint8)
+        label[:10] = 1
+        tifffile.imwrite(tmp_path / "labels" / f"{name}.tif", label)
+    report = tmp_path / "scores.json"
+
+    code = main(["evaluate", "--model", str(tmp_path / "m.safetensors"), "--images",
+                 str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+                 "--json", str(report)])  # fmt: skip
+
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "Image #1 (b.tif)" in captured.err and "differ in shape" in captured.err
+    assert "1 of 3 image(s) could not be scored" in captured.err
+    result = json.loads(report.read_text())
+    assert [image["file"] for image in result["images"]] == ["a.tif", "b.tif", "c.tif"]
+    assert "error" in result["images"][1] and "1" in result["images"][0]
+    assert result["mean"]["1"]["dice"] is not None and len(result["failed"]) == 1
+    assert json.loads(captured.out) == result["mean"]

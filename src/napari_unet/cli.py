@@ -813,6 +813,15 @@ def cmd_evaluate(args) -> int:
         bar.n = done
         bar.refresh()
 
+    failed = []
+
+    def skip(index: int, error: Exception) -> None:  # one bad pair does not stop the rest
+        text = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
+        if not text.startswith("Image #"):
+            text = f"Image #{index}: {text}"
+        failed.append(_named(text, paths))
+        bar.write(f"error: {failed[-1]}", file=sys.stderr)
+
     try:
         result = evaluate(
             model,
@@ -825,9 +834,8 @@ def cmd_evaluate(args) -> int:
             min_size=args.min_size,
             close_boundaries=args.close_boundaries,
             on_image=advance,
+            on_error=skip,
         )
-    except InputError as error:
-        raise InputError(_named(str(error), paths)) from None
     finally:
         bar.close()
     for path, scores in zip(paths, result["images"], strict=True):
@@ -835,10 +843,19 @@ def cmd_evaluate(args) -> int:
     result["notes"] = [_named(note, paths) for note in result["notes"]]
     for note in result["notes"]:
         print(f"note: {note}", file=sys.stderr)
+    if failed:
+        result["failed"] = failed
+        print(
+            f"{len(failed)} of {len(paths)} image(s) could not be scored (above); the means "
+            "are of the others."
+            if len(failed) < len(paths)
+            else "No image could be scored.",
+            file=sys.stderr,
+        )
     print(json.dumps(result["mean"], indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
-    return 0
+    return 1 if failed else 0
 
 
 # ---------------------------------------------------------------------------

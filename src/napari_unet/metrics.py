@@ -105,18 +105,74 @@ def foreground_dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return float(2 * (p & t).sum() / total) if total else 1.0
 
 
-def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
+def _score_image(model, i: int, image, label, predict_kwargs: dict) -> tuple[dict, set]:
+    """Predict one image and score it against its labels (``i``: its number, for
+    messages); returns the scores and how its labels were read ("lossy", "masks")."""
+    from .data import InputError, encode_labels, instance_ids, repair_lossy_masks
+    from .prediction import predict
+
+    flags = set()
+    label = np.asarray(label)
+    truth = None
+    if label.ndim >= 2 and label.size:
+        planes, found = repair_lossy_masks(list(label.reshape(-1, *label.shape[-2:])))
+        if found:
+            flags.add("lossy")
+            label = np.stack(planes).reshape(label.shape)
+    if model.mode == "instances" and label.ndim >= 2 and label.size:
+        # as training reads them: a mask (0/255) holds no ids, its regions are the objects
+        flat = label.reshape(-1, *label.shape[-2:])
+        planes, found = instance_ids(flat, owners=[i] * len(flat))
+        if found:
+            flags.add("masks")
+        label = np.stack(planes).reshape(label.shape)
+    elif model.mode != "instances":  # check the labels before spending time on prediction
+        (encoded,), _ = encode_labels(
+            [label], model.mode, model.encoding, owners=[i], training=False
+        )
+        values = np.asarray(model.encoding.class_values)
+        truth = np.where(encoded >= 0, values[np.maximum(encoded, 0)], -1)
+    try:
+        prediction = predict(model, image, **predict_kwargs)
+    except InputError as error:  # say which image
+        raise InputError(f"Image #{i}: {error}") from None
+    if prediction.shape != label.shape:
+        planes = int(np.prod(prediction.shape[:-2])), int(np.prod(label.shape[:-2]))
+        if prediction.shape[-2:] == label.shape[-2:] and planes[0] != planes[1]:
+            raise InputError(
+                f"Image #{i} has {planes[0]} plane(s) {prediction.shape} but its labels "
+                f"{label.shape} have {planes[1]}; give labels for every plane of a stack."
+            )
+        raise InputError(
+            f"Image #{i}: prediction {prediction.shape} and labels {label.shape} differ in "
+            + (
+                "shape; labels must match the image's height and width."
+                if prediction.shape[-2:] != label.shape[-2:]
+                else "the layout of their planes; give labels with the image's stack axes."
+            )
+        )
+    if truth is None:
+        scores = {"foreground_dice": foreground_dice(prediction, label)}
+        scores.update(instance_scores(label, prediction))  # plane by plane for stacks
+    else:
+        scores = class_scores(prediction, truth, model.encoding.class_values[1:])
+    return scores, flags
+
+
+def evaluate(model, images, labels, *, on_image=None, on_error=None, **predict_kwargs) -> dict:
     """Predict each image and score it against its labels.
 
-    ``on_image(done, total)`` is called after each image (for progress bars).
+    ``on_image(done, total)`` is called after each image (for progress bars). With
+    ``on_error(i, error)``, an image that cannot be read, predicted or scored (labels of
+    another shape, say) is passed to it and left out of the means, its entry holding
+    the error, and the others are scored; without it the error is raised.
 
     Returns per-image and mean scores: Dice/IoU per class (semantic, sparse), and
     for instances foreground Dice, F1@0.5 and the DSB score; and notes (instances: labels
     that are masks, whose connected regions are scored as the objects, as training
     reads them).
     """
-    from .data import InputError, encode_labels, instance_ids, repair_lossy_masks
-    from .prediction import predict
+    from .data import InputError
 
     images, labels = list(images), list(labels)
     if len(images) != len(labels):
@@ -126,51 +182,17 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
         )
     per_image, masks, lossy = [], [], []
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
-        label = np.asarray(label)
-        truth = None
-        if label.ndim >= 2 and label.size:
-            planes, found = repair_lossy_masks(list(label.reshape(-1, *label.shape[-2:])))
-            if found:
-                lossy.append(i)
-                label = np.stack(planes).reshape(label.shape)
-        if model.mode == "instances" and label.ndim >= 2 and label.size:
-            # as training reads them: a mask (0/255) holds no ids, its regions are the objects
-            flat = label.reshape(-1, *label.shape[-2:])
-            planes, found = instance_ids(flat, owners=[i] * len(flat))
-            if found:
-                masks.append(i)
-            label = np.stack(planes).reshape(label.shape)
-        elif model.mode != "instances":  # check the labels before spending time on prediction
-            (encoded,), _ = encode_labels(
-                [label], model.mode, model.encoding, owners=[i], training=False
-            )
-            values = np.asarray(model.encoding.class_values)
-            truth = np.where(encoded >= 0, values[np.maximum(encoded, 0)], -1)
         try:
-            prediction = predict(model, image, **predict_kwargs)
-        except InputError as error:  # say which image
-            raise InputError(f"Image #{i}: {error}") from None
-        if prediction.shape != label.shape:
-            planes = int(np.prod(prediction.shape[:-2])), int(np.prod(label.shape[:-2]))
-            if prediction.shape[-2:] == label.shape[-2:] and planes[0] != planes[1]:
-                raise InputError(
-                    f"Image #{i} has {planes[0]} plane(s) {prediction.shape} but its labels "
-                    f"{label.shape} have {planes[1]}; give labels for every plane of a stack."
-                )
-            raise InputError(
-                f"Image #{i}: prediction {prediction.shape} and labels {label.shape} differ in "
-                + (
-                    "shape; labels must match the image's height and width."
-                    if prediction.shape[-2:] != label.shape[-2:]
-                    else "the layout of their planes; give labels with the image's stack axes."
-                )
-            )
-        if truth is None:
-            scores = {"foreground_dice": foreground_dice(prediction, label)}
-            scores.update(instance_scores(label, prediction))  # plane by plane for stacks
+            scores, flags = _score_image(model, i, image, label, predict_kwargs)
+        except Exception as error:
+            if on_error is None:
+                raise
+            on_error(i, error)
+            per_image.append({"error": str(error)})
         else:
-            scores = class_scores(prediction, truth, model.encoding.class_values[1:])
-        per_image.append(scores)
+            per_image.append(scores)
+            lossy += [i] if "lossy" in flags else []
+            masks += [i] if "masks" in flags else []
         if on_image is not None:
             on_image(i + 1, len(images))
     said = {
@@ -184,7 +206,9 @@ def evaluate(model, images, labels, *, on_image=None, **predict_kwargs) -> dict:
         if found:
             more = f" (and of {len(found) - 1} more image(s))" if len(found) > 1 else ""
             notes.append(f"The labels of Image #{found[0]}{more} {text}")
-    return {"images": per_image, "mean": _mean_scores(per_image), "notes": notes}
+    scored = [scores for scores in per_image if "error" not in scores]
+    mean = _mean_scores(scored) if scored else None
+    return {"images": per_image, "mean": mean, "notes": notes}
 
 
 def _mean_scores(per_image: list[dict]) -> dict:
