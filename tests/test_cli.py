@@ -575,7 +575,7 @@ def test_channel_axis_option_reads_channels_where_the_files_keep_them(
     evaluate = ["evaluate", "--model", str(grey_model), "--images", str(image), "--labels",
                 str(truth)]  # fmt: skip
     code, err = _run(evaluate, capsys)
-    assert code == 2 and "Image #0 (middle.tif): The model expects 3 channel" in err
+    assert code == 1 and "Image #0 (middle.tif): The model expects 3 channel" in err
     assert main(evaluate + ["--channel-axis", "1"]) == 0
     assert "dice" in json.loads(capsys.readouterr().out)["1"]
 

@@ -149,6 +149,44 @@ def test_labels_are_matched_by_file_name(tmp_path):
     assert [p.name for p in labels] == ["a_labels.tif", "b.tif"]
 
 
+def test_pairs_that_would_be_guesses_are_refused(tmp_path, capsys):
+    from napari_unet.data import InputError
+
+    img, lab = tmp_path / "img", tmp_path / "lab"
+    img.mkdir()
+    lab.mkdir()
+    for name in ["09.tif", "10.tif"]:
+        (img / name).write_bytes(b"")
+        (lab / name).write_bytes(b"")
+    (img / "09.png").write_bytes(b"")  # another image of the same name
+    with pytest.raises(InputError, match="09.png and 09.tif share one name"):
+        match_labels(list_images(img), lab)
+    (img / "09.png").unlink()
+    (lab / "09_mask.tif").write_bytes(b"")  # two label files for 09
+    with pytest.raises(InputError, match="2 label files could be the labels of 09.tif"):
+        match_labels(list_images(img), lab)
+
+
+def test_files_named_one_by_one_pair_in_order_where_names_do_not(tmp_path, capsys):
+    from napari_unet.data import InputError
+
+    (tmp_path / "lab").mkdir()
+    images = [tmp_path / "img_00.tif", tmp_path / "img_02.tif"]
+    labels = [tmp_path / "lab" / "mask_00.tif", tmp_path / "lab" / "mask_02.tif"]
+    for path in images + labels:
+        path.write_bytes(b"")
+
+    paired = match_labels(images, [str(p) for p in labels], [str(p) for p in images])
+
+    assert paired == labels
+    assert "paired in the order given: img_00.tif <- mask_00.tif" in capsys.readouterr().err
+    # a folder is not an order given: refused as before
+    with pytest.raises(InputError, match="No labels found"):
+        match_labels(images, tmp_path / "lab", [str(p) for p in images])
+    with pytest.raises(InputError, match="No labels found"):  # one label for two images
+        match_labels(images, [str(labels[0])], [str(p) for p in images])
+
+
 def test_cellpose_masks_beside_their_images_are_matched(tmp_path):
     from napari_unet.io import without_label_files
 

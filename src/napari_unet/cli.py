@@ -47,7 +47,7 @@ def _read_pairs(images_spec, labels_spec, *, opened: bool = False):
     from .io import list_images, match_labels, open_image, read_image, without_label_files
 
     images = without_label_files(list_images(images_spec))
-    labels = match_labels(images, labels_spec)
+    labels = match_labels(images, labels_spec, images_spec)
     read = open_image if opened else read_image
     return [read(p) for p in images], [read_image(p, labels=True) for p in labels], images
 

@@ -19,6 +19,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -208,25 +209,48 @@ def without_label_files(images: list[Path]) -> list[Path]:
     ]
 
 
-def match_labels(images: list[Path], labels_spec) -> list[Path]:
-    """For each image, the label file of the same name (``_labels``/``_mask`` suffixes allowed)."""
+def _explicit_files(spec) -> bool:
+    """Whether ``spec`` names files one by one (no folder, no pattern)."""
+    items = [spec] if isinstance(spec, (str, Path)) else list(spec)
+    return bool(items) and all(
+        Path(item).is_file() and not any(c in str(item) for c in "*?[") for item in items
+    )
+
+
+def match_labels(images: list[Path], labels_spec, images_spec=None) -> list[Path]:
+    """For each image, the label file of the same name (``_labels``/``_mask`` suffixes
+    allowed). Where ``images_spec`` and ``labels_spec`` both name files one by one, as many
+    of each, and the names do not pair them, they pair in the order given (with a note on
+    standard error). Images that share a name, or an image with several label files,
+    are refused: one of the pairs would be a guess."""
     labels = list_images(labels_spec)
     if len(images) == 1 and len(labels) == 1:
         if images[0].resolve() == labels[0].resolve():
             raise InputError(f"{images[0]} is given as both the image and its labels.")
         return labels
-    by_name: dict[str, Path] = {}
+    stems: dict[str, list[str]] = {}
+    for path in images:
+        stems.setdefault(_stem(path), []).append(path.name)
+    shared = [names for names in stems.values() if len(names) > 1]
+    if shared:
+        raise InputError(
+            f"The images {' and '.join(shared[0])} share one name, so one label file "
+            "would serve both; give one of them (move the other away, or name the files "
+            "to use)."
+        )
+    own = {p.resolve() for p in images}
+    candidates: dict[str, list[Path]] = {}
     for path in labels:
+        if path.resolve() in own:  # an image beside its labels is not a label file
+            continue
         stem = _stem(path)
-        by_name.setdefault(stem, path)
+        candidates.setdefault(stem, []).append(path)
         for suffix in _LABEL_SUFFIXES:
-            if stem.endswith(suffix):  # a suffixed label wins over a same-named file
-                by_name[stem[: -len(suffix)]] = path
-    same = [
-        p.name
-        for p in images
-        if _stem(p) in by_name and by_name[_stem(p)].resolve() == p.resolve()
-    ]
+            if stem.endswith(suffix):
+                candidates.setdefault(stem[: -len(suffix)], []).append(path)
+                break
+    same = [p.name for p in images if _stem(p) not in candidates and p.resolve() in
+            {q.resolve() for q in labels}]  # fmt: skip
     if same:
         raise InputError(
             f"{len(same)} image(s), e.g. {same[:3]}, would be their own labels: the images and "
@@ -234,13 +258,38 @@ def match_labels(images: list[Path], labels_spec) -> list[Path]:
             "image a label file `NAME_labels.tif` or `NAME_mask.tif`, or keep labels in a "
             "folder of their own."
         )
-    missing = [p.name for p in images if _stem(p) not in by_name]
+    missing = [p.name for p in images if _stem(p) not in candidates]
     if missing:
+        if (
+            images_spec is not None
+            and len(labels) == len(images)
+            and _explicit_files(images_spec)
+            and _explicit_files(labels_spec)
+        ):
+            pairs = ", ".join(
+                f"{i.name} <- {lab.name}" for i, lab in zip(images, labels, strict=True)
+            )
+            print(
+                f"note: the label files do not have their images' names; paired in the order "
+                f"given: {pairs[:300]}{'...' if len(pairs) > 300 else ''}",
+                file=sys.stderr,
+            )
+            return labels
         raise InputError(
             f"No labels found for {len(missing)} image(s), e.g. {missing[:3]}; label files must "
-            "have the image's file name (optionally with _labels or _mask)."
+            "have the image's file name (optionally with _labels or _mask), or name the "
+            "images and their label files one by one, as many of each, in the same order."
         )
-    return [by_name[_stem(p)] for p in images]
+    several = [(p, candidates[_stem(p)]) for p in images if len(candidates[_stem(p)]) > 1]
+    if several:
+        image, found = several[0]
+        raise InputError(
+            f"{len(found)} label files could be the labels of {image.name}: "
+            f"{', '.join(q.name for q in found[:4])}"
+            + (f" (and of {len(several) - 1} more image(s))" if len(several) > 1 else "")
+            + "; keep one of them where the labels are read, or name the files to use."
+        )
+    return [candidates[_stem(p)][0] for p in images]
 
 
 @contextlib.contextmanager
