@@ -353,3 +353,23 @@ def test_a_mask_saved_as_a_grey_rgb_picture_reads_as_one_value_per_pixel(tmp_pat
     coloured = np.stack([mask, mask // 2, np.zeros_like(mask)], axis=-1)
     Image.fromarray(coloured).save(tmp_path / "coloured.png")
     assert read_image(tmp_path / "coloured.png", labels=True).shape == (40, 50, 3)
+
+
+def test_compressed_tiffs_are_read(tmp_path):
+    """LZW (the compression many microscopes and Pillow write) needs imagecodecs."""
+    from PIL import Image
+
+    from napari_unet.io import open_image, read_image
+
+    array = (np.arange(64 * 80).reshape(64, 80) % 251).astype(np.uint8)
+    Image.fromarray(array).save(tmp_path / "lzw.tif", compression="tiff_lzw")
+    assert np.array_equal(read_image(tmp_path / "lzw.tif"), array)
+    assert np.array_equal(np.asarray(open_image(tmp_path / "lzw.tif")[:]), array)
+
+
+def test_a_missing_decoder_says_how_to_install_it():
+    from napari_unet.io import _unreadable
+
+    error = ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+    message = _unreadable("a.tif", error, "Is it a valid TIFF file?")
+    assert "pip install imagecodecs" in message and "valid TIFF" not in message

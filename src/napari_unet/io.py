@@ -85,7 +85,7 @@ def read_image(path, *, lazy: bool = False, labels: bool = False):
     except InputError:
         raise
     except Exception as error:  # every reader has its own exception types
-        raise InputError(f"Cannot read {path}: {error}. Is it a valid image file?") from error
+        raise InputError(_unreadable(path, error, "Is it a valid image file?")) from error
     if len(image.shape) < 2 or min(image.shape) == 0:
         raise InputError(f"Cannot read {path}: it holds no 2-D image data (shape {image.shape}).")
     if labels:
@@ -154,6 +154,17 @@ def list_images(spec) -> list[Path]:
         else:
             raise InputError(f"No such file or folder: {item}")
     return files
+
+
+def _unreadable(path, error: Exception, advice: str) -> str:
+    """The message for a file that cannot be read: a compression whose decoder is not
+    installed (tifffile's LZW, JPEG 2000, ... come with imagecodecs) says how to get it."""
+    if "imagecodecs" in str(error):
+        return (
+            f"Cannot read {path}: its compression needs the imagecodecs package "
+            f"({error}); install it with `pip install imagecodecs`."
+        )
+    return f"Cannot read {path}: {error}. {advice}"
 
 
 def _is_zarr(path: Path) -> bool:
@@ -511,9 +522,7 @@ class TiffArray:
                 self._offset = series.dataoffset
                 self._byteorder = tif.byteorder
         except Exception as error:  # tifffile raises many types for a damaged file
-            raise InputError(
-                f"Cannot read {self.path}: {error}. Is it a valid TIFF file?"
-            ) from error
+            raise InputError(_unreadable(self.path, error, "Is it a valid TIFF file?")) from error
         self._zarr = None
 
     @property
@@ -538,7 +547,7 @@ class TiffArray:
             raise
         except Exception as error:  # decoders raise many types for damaged data
             raise InputError(
-                f"Cannot read {self.path}: {error}; the file may be damaged or truncated."
+                _unreadable(self.path, error, "The file may be damaged or truncated.")
             ) from error
 
     def _read(self, key) -> np.ndarray:
