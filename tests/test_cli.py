@@ -766,3 +766,31 @@ def test_evaluate_scores_the_good_pairs_beside_a_bad_one(tmp_path, capsys):
     assert "error" in result["images"][1] and "1" in result["images"][0]
     assert result["mean"]["1"]["dice"] is not None and len(result["failed"]) == 1
     assert json.loads(captured.out) == result["mean"]
+
+
+@pytest.mark.parametrize("score, said", [(0.0, True), (0.6, False)])
+def test_a_semantic_model_that_learned_nothing_suggests_another_mode(
+    tmp_path, capsys, monkeypatch, score, said
+):
+    from napari_unet import UNet, cli
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.model import SegmentationModel
+
+    def trained(*args, **kwargs):
+        encoding = LabelEncoding("semantic", ["background", "c1", "c2"], [0, 1, 2], [0, 1, 2], [])
+        model = SegmentationModel(UNet(1, 3, depth=2, base_channels=4), encoding, Normalization())
+        model.history["runs"].append({"steps": 10, "best_score": score})
+        return model
+
+    monkeypatch.setattr(cli, "run_training", trained)
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    tifffile.imwrite(tmp_path / "img" / "a.tif", np.zeros((32, 32), np.uint8))
+    scribbles = np.zeros((32, 32), np.uint8)
+    scribbles[4, 2:30], scribbles[16, 10:20] = 1, 2
+    tifffile.imwrite(tmp_path / "lab" / "a.tif", scribbles)
+
+    assert main(["train", "--images", str(tmp_path / "img"), "--labels", str(tmp_path / "lab"),
+                 "--out", str(tmp_path / "m.safetensors"), "--epochs", "1"]) == 0  # fmt: skip
+    err = capsys.readouterr().err
+    assert ("train with --mode sparse" in err) == said

@@ -118,3 +118,19 @@ def test_evaluate_refuses_unequal_numbers_of_images_and_labels_before_predicting
     with pytest.raises(InputError, match="Got 2 images but 1 label images"):
         evaluate(model, [image, image], [np.zeros((32, 32), np.uint8)])
     assert not called
+
+
+def test_a_scribble_model_scored_against_a_mask_says_which_values_to_give():
+    from napari_unet import UNet
+    from napari_unet.data import InputError, LabelEncoding, Normalization
+    from napari_unet.metrics import evaluate
+    from napari_unet.model import SegmentationModel
+
+    encoding = LabelEncoding("sparse", ["background", "class 2"], [0, 2], [1, 2], [])
+    model = SegmentationModel(UNet(1, 2, depth=2, base_channels=4), encoding, Normalization())
+    mask = np.zeros((32, 32), np.uint8)
+    mask[8:16, 8:16] = 255
+    with pytest.raises(InputError, match=r"background -> 1, objects -> \[2\]"):
+        evaluate(model, [np.zeros((32, 32), np.float32)], [mask])
+    ones_and_twos = np.where(mask > 0, 2, 1).astype(np.uint8)
+    assert evaluate(model, [np.zeros((32, 32), np.float32)], [ones_and_twos])["mean"]

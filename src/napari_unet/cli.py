@@ -327,9 +327,16 @@ def cmd_train(args) -> int:
         f"Best validation Dice: {score:.4f}"
         if score is not None
         else "No validation score: no validation part was held out (--validation-fraction 0, "
-        "or too few annotated pixels for one: see the note above), or it held no annotated "
-        "foreground; the model keeps its last weights."
+        "too few annotated pixels for one, or images too small to cut one from), or it held "
+        "no annotated foreground; the model keeps its last weights."
     )
+    if score is not None and score < LOW_SCORE and trained.mode == "semantic":
+        print(
+            "Note: the model found next to none of the labelled classes in the validation "
+            "part. If 0 in your labels means 'not annotated' (scribbles), train with --mode "
+            "sparse; if each object has its own value (object ids), with --mode instances.",
+            file=sys.stderr,
+        )
     if trained.label_offset is not None:
         dy, dx = trained.label_offset
         print(
@@ -341,6 +348,12 @@ def cmd_train(args) -> int:
 
 # ---------------------------------------------------------------------------
 # predict
+
+
+LOW_SCORE = 0.05
+"""A semantic model's validation score below this, after its whole run, says that it
+learned next to nothing of the labelled classes: most often labels read in the wrong
+mode (scribbles or object ids read as classes), which the command line then says."""
 
 
 def _output_path(source: Path, out_dir: Path, fmt: str = "tif") -> Path:

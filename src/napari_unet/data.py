@@ -593,11 +593,18 @@ def encode_labels(
             unknown = sorted(set(painted.tolist()) - set(source))
             if unknown:
                 first = next(i for i, label in enumerate(labels) if np.isin(label, unknown).any())
+                advice = (
+                    "paint with the model's values or train a new model."
+                    if training
+                    else f"to score it against masks or object ids, give labels in its values "
+                    f"(background -> {source[0]}, objects -> {_some(source[1:])}; 0 is not "
+                    "scored)."
+                )
                 raise InputError(
                     f"Label values {_some(unknown)} (the first in the labels of "
                     f"{_plane_name(first, owners)}) are not classes of the model "
-                    f"({_some(source)}); "
-                    "paint with the model's values or train a new model."
+                    f"({_some(source)}: a scribbles model's classes are the values it was "
+                    f"painted with); {advice}"
                 )
             encoding = previous
         if painted.size < 2 and training:  # also when continuing: one class teaches itself
