@@ -571,3 +571,21 @@ def test_results_never_replace_ground_truth_in_another_output_folder(tmp_path, m
     (labels / "02.tif").unlink()  # nothing of the user's there: written, and rewritten
     assert main(args) == 0
     assert main(args) == 0
+
+
+def test_resume_keeps_results_written_before_they_were_marked(tmp_path, model_path, inputs):
+    """Results of older versions carry no mark: --resume skips the complete ones, a rerun
+    without it refuses to replace them."""
+    folder, _ = inputs
+    out = tmp_path / "out"
+    args = ["predict", "--model", str(model_path), "--input", str(folder / "a.tif"),
+            "--output", str(out), *TILES]  # fmt: skip
+    assert main(args) == 0
+    result = tifffile.imread(out / "a.tif")
+    tifffile.imwrite(out / "a.tif", result)  # as an older version wrote it: no mark
+    before = (out / "a.tif").read_bytes()
+
+    assert main([*args, "--resume", "--summary", str(tmp_path / "r.json")]) == 0
+    _, files = _summary(tmp_path / "r.json")
+    assert files["a.tif"]["status"] == "skipped" and (out / "a.tif").read_bytes() == before
+    assert main(args) == 2 and (out / "a.tif").read_bytes() == before

@@ -696,14 +696,20 @@ def test_reports_never_replace_a_file_that_is_not_json(tmp_path, capsys):
                 "--labels", str(tmp_path / "labels")]  # fmt: skip
 
     assert main([*evaluate, "--json", str(model_path)]) == 2
-    assert "is not a JSON report" in capsys.readouterr().err
+    assert "is not an earlier report" in capsys.readouterr().err
     assert model_path.read_bytes() == before
     image = tmp_path / "images" / "a.tif"
     image_bytes = image.read_bytes()
     assert main(["predict", "--model", str(model_path), "--input", str(image), "--output",
                  str(tmp_path / "out"), "--summary", str(image)]) == 2  # fmt: skip
-    assert "is not a JSON report" in capsys.readouterr().err
+    assert "is not an earlier report" in capsys.readouterr().err
     assert image.read_bytes() == image_bytes
+    # a JSON file of the user's (annotations) is no report either
+    annotations = tmp_path / "annotations.json"
+    annotations.write_text('{"type": "FeatureCollection", "features": []}')
+    assert main([*evaluate, "--json", str(annotations)]) == 2
+    assert "not an earlier report" in capsys.readouterr().err
+    assert json.loads(annotations.read_text())["type"] == "FeatureCollection"
     # an earlier report is replaced
     report = tmp_path / "scores.json"
     assert main([*evaluate, "--json", str(report)]) == 0
@@ -766,6 +772,19 @@ def test_evaluate_scores_the_good_pairs_beside_a_bad_one(tmp_path, capsys):
     assert "error" in result["images"][1] and "1" in result["images"][0]
     assert result["mean"]["1"]["dice"] is not None and len(result["failed"]) == 1
     assert json.loads(captured.out) == result["mean"]
+
+    # a label file that cannot be read: reported, the others scored
+    (tmp_path / "labels" / "b.tif").write_bytes(b"not a TIFF")
+    code = main(["evaluate", "--model", str(tmp_path / "m.safetensors"), "--images",
+                 str(tmp_path / "images"), "--labels", str(tmp_path / "labels"),
+                 "--json", str(report)])  # fmt: skip
+    assert code == 1
+    captured = capsys.readouterr()
+    assert "Image #1 (b.tif): Cannot read" in captured.err
+    result = json.loads(report.read_text())
+    assert [image["file"] for image in result["images"]] == ["a.tif", "b.tif", "c.tif"]
+    assert "Cannot read" in result["images"][1]["error"] and "1" in result["images"][2]
+    assert result["failed"] == [result["images"][1]["error"]]
 
 
 @pytest.mark.parametrize("score, said", [(0.0, True), (0.6, False)])

@@ -373,3 +373,33 @@ def test_a_missing_decoder_says_how_to_install_it():
     error = ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
     message = _unreadable("a.tif", error, "Is it a valid TIFF file?")
     assert "pip install imagecodecs" in message and "valid TIFF" not in message
+
+
+def test_order_never_overrides_names_that_pair(tmp_path):
+    """A glob of images with one label missing and a stray one: refused, not shifted."""
+    from napari_unet.data import InputError
+
+    (tmp_path / "img").mkdir()
+    (tmp_path / "lab").mkdir()
+    images = [tmp_path / "img" / f"0{k}.tif" for k in (1, 2, 3)]
+    labels = [tmp_path / "lab" / f"0{k}_mask.tif" for k in (2, 3, 4)]
+    for path in images + labels:
+        path.write_bytes(b"")
+    with pytest.raises(InputError, match=r"No labels found for 1 image\(s\), e.g. \['01.tif'\]"):
+        match_labels(images, [str(p) for p in labels], [str(p) for p in images])
+
+
+def test_images_of_one_name_in_several_folders_pair_as_named(tmp_path):
+    from napari_unet.data import InputError
+
+    images, labels = [], []
+    for plate in ("plate1", "plate2"):
+        (tmp_path / plate).mkdir()
+        images.append(tmp_path / plate / "Image_001.tif")
+        labels.append(tmp_path / plate / "Image_001_mask.tif")
+    for path in images + labels:
+        path.write_bytes(b"")
+
+    assert match_labels(images, [str(p) for p in labels], [str(p) for p in images]) == labels
+    with pytest.raises(InputError, match="share one name"):  # as folders: which is whose?
+        match_labels(images, tmp_path / "plate*" / "*_mask.tif", [str(p) for p in images])

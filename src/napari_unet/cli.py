@@ -174,17 +174,19 @@ def _probe_write(path: Path) -> None:
     _remove(_temporary_beside(path, directory=False))
 
 
-def _prepare_report(path: Path, option: str) -> None:
+def _prepare_report(path: Path, option: str, keys: tuple[str, ...]) -> None:
     """Make the folder of a JSON report and check that the file can be written there,
-    before the work rather than after it."""
+    before the work rather than after it; an existing file is replaced only where it is
+    an earlier report (JSON with ``keys``), not the user's own JSON or anything else."""
     blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
     if blocker is not None:
         raise InputError(f"Cannot write {path}: {blocker} is a file, not a folder; "
                          f"choose another {option}.")  # fmt: skip
-    if path.is_file() and path.stat().st_size and not _is_json(path):
+    if path.is_file() and path.stat().st_size and not _is_report(path, keys):
         raise InputError(
-            f"{option} {path} exists and is not a JSON report (an image? a model?); the "
-            f"report would replace it. Give a new file name such as report.json."
+            f"{option} {path} exists and is not an earlier report of this command (an "
+            "image? a model? your own JSON?); the report would replace it. Give a new file "
+            "name such as report.json."
         )
     try:
         if path.is_dir():
@@ -197,15 +199,20 @@ def _prepare_report(path: Path, option: str) -> None:
         ) from error
 
 
-def _is_json(path: Path) -> bool:
-    """Whether the file holds JSON (an earlier report, which a new one may replace)."""
+def _is_report(path: Path, keys: tuple[str, ...]) -> bool:
+    """Whether the file holds a JSON object with ``keys`` (an earlier report of the
+    command, which a new one may replace)."""
     if path.stat().st_size > 256 * 2**20:  # no report of ours is that large
         return False
     try:
-        json.loads(path.read_bytes())
+        report = json.loads(path.read_bytes())
     except (OSError, ValueError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
         return False
-    return True
+    return isinstance(report, dict) and all(key in report for key in keys)
+
+
+SUMMARY_KEYS = ("model", "output", "counts", "files")  # predict's --summary
+SCORES_KEYS = ("images", "mean", "notes")  # evaluate's --json
 
 
 def _check_writable(out: Path) -> None:
@@ -597,10 +604,11 @@ def _inputs(specs) -> list[Path]:
     return list(unique.values())
 
 
-def _prepare_output(files: list[Path], out_dir: Path, fmt: str):
+def _prepare_output(files: list[Path], out_dir: Path, fmt: str, finished=None):
     """Refuse an --output where results would replace inputs (or the zarr group holding
-    one), or files beside the inputs that are not earlier results, or that lies inside an
-    input zarr store, then create it. Returns how names
+    one), or files in it that napari-unet did not write (``finished(source)``: a result
+    that --resume keeps as it is, so it replaces nothing), or that lies inside an input
+    zarr store, then create it. Returns how names
     compare there: ``str.casefold`` where the file system ignores case, else ``str``."""
 
     from .io import holds_data, written_by_us
@@ -645,6 +653,7 @@ def _prepare_output(files: list[Path], out_dir: Path, fmt: str):
         if (target := _output_path(source, out_dir, fmt)).exists()
         and not written_by_us(target)
         and holds_data(target)
+        and not (finished is not None and finished(source))  # --resume keeps it as it is
     ]
     if theirs:
         raise InputError(
@@ -721,9 +730,6 @@ def cmd_predict(args) -> int:
     _check_closing(model, args.close_boundaries)
     for note in _unused_options(model, args):
         print(f"note: {note}", file=sys.stderr)
-    fold = _prepare_output(files, out_dir, args.format)
-    summary_path = Path(args.summary) if args.summary else out_dir / "summary.json"
-    _prepare_report(summary_path, "--summary")
     options = {
         "tile_size": args.tile_size,
         "overlap": args.overlap,
@@ -735,6 +741,17 @@ def cmd_predict(args) -> int:
         "close_boundaries": args.close_boundaries,
         "channel_axis": args.channel_axis,
     }
+    done: dict[Path, bool] = {}  # --resume: the complete results, skipped (not replaced)
+
+    def finished(source: Path) -> bool:
+        if source not in done:
+            target = _output_path(source, out_dir, args.format)
+            done[source] = args.resume and _finished(model, source, target, options)
+        return done[source]
+
+    fold = _prepare_output(files, out_dir, args.format, finished)
+    summary_path = Path(args.summary) if args.summary else out_dir / "summary.json"
+    _prepare_report(summary_path, "--summary", SUMMARY_KEYS)
 
     def report(record: dict) -> dict:
         if record["status"] == "failed":  # on a line of its own, not inside a progress bar
@@ -759,7 +776,7 @@ def cmd_predict(args) -> int:
                     )
                 )
             )
-        elif args.resume and _finished(model, source, target, options):
+        elif finished(source):
             records.append(_record(source, target, "skipped"))
         else:
             if args.resume:  # what an interrupted run left of this result
@@ -817,23 +834,41 @@ def cmd_evaluate(args) -> int:
     for note in _unused_options(model, args):
         print(f"note: {note}", file=sys.stderr)
     if args.json:  # fail before the work, not after it
-        _prepare_report(Path(args.json), "--json")
-    # images as predict reads them: lazily, with the axes their files name
-    images, labels, paths = _read_pairs(args.images, args.labels, opened=True)
+        _prepare_report(Path(args.json), "--json", SCORES_KEYS)
+    # images as predict reads them: lazily, with the axes their files name; a pair that
+    # cannot be read is reported and left out, as one that cannot be scored
+    from .io import list_images, match_labels, open_image, read_image, without_label_files
+
+    paths = without_label_files(list_images(args.images))
+    label_paths = match_labels(paths, args.labels, args.images)
+    images, labels, failed = [], [], []
+    for i, (path, label_path) in enumerate(zip(paths, label_paths, strict=True)):
+        try:
+            pair = open_image(path), read_image(label_path, labels=True)
+        except InputError as error:
+            failed.append((i, _named(f"Image #{i}: {error}", paths)))
+            print(f"error: {failed[-1][1]}", file=sys.stderr)
+        else:
+            images.append(pair[0])
+            labels.append(pair[1])
+    read = [i for i in range(len(paths)) if i not in dict(failed)]
+
+    def renumbered(text: str) -> str:  # "Image #k" of the pairs read -> of all the pairs
+        text = re.sub(r"Image #(\d+)", lambda m: f"Image #{read[int(m.group(1))]}", text)
+        return _named(text, paths)
+
     bar = _progress_bar(len(images), "evaluate", unit=" images")
 
     def advance(done: int, total: int) -> None:
         bar.n = done
         bar.refresh()
 
-    failed = []
-
     def skip(index: int, error: Exception) -> None:  # one bad pair does not stop the rest
         text = str(error) if isinstance(error, InputError) else f"{type(error).__name__}: {error}"
         if not text.startswith("Image #"):
             text = f"Image #{index}: {text}"
-        failed.append(_named(text, paths))
-        bar.write(f"error: {failed[-1]}", file=sys.stderr)
+        failed.append((read[index], renumbered(text)))
+        bar.write(f"error: {failed[-1][1]}", file=sys.stderr)
 
     try:
         result = evaluate(
@@ -851,13 +886,18 @@ def cmd_evaluate(args) -> int:
         )
     finally:
         bar.close()
+    scored, errors, entries = iter(result["images"]), dict(failed), []
+    for i in range(len(paths)):  # the pairs read, scored or not, and those not read
+        entry = next(scored) if i in read else {}
+        entries.append({"error": errors[i]} if i in errors else entry)
+    result["images"] = entries
     for path, scores in zip(paths, result["images"], strict=True):
         scores["file"] = path.name
-    result["notes"] = [_named(note, paths) for note in result["notes"]]
+    result["notes"] = [renumbered(note) for note in result["notes"]]
     for note in result["notes"]:
         print(f"note: {note}", file=sys.stderr)
     if failed:
-        result["failed"] = failed
+        result["failed"] = [text for _, text in sorted(failed)]
         print(
             f"{len(failed)} of {len(paths)} image(s) could not be scored (above); the means "
             "are of the others."

@@ -228,10 +228,20 @@ def _explicit_files(spec) -> bool:
     )
 
 
+def _label_of(image: Path, label: Path) -> bool:
+    """Whether ``label``'s name makes it ``image``'s label file (``a.tif`` <- ``a.tif``,
+    ``a_mask.png``, ...)."""
+    stem, own = _stem(label), _stem(image)
+    return label.resolve() != image.resolve() and (
+        stem == own or any(stem == own + suffix for suffix in _LABEL_SUFFIXES)
+    )
+
+
 def match_labels(images: list[Path], labels_spec, images_spec=None) -> list[Path]:
     """For each image, the label file of the same name (``_labels``/``_mask`` suffixes
     allowed). Where ``images_spec`` and ``labels_spec`` both name files one by one, as many
-    of each, and the names do not pair them, they pair in the order given (with a note on
+    of each, they pair in the order given where their names agree with it (images of
+    one name in several folders), or where no name pairs any of them (with a note on
     standard error). Images that share a name, or an image with several label files,
     are refused: one of the pairs would be a guess."""
     labels = list_images(labels_spec)
@@ -239,6 +249,14 @@ def match_labels(images: list[Path], labels_spec, images_spec=None) -> list[Path
         if images[0].resolve() == labels[0].resolve():
             raise InputError(f"{images[0]} is given as both the image and its labels.")
         return labels
+    explicit = (
+        images_spec is not None
+        and len(labels) == len(images)
+        and _explicit_files(images_spec)
+        and _explicit_files(labels_spec)
+    )
+    if explicit and all(_label_of(i, lab) for i, lab in zip(images, labels, strict=True)):
+        return labels  # named one by one, in an order their names agree with
     stems: dict[str, list[str]] = {}
     for path in images:
         stems.setdefault(_stem(path), []).append(path.name)
@@ -271,12 +289,7 @@ def match_labels(images: list[Path], labels_spec, images_spec=None) -> list[Path
         )
     missing = [p.name for p in images if _stem(p) not in candidates]
     if missing:
-        if (
-            images_spec is not None
-            and len(labels) == len(images)
-            and _explicit_files(images_spec)
-            and _explicit_files(labels_spec)
-        ):
+        if explicit and len(missing) == len(images):  # no name pairs any: the order does
             pairs = ", ".join(
                 f"{i.name} <- {lab.name}" for i, lab in zip(images, labels, strict=True)
             )

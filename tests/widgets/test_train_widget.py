@@ -311,6 +311,14 @@ def test_an_image_chosen_gets_its_own_labels_among_others_of_its_size(make_napar
     viewer.add_points(name="unrelated layer")
     assert train.labels.value.name == "AB scribbles"
 
+    # one image's name starts another's: "A_2 - Labels" is A_2's, not A's
+    a2 = viewer.add_image(np.zeros((32, 32), np.float32), name="A_2")
+    viewer.add_labels(np.zeros((32, 32), np.uint8), name="A_2 - Labels")
+    train.image.value = a2
+    assert train.labels.value.name == "A_2 - Labels"
+    train.image.value = a
+    assert train.labels.value.name == "A - Labels"
+
 
 def test_painted_labels_come_before_the_plugins_results(make_napari_viewer):
     from napari_unet._widgets._layers import write_layer
@@ -782,27 +790,29 @@ def test_a_result_trained_on_is_kept_by_the_next_segmentation(viewer, qtbot):
     assert len([x for x in viewer.layers if x.name.startswith("nuclei segmentation")]) == 2
 
 
-def sparse_model() -> SegmentationModel:
+def sparse_model(in_channels: int = 1) -> SegmentationModel:
     """A scribbles model: background painted 1 (written 0), nuclei painted 2."""
     from napari_unet.data import LabelEncoding, Normalization
     from napari_unet.model import UNet
 
     encoding = LabelEncoding("sparse", ["background", "class 2"], [0, 2], [1, 2], [])
-    return SegmentationModel(UNet(1, 2, depth=2, base_channels=8), encoding, Normalization())
+    network = UNet(in_channels, 2, depth=2, base_channels=8)
+    return SegmentationModel(network, encoding, Normalization())
 
 
-@pytest.mark.parametrize("stack", [False, True])
+@pytest.mark.parametrize("stack", [False, True, "channels"])
 def test_a_scribble_models_segmentation_trains_its_background(
     make_napari_viewer, qtbot, monkeypatch, notifications, stack
 ):
     """Corrected and trained on, a segmentation by a sparse model trains everywhere it
-    was written: its 0 is the background found, not pixels left unannotated."""
+    was written: its 0 is the background found, not pixels left unannotated (a (T, C, Y,
+    X) movie's result keeps its channel axis one plane long)."""
     from napari_unet._widgets import _workers
 
     viewer = make_napari_viewer()
-    shape = (3, 64, 64) if stack else (64, 64)
+    shape = {False: (64, 64), True: (3, 64, 64), "channels": (3, 2, 64, 64)}[stack]
     image = viewer.add_image(np.random.default_rng(0).random(shape, np.float32), name="cells")
-    model = sparse_model()
+    model = sparse_model(2 if stack == "channels" else 1)
     registry_for(viewer).add(model, "scribbles", "test")
     segment = SegmentWidget(viewer)
     segment.image.value, segment.device.value = image, "cpu"
@@ -816,7 +826,8 @@ def test_a_scribble_models_segmentation_trains_its_background(
     found[10:20, 10:20] = found[40:50, 40:50] = 2  # two objects found
     found[40:50, 40:50] = 0  # one of them wrong: erased
     data = result.data.copy()
-    data[(1,) if stack else ()] = found
+    plane = {False: (), True: (1,), "channels": (1, 0)}[stack]
+    data[plane] = found
     result.data = data
 
     captured = {}
@@ -838,7 +849,7 @@ def test_a_scribble_models_segmentation_trains_its_background(
     assert set(np.unique(targets)) == {1, 2}
     assert (targets[10:20, 10:20] == 2).all() and (targets[40:50, 40:50] == 1).all()
     assert any("train as background (1)" in note for note in notifications.infos)
-    assert result.data[(1,) if stack else ()][45, 45] == 0  # the layer itself unchanged
+    assert result.data[plane][45, 45] == 0  # the layer itself unchanged
 
 
 def test_a_grey_stack_is_said_to_be_read_as_planes_once(make_napari_viewer, qtbot, monkeypatch,

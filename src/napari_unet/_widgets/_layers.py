@@ -387,6 +387,8 @@ def write_layer(
     existing = output_layer(viewer, source, suffix) if into is None else into
     placement = _placement(source, extra, axis)
     mark = {"source": source.name, "kind": suffix, "source_id": str(source.unique_id)}
+    if _spanned(source, axis):  # the channel axis kept one plane long: not a plane index
+        mark["span"] = extra + axis
     if model is not None:  # which model wrote it: planes of one result come from one model
         mark["model"] = model
     if existing is not None and isinstance(existing, layer_type) and existing.ndim == data.ndim:
@@ -447,10 +449,13 @@ def scribble_result_labels(layer: Layer, data: np.ndarray) -> tuple[np.ndarray, 
     planes = mark.get("planes")
     if planes:  # segmented plane by plane: the planes written
         data = data.copy()
+        span = mark.get("span")
+        view = data if span is None or data.shape[span] != 1 else np.squeeze(data, axis=span)
         for key in planes:
             index = tuple(int(i) for i in key.split(",")) if key else ()
-            if len(index) + 2 == data.ndim:
-                data[index][data[index] == 0] = background
+            if len(index) + 2 == view.ndim:
+                plane = view[index]
+                plane[plane == 0] = background
     else:
         data = np.where(data == 0, np.asarray(background, data.dtype), data)
     return data, (

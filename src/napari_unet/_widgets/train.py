@@ -64,10 +64,18 @@ from ._workers import JobFailed, PlanesSelected, Preview, PreviewReady, refuse, 
 DEFAULT_MINUTES = 5.0
 
 
-def _named_for(layer: Labels, image: Image) -> bool:
-    """Whether ``layer``'s name is ``image``'s, alone or followed by a separator."""
-    name, base = layer.name, image.name
-    return name == base or (name.startswith(base) and not name[len(base)].isalnum())
+def _named_for(layer: Labels, image: Image, images: list[str]) -> bool:
+    """Whether ``layer`` is named after ``image`` ("cells - Labels", as napari names a new
+    labels layer): its name starts with the image's, alone or followed by a separator,
+    and with no longer name of the viewer's ``images`` ("cells_2 - Labels" is cells_2's,
+    not cells')."""
+
+    def starts(base: str) -> bool:
+        name = layer.name
+        return name == base or (name.startswith(base) and not name[len(base)].isalnum())
+
+    owners = [name for name in images if starts(name)]
+    return bool(owners) and max(owners, key=len) == image.name
 
 
 def format_duration(seconds: float) -> str:
@@ -287,7 +295,8 @@ class TrainWidget(QWidget):
         same = [layer for layer in candidates if spatial_shape(layer) == spatial_shape(image)]
         # the image's own labels ("B - Labels", as napari names a new one) before others of
         # its shape: images of one size are common, and another's labels fit them too
-        own = [layer for layer in same if not made_here(layer) and _named_for(layer, image)]
+        names = [layer.name for _, layer in layers_of(self.viewer, Image)]
+        own = [layer for layer in same if not made_here(layer) and _named_for(layer, image, names)]
         if labels in (own or same) and not made_here(labels):
             return
         fitting = own or same or [layer for layer in candidates if self._fits(image, layer)]
