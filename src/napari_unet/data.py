@@ -453,6 +453,11 @@ LOSSY_MARGIN = 16
 within this many pixels of where its two values meet: two JPEG blocks of 8."""
 
 
+LOSSY_SHIFT = 2
+"""Values this close to one of a blurred mask's two values are that value shifted, as
+JPEG leaves flat regions (0 came back as 1 or 0 at quality 70)."""
+
+
 LOSSY_SOLID = 0.02
 """At most this share of the other values' pixels of a blurred mask may lie inside a 3 x 3
 patch of one value: JPEG leaves specks and rings (at most 0.2% on the DSB and ISBI masks),
@@ -471,7 +476,11 @@ def lossy_mask_values(label) -> tuple[int, int] | None:
     255 as "ignore") and object ids (a few small ids beside a large one) do not qualify.
     Of the DSB 2018 nuclei masks (45) and ISBI 2012 membranes (10) saved as JPEG at
     qualities 50 to 100 all but one qualify (a large object whose inside came back a few
-    values off), and splitting at the midpoint gives back the masks exactly.
+    values off), and splitting at the midpoint gives back the masks exactly; at quality
+    70, JPEG brings their background back as a speckle of 1 and 0 (values within
+    :data:`LOSSY_SHIFT` of one of the two count as it). Masks of black objects on white
+    at quality 70 do not qualify: their objects come back as solid patches of 1, as a
+    class painted 1 would look.
     """
     a = np.asarray(label)
     if a.ndim != 2 or a.size < 64 or a.size > 2**26 or not np.issubdtype(a.dtype, np.integer):
@@ -501,9 +510,15 @@ def lossy_mask_values(label) -> tuple[int, int] | None:
     if not slight and (kinds.size < 3 or others.max() > total // 2):
         return None
     stray = (a != low) & (a != high)
-    size = 2 * LOSSY_MARGIN + 1  # near pixels of exactly each of the two values
-    near = ndi.maximum_filter(a == low, size=size) & ndi.maximum_filter(a == high, size=size)
-    if np.any(stray & ~near):
+    # JPEG brings flat regions back as a mix of neighbouring values (0 and 1 at quality
+    # 70): values within LOSSY_SHIFT of one of the two count as it; the others must lie
+    # near both, where the two meet
+    about_low = np.abs(a.astype(np.int16) - np.int16(low)) <= LOSSY_SHIFT
+    about_high = np.abs(a.astype(np.int16) - np.int16(high)) <= LOSSY_SHIFT
+    size = 2 * LOSSY_MARGIN + 1
+    near_low = ndi.maximum_filter(about_low, size=size)
+    near_high = ndi.maximum_filter(about_high, size=size)
+    if np.any(stray & ~(about_low | about_high | (near_low & near_high))):
         return None
     solid = (ndi.maximum_filter(a, size=3) == ndi.minimum_filter(a, size=3)) & stray
     if np.count_nonzero(solid) > LOSSY_SOLID * total:
@@ -515,14 +530,17 @@ def repair_lossy_masks(
     labels: Sequence[np.ndarray], owners: Sequence[int] | None = None
 ) -> tuple[list[np.ndarray], list[str]]:
     """Label planes with each blurred two-valued mask (:func:`lossy_mask_values`) split at
-    the midpoint of its two values, and a note naming the first such plane."""
+    the midpoint of its two values (written as 0 and 255 where they lie within 8 of them:
+    JPEG brought 0 back as 1 at quality 70), and a note naming the first such plane."""
     out, found = [], []
     for i, label in enumerate(labels):
         pair = lossy_mask_values(label)
         if pair is not None:
             label = np.asarray(label)
-            label = np.where(label > sum(pair) / 2, pair[1], pair[0]).astype(label.dtype)
-            found.append((i, pair))
+            # values a few off the ends of the 8-bit range were 0 and 255, shifted by JPEG
+            low, high = (0 if pair[0] <= 8 else pair[0]), (255 if pair[1] >= 247 else pair[1])
+            label = np.where(label > sum(pair) / 2, high, low).astype(label.dtype)
+            found.append((i, (low, high)))
         out.append(label)
     notes = []
     if found:
