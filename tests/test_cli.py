@@ -674,7 +674,9 @@ def test_the_demo_checks_its_output_folder_before_training(tmp_path, capsys, mon
     tifffile.imwrite(folder / "demo_labels.tif", np.ones((8, 8), np.uint8))
     before = (folder / "demo_labels.tif").read_bytes()
     assert main(["demo", "--output", str(folder)]) == 2
-    assert "demo_labels.tif, which the demo did not write" in capsys.readouterr().err
+    assert (
+        "demo_labels.tif, which this version of the demo did not write" in capsys.readouterr().err
+    )
     assert not trained and (folder / "demo_labels.tif").read_bytes() == before
 
 

@@ -945,8 +945,9 @@ def cmd_demo(args) -> int:
     ]
     if theirs:
         raise InputError(
-            f"--output {out} holds {' and '.join(theirs)}, which the demo did not write; "
-            "the demo would replace them. Choose another --output folder."
+            f"--output {out} holds {' and '.join(theirs)}, which this version of the demo "
+            "did not write (your own file, or an older version's result); the demo would "
+            "replace it. Move or delete it, or choose another --output folder."
         )
     (train_image, train_labels), (test_image, test_labels) = demo_images()
     print(
