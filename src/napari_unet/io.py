@@ -278,8 +278,8 @@ def match_labels(images: list[Path], labels_spec, images_spec=None) -> list[Path
             if stem.endswith(suffix):
                 candidates.setdefault(stem[: -len(suffix)], []).append(path)
                 break
-    same = [p.name for p in images if _stem(p) not in candidates and p.resolve() in
-            {q.resolve() for q in labels}]  # fmt: skip
+    listed = {q.resolve() for q in labels}
+    same = [p.name for p in images if _stem(p) not in candidates and p.resolve() in listed]
     if same:
         raise InputError(
             f"{len(same)} image(s), e.g. {same[:3]}, would be their own labels: the images and "
