@@ -572,6 +572,27 @@ def test_masks_saved_as_jpeg_are_read_back_exactly(name, quality):
         assert lossy_mask_values(inverted) == (0, 255)
 
 
+def test_thin_labelled_lines_are_no_jpeg_speckle():
+    """Values a step or two off 0 or 255 count as JPEG's shift only where they fill flat
+    areas: traced neurites beside a soma, or 1-pixel strokes on an 'ignore' 255, stay."""
+    from skimage.draw import disk, line
+
+    from napari_unet.data import lossy_mask_values
+
+    neuron = np.zeros((256, 256), np.uint8)
+    neuron[disk((128, 128), 20)] = 255  # the soma
+    for r0, c0, r1, c1, value in [(128, 148, 128, 250, 1), (148, 128, 250, 40, 2),
+                                  (104, 136, 96, 146, 3), (152, 120, 160, 110, 3)]:  # fmt: skip
+        neuron[line(r0, c0, r1, c1)] = value  # an axon, a dendrite, spines: 1 pixel wide
+    assert lossy_mask_values(neuron) is None
+
+    strokes = np.full((256, 256), 255, np.uint8)  # 255: not annotated
+    strokes[20:22, 10:246] = 0
+    for k, y in enumerate(range(40, 240, 20)):
+        strokes[y, 10:246] = 1 + k % 3
+    assert lossy_mask_values(strokes) is None
+
+
 def test_labels_that_are_not_blurred_masks_are_left_as_they_are():
     import tifffile
 

@@ -454,8 +454,9 @@ within this many pixels of where its two values meet: two JPEG blocks of 8."""
 
 
 LOSSY_SHIFT = 2
-"""Values this close to one of a blurred mask's two values are that value shifted, as
-JPEG leaves flat regions (0 came back as 1 or 0 at quality 70)."""
+"""Where the most frequent dark (or light) value of a blurred mask lies this close to 0
+(255) and fills flat areas, the values this close to it are that value shifted, as JPEG
+leaves flat areas (0 came back as a speckle of 1 and 0 at quality 70)."""
 
 
 LOSSY_SOLID = 0.02
@@ -477,8 +478,9 @@ def lossy_mask_values(label) -> tuple[int, int] | None:
     Of the DSB 2018 nuclei masks (45) and ISBI 2012 membranes (10) saved as JPEG at
     qualities 50 to 100 all but one qualify (a large object whose inside came back a few
     values off), and splitting at the midpoint gives back the masks exactly; at quality
-    70, JPEG brings their background back as a speckle of 1 and 0 (values within
-    :data:`LOSSY_SHIFT` of one of the two count as it). Masks of black objects on white
+    70, JPEG brings their background back as a speckle of 1 and 0 (:data:`LOSSY_SHIFT`);
+    thin lines of values 1 or 2 beside 0 (traced neurites, strokes) are no such speckle.
+    Masks of black objects on white
     at quality 70 do not qualify: their objects come back as solid patches of 1, as a
     class painted 1 would look.
     """
@@ -510,18 +512,26 @@ def lossy_mask_values(label) -> tuple[int, int] | None:
     if not slight and (kinds.size < 3 or others.max() > total // 2):
         return None
     stray = (a != low) & (a != high)
-    # JPEG brings flat regions back as a mix of neighbouring values (0 and 1 at quality
-    # 70): values within LOSSY_SHIFT of one of the two count as it; the others must lie
-    # near both, where the two meet
-    about_low = np.abs(a.astype(np.int16) - np.int16(low)) <= LOSSY_SHIFT
-    about_high = np.abs(a.astype(np.int16) - np.int16(high)) <= LOSSY_SHIFT
-    size = 2 * LOSSY_MARGIN + 1
+    flat = ndi.maximum_filter(a, size=3) == ndi.minimum_filter(a, size=3)
+
+    def about(value: int, shifted: bool) -> np.ndarray:
+        """The pixels that count as ``value``: where JPEG shifted the black or white of a
+        flat area (0 came back as a speckle of 1 and 0 at quality 70) -- the value most
+        frequent there lies a few off the end of the range and fills flat areas rather
+        than lines -- also the values within LOSSY_SHIFT of it."""
+        exact = a == value
+        if shifted and np.count_nonzero(flat & exact) >= 0.5 * np.count_nonzero(exact):
+            return np.abs(a.astype(np.int16) - np.int16(value)) <= LOSSY_SHIFT
+        return exact
+
+    about_low = about(low, 0 < low <= LOSSY_SHIFT)
+    about_high = about(high, 255 - LOSSY_SHIFT <= high < 255)
+    size = 2 * LOSSY_MARGIN + 1  # the others must lie near both, where the two meet
     near_low = ndi.maximum_filter(about_low, size=size)
     near_high = ndi.maximum_filter(about_high, size=size)
     if np.any(stray & ~(about_low | about_high | (near_low & near_high))):
         return None
-    solid = (ndi.maximum_filter(a, size=3) == ndi.minimum_filter(a, size=3)) & stray
-    if np.count_nonzero(solid) > LOSSY_SOLID * total:
+    if np.count_nonzero(flat & stray) > LOSSY_SOLID * total:
         return None
     return low, high
 
