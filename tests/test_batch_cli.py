@@ -573,7 +573,9 @@ def test_results_never_replace_ground_truth_in_another_output_folder(tmp_path, m
     assert main(args) == 0
 
 
-def test_resume_keeps_results_written_before_they_were_marked(tmp_path, model_path, inputs):
+def test_resume_keeps_results_written_before_they_were_marked(
+    tmp_path, model_path, inputs, capsys
+):
     """Results of older versions carry no mark: --resume skips the complete ones, a rerun
     without it refuses to replace them."""
     folder, _ = inputs
@@ -586,6 +588,7 @@ def test_resume_keeps_results_written_before_they_were_marked(tmp_path, model_pa
     before = (out / "a.tif").read_bytes()
 
     assert main([*args, "--resume", "--summary", str(tmp_path / "r.json")]) == 0
+    assert "no mark of napari-unet" in capsys.readouterr().err  # it may be the user's
     _, files = _summary(tmp_path / "r.json")
     assert files["a.tif"]["status"] == "skipped" and (out / "a.tif").read_bytes() == before
     assert main(args) == 2 and (out / "a.tif").read_bytes() == before

@@ -815,3 +815,32 @@ def test_a_semantic_model_that_learned_nothing_suggests_another_mode(
                  "--out", str(tmp_path / "m.safetensors"), "--epochs", "1"]) == 0  # fmt: skip
     err = capsys.readouterr().err
     assert ("train with --mode sparse" in err) == said
+
+
+def test_evaluate_names_files_right_in_a_folder_whose_name_holds_image_and_a_number(
+    tmp_path, capsys
+):
+    from napari_unet import UNet
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.model import SegmentationModel
+
+    encoding = LabelEncoding("semantic", ["background", "cell"], [0, 1], [0, 1], [])
+    model = SegmentationModel(UNet(1, 2, depth=2, base_channels=4), encoding, Normalization())
+    model.save(tmp_path / "m.safetensors")
+    images, labels = tmp_path / "Image #7", tmp_path / "labels"
+    images.mkdir()
+    labels.mkdir()
+    for name in ("a", "b"):
+        tifffile.imwrite(images / f"{name}.tif", np.zeros((64, 64), np.float32))
+        tifffile.imwrite(labels / f"{name}.tif", np.zeros((64, 64), np.uint8))
+    (labels / "a.tif").write_bytes(b"not a TIFF")  # a is not read: b is the only pair read
+    whole = (images / "b.tif").read_bytes()
+    (images / "b.tif").write_bytes(whole[: len(whole) // 2])  # its pixels cut short
+
+    code = main(["evaluate", "--model", str(tmp_path / "m.safetensors"), "--images",
+                 str(images), "--labels", str(labels)])  # fmt: skip
+
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "Image #0 (a.tif): Cannot read" in err and "Image #1 (b.tif)" in err
+    assert "No image could be scored." in err

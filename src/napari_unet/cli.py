@@ -420,9 +420,10 @@ def _untouched_for(path: Path, seconds: float) -> bool:
     return time.time() - newest > seconds
 
 
-def _finished(model, source: Path, target: Path, options: dict) -> bool:
+def _finished(model, source: Path, target: Path, options: dict, quiet: bool = False) -> bool:
     """Whether ``target`` holds a complete result of ``source`` as this run would write it:
-    of its shape and type (not labels for probabilities, nor another image's result)."""
+    of its shape and type (not labels for probabilities, nor another image's result);
+    ``quiet``: without the note on a result of another layout."""
     from .io import open_image, output_layout
     from .prediction import result_layout
 
@@ -440,6 +441,8 @@ def _finished(model, source: Path, target: Path, options: dict) -> bool:
         return False
     if found == wanted:
         return True
+    if quiet:
+        return False
     print(
         f"Note: {target} holds {found[0]} {found[1]}, not the {wanted[0]} {wanted[1]} this "
         f"run makes of {source.name} (another model's result, or probabilities for labels?); "
@@ -741,12 +744,23 @@ def cmd_predict(args) -> int:
         "close_boundaries": args.close_boundaries,
         "channel_axis": args.channel_axis,
     }
+    from .io import written_by_us
+
     done: dict[Path, bool] = {}  # --resume: the complete results, skipped (not replaced)
 
     def finished(source: Path) -> bool:
         if source not in done:
             target = _output_path(source, out_dir, args.format)
-            done[source] = args.resume and _finished(model, source, target, options)
+            ours = not args.resume or written_by_us(target)
+            done[source] = args.resume and _finished(model, source, target, options, not ours)
+            if done[source] and not ours:  # kept, but it may be the user's own file
+                print(
+                    f"Note: {target} has the layout of this run's result but no mark of "
+                    "napari-unet (a result of an older version, or a file of yours, such as "
+                    "ground truth?); --resume keeps it as it is and the summary counts it "
+                    "skipped.",
+                    file=sys.stderr,
+                )
         return done[source]
 
     fold = _prepare_output(files, out_dir, args.format, finished)
@@ -854,7 +868,11 @@ def cmd_evaluate(args) -> int:
     read = [i for i in range(len(paths)) if i not in dict(failed)]
 
     def renumbered(text: str) -> str:  # "Image #k" of the pairs read -> of all the pairs
-        text = re.sub(r"Image #(\d+)", lambda m: f"Image #{read[int(m.group(1))]}", text)
+        text = re.sub(
+            r"Image #(\d+)",
+            lambda m: f"Image #{read[int(m.group(1))]}" if int(m.group(1)) < len(read) else m[0],
+            text,
+        )
         return _named(text, paths)
 
     bar = _progress_bar(len(images), "evaluate", unit=" images")
