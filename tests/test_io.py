@@ -5,6 +5,7 @@ from unittest import mock
 
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 from napari_unet import ModelConfig, TrainConfig, load_model, predict, train
@@ -176,10 +177,10 @@ def test_files_named_one_by_one_pair_in_order_where_names_do_not(tmp_path, capsy
     for path in images + labels:
         path.write_bytes(b"")
 
-    paired = match_labels(images, [str(p) for p in labels], [str(p) for p in images])
+    with pytest.warns(UserWarning, match="paired in the order given: img_00.tif <- mask_00"):
+        paired = match_labels(images, [str(p) for p in labels], [str(p) for p in images])
 
     assert paired == labels
-    assert "paired in the order given: img_00.tif <- mask_00.tif" in capsys.readouterr().err
     # a folder is not an order given: refused as before
     with pytest.raises(InputError, match="No labels found"):
         match_labels(images, tmp_path / "lab", [str(p) for p in images])
@@ -403,3 +404,11 @@ def test_images_of_one_name_in_several_folders_pair_as_named(tmp_path):
     assert match_labels(images, [str(p) for p in labels], [str(p) for p in images]) == labels
     with pytest.raises(InputError, match="share one name"):  # as folders: which is whose?
         match_labels(images, tmp_path / "plate*" / "*_mask.tif", [str(p) for p in images])
+
+
+def test_a_folder_says_which_files_of_other_formats_it_leaves_out(tmp_path):
+    tifffile.imwrite(tmp_path / "a.tif", np.zeros((8, 8), np.uint8))
+    (tmp_path / "b.czi").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not an image format: no word about it")
+    with pytest.warns(UserWarning, match=r"Left out 1 file\(s\) .* \(b.czi\)"):
+        assert [p.name for p in list_images(tmp_path)] == ["a.tif"]

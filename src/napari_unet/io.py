@@ -19,9 +19,9 @@ import glob
 import json
 import os
 import shutil
-import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,10 @@ from .data import InputError
 
 FORMAT = "napari-unet/1"
 IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
+NOT_READ = (".gif", ".webp", ".jp2", ".czi", ".nd2", ".lif", ".lsm", ".ims", ".vsi", ".svs",
+            ".ndpi", ".oib", ".oif", ".dv", ".stk", ".mrc", ".dm3", ".dm4")  # fmt: skip
+"""Image formats a folder may hold that are not read from it (microscope formats, GIF):
+listing a folder says it left them out."""
 _LABEL_SUFFIXES = (
     "_labels",
     "_label",
@@ -130,6 +134,19 @@ def list_images(spec) -> list[Path]:
             files.append(path)
         elif path.is_dir():
             found = sorted(p for p in path.iterdir() if _is_image(p))
+            unread = sorted(
+                p.name
+                for p in path.iterdir()
+                if p.suffix.lower() in NOT_READ and not p.name.startswith(".")
+            )
+            if unread:
+                warnings.warn(
+                    f"Left out {len(unread)} file(s) in {path} of a format not read here "
+                    f"({', '.join(unread[:3])}{', ...' if len(unread) > 3 else ''}): save "
+                    "them as TIFF (in Fiji: File > Save As > Tiff) to use them.",
+                    UserWarning,
+                    stacklevel=2,
+                )
             if not found:
                 nested = any(p.is_dir() and not p.name.startswith(".") for p in path.iterdir())
                 raise InputError(
@@ -293,10 +310,11 @@ def match_labels(images: list[Path], labels_spec, images_spec=None) -> list[Path
             pairs = ", ".join(
                 f"{i.name} <- {lab.name}" for i, lab in zip(images, labels, strict=True)
             )
-            print(
-                f"note: the label files do not have their images' names; paired in the order "
+            warnings.warn(
+                f"The label files do not have their images' names; paired in the order "
                 f"given: {pairs[:300]}{'...' if len(pairs) > 300 else ''}",
-                file=sys.stderr,
+                UserWarning,
+                stacklevel=2,
             )
             return labels
         raise InputError(
