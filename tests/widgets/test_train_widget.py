@@ -872,3 +872,17 @@ def test_a_grey_stack_is_said_to_be_read_as_planes_once(make_napari_viewer, qtbo
         wait_for(qtbot, train)
     said = [n for n in notifications.infos if "as a stack of grey planes" in n]
     assert len(said) == 1
+
+
+def test_labels_of_object_ids_set_the_label_mode_to_instances(viewer, notifications):
+    """The sample's labels (one id per nucleus) are chosen with the image: instances."""
+    train = TrainWidget(viewer)
+    assert train.labels.value.name == "nuclei labels"
+    assert train.mode.value == "instances"
+    assert any("label mode is set to instances" in n for n in notifications.infos)
+
+    classes = viewer.add_labels((viewer.layers["nuclei labels"].data > 0).astype(np.uint8),
+                                name="classes")  # fmt: skip
+    train.mode.value = "semantic"
+    train.labels.value = classes  # two values: semantic stays
+    assert train.mode.value == "semantic"

@@ -26,7 +26,7 @@ from superqt import QCollapsible
 
 from .._device import default_base_channels, resolve_device
 from ..config import ModelConfig, TrainConfig, describe_error
-from ..data import InputError, channel_axis_from_labels
+from ..data import MAX_SEMANTIC_CLASSES, InputError, channel_axis_from_labels
 from ..model import SegmentationModel
 from ..training import (
     EpochEnded,
@@ -62,6 +62,7 @@ from ._plot import TrainingPlot
 from ._workers import JobFailed, PlanesSelected, Preview, PreviewReady, refuse, train_worker
 
 DEFAULT_MINUTES = 5.0
+_SUGGEST_MAX_PIXELS = 2**23  # labels read for the label mode when chosen, at most (8 M)
 
 
 def _named_for(layer: Labels, image: Image, images: list[str]) -> bool:
@@ -257,6 +258,7 @@ class TrainWidget(QWidget):
         self.augment.changed.connect(self._update_mode_fields)
         self.continue_training.changed.connect(self._update_model_fields)
         self.image.changed.connect(self._image_changed)
+        self.labels.changed.connect(self._suggest_mode)
         self.registry.changed.connect(self._update_model_fields)
         watch_layers(self.viewer, self.reset_choices)
         self.viewer.dims.events.current_step.connect(self._follow_plane)
@@ -265,6 +267,7 @@ class TrainWidget(QWidget):
         self._update_budget()
         self._update_mode_fields()
         self._update_model_fields()
+        self._suggest_mode()  # the labels chosen with the form
         self._set_running(False)
 
     # ------------------------------------------------------------------ form
@@ -302,6 +305,25 @@ class TrainWidget(QWidget):
         fitting = own or same or [layer for layer in candidates if self._fits(image, layer)]
         if fitting:
             self.labels.value = fitting[0]
+
+    def _suggest_mode(self, *_) -> None:
+        """Labels of more values than semantic mode takes (one id per object, as napari's
+        sample and most instance annotations) set the label mode to instances, with a
+        note, where the mode is the form's own; large layers are left to the run's check."""
+        labels = self.labels.value
+        if labels is None or self.continue_training.value or self.mode.value != "semantic":
+            return
+        data = full_resolution(labels)
+        if not isinstance(data, np.ndarray) or data.size > _SUGGEST_MAX_PIXELS:
+            return
+        values = np.unique(data)
+        count = int(np.count_nonzero(values))
+        if count > MAX_SEMANTIC_CLASSES:
+            self.mode.value = "instances"
+            show_info(
+                f"'{labels.name}' holds {count} label values, one per object rather than "
+                "classes: the label mode is set to instances."
+            )
 
     def _update_channels(self, *_) -> None:
         self.channels.reset_choices()
