@@ -406,26 +406,6 @@ def _check_integer_labels(
     return label
 
 
-MAX_GAPPED_CLASSES = 8
-"""A semantic class map of at most this many values, some beyond 254 (0/128/255, as a
-class map saved as an 8-bit grey picture), is read as classes in the order of the values;
-more values beyond 254 are refused (object ids, or a mask blurred by JPEG)."""
-
-
-def _by_value(labels: Sequence[np.ndarray], source: list[int]) -> list[np.ndarray]:
-    """Label planes as the index of each pixel's value in ``source`` (all of them in it)."""
-    lut = np.zeros(int(max(source)) + 1, np.int64)
-    lut[np.asarray(source)] = np.arange(len(source))
-    return [lut[np.asarray(label)] for label in labels]
-
-
-def _gapped_map(label: np.ndarray) -> bool:
-    """Whether a plane holds a value beyond 254 beside at least one other non-zero value
-    (a class map such as 0/128/255, not a 0/255 mask)."""
-    present = np.unique(label)
-    return present[-1] > 254 and np.count_nonzero(present) >= 2
-
-
 def _wide_mask(label: np.ndarray) -> bool:
     """Labels of 0 and a single value beyond the semantic classes (0..254): 0/255."""
     high = label.max(initial=0)
@@ -695,14 +675,8 @@ def encode_labels(
     if mode != "semantic":
         raise InputError(f"Unknown label mode {mode!r}; use semantic, sparse or instances.")
     # A plane holding 0 and one value beyond the classes (0/255) is a binary mask, also
-    # among planes saved otherwise (0/1, boolean, several classes), but not beside a class
-    # map of values beyond 254 (0/128/255), where 255 is a class of its own.
-    gapped = (
-        2 < len(values) <= MAX_GAPPED_CLASSES
-        and values.max() > 254
-        and any(_gapped_map(label) for label in labels)
-    )
-    masks = [] if gapped else [k for k, label in enumerate(labels) if _wide_mask(label)]
+    # among planes saved otherwise (0/1, boolean, several classes).
+    masks = [k for k, label in enumerate(labels) if _wide_mask(label)]
     if masks and len(values) > 2:
         labels = list(labels)
         for k in masks:
@@ -714,16 +688,6 @@ def encode_labels(
         )
     if previous is not None:
         source = previous.source_values
-        if source != list(range(len(source))):  # a class map of other values (0/128/255)
-            unknown = sorted(set(values.tolist()) - set(source))
-            if unknown:
-                first = next(i for i, label in enumerate(labels) if np.isin(label, unknown).any())
-                raise InputError(
-                    f"Label values {_some(unknown)} (the first in the labels of "
-                    f"{_plane_name(first, owners)}) are not classes of the model "
-                    f"({_some(source)}); fix the labels or train a new model."
-                )
-            return _by_value(labels, source), previous
         if len(values) == 2 and values[0] == 0 and len(source) == 2:
             targets = [(label > 0).astype(np.int64) for label in labels]
             return targets, previous
@@ -753,16 +717,6 @@ def encode_labels(
             )
         targets = [(label > 0).astype(np.int64) for label in labels]
         num_classes = 2
-    elif gapped or (len(values) == 2 and values.max() > 254):  # 0/128/255, 128/255
-        source = values.tolist()
-        notes.append(
-            f"The labels hold the values {_some(source)}, beyond the class values 0..254: "
-            f"read as {len(source)} classes in that order (the lowest, {source[0]}, as "
-            "background), and prediction writes the same values."
-        )
-        names = ["background"] + [f"class {v}" for v in source[1:]]
-        encoding = LabelEncoding(mode, names, source, source, notes)
-        return _by_value(labels, source), encoding
     else:
         if values.max() > 254:
             raise InputError(
