@@ -134,3 +134,29 @@ def test_a_scribble_model_scored_against_a_mask_says_which_values_to_give():
         evaluate(model, [np.zeros((32, 32), np.float32)], [mask])
     ones_and_twos = np.where(mask > 0, 2, 1).astype(np.uint8)
     assert evaluate(model, [np.zeros((32, 32), np.float32)], [ones_and_twos])["mean"]
+
+
+def test_evaluate_takes_no_out_and_scores_what_predict_returns(monkeypatch):
+    from napari_unet import UNet
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.metrics import evaluate
+    from napari_unet.model import SegmentationModel
+
+    encoding = LabelEncoding("semantic", ["background", "cell"], [0, 1], [0, 1], [])
+    model = SegmentationModel(UNet(1, 2, depth=2, base_channels=4), encoding, Normalization())
+    image, label = np.zeros((32, 32), np.float32), np.zeros((32, 32), np.uint8)
+    label[:8] = 1
+    with pytest.raises(TypeError, match="no out="):
+        evaluate(model, [image], [label], out="e.tif")
+
+    class OnDisk:  # a result opened read-only, as predict(out=path) returns it
+        shape, dtype, ndim = label.shape, label.dtype, 2
+
+        def __array__(self, dtype=None, copy=None):
+            return label.copy()
+
+    import napari_unet.prediction as prediction
+
+    monkeypatch.setattr(prediction, "predict", lambda *a, **k: OnDisk())
+    scores = evaluate(model, [image], [label])
+    assert scores["mean"]["1"]["dice"] == 1.0

@@ -347,3 +347,29 @@ def test_predict_takes_the_path_of_an_image_file(tmp_path):
         predict(model, tmp_path / "image.tif", tile_size=64, out=tmp_path / "image.tif")
     with pytest.raises(InputError, match="No such file"):
         predict(model, tmp_path / "missing.tif")
+
+
+def test_out_never_replaces_data_napari_unet_did_not_write(tmp_path, image):
+    """A raw image or a zarr store of the user's under the result's name, or the input's
+    own array, is refused; an earlier result of its own is replaced."""
+    model = _model()
+    raw = tmp_path / "raw.tif"
+    tifffile.imwrite(raw, image)
+    before = raw.read_bytes()
+    with pytest.raises(InputError, match="napari-unet did not write"):
+        predict(model, tifffile.imread(raw), out=raw, **OPTIONS)
+    assert raw.read_bytes() == before
+
+    store = tmp_path / "precious.zarr"
+    theirs = zarr.open_array(str(store), mode="w", shape=image.shape, dtype=np.uint16)
+    theirs[:] = 7
+    with pytest.raises(InputError, match="napari-unet did not write"):
+        predict(model, image, out=store, **OPTIONS)
+    assert (zarr.open_array(str(store), mode="r")[:] == 7).all()
+    with pytest.raises(InputError, match="input image's own array"):
+        predict(model, theirs, out=theirs, **OPTIONS)
+
+    ours = tmp_path / "labels.tif"
+    predict(model, image, out=ours, **OPTIONS)
+    result = predict(model, image, out=ours, **OPTIONS)  # a rerun replaces its own
+    np.testing.assert_array_equal(np.asarray(result), predict(model, image, **OPTIONS))

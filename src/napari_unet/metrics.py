@@ -133,7 +133,7 @@ def _score_image(model, i: int, image, label, predict_kwargs: dict) -> tuple[dic
         values = np.asarray(model.encoding.class_values)
         truth = np.where(encoded >= 0, values[np.maximum(encoded, 0)], -1)
     try:
-        prediction = predict(model, image, **predict_kwargs)
+        prediction = np.asarray(predict(model, image, **predict_kwargs))
     except InputError as error:  # say which image
         raise InputError(f"Image #{i}: {error}") from None
     if prediction.shape != label.shape:
@@ -174,6 +174,8 @@ def evaluate(model, images, labels, *, on_image=None, on_error=None, **predict_k
     """
     from .data import InputError
 
+    if "out" in predict_kwargs:  # each image's result would replace the last
+        raise TypeError("evaluate() takes no out=: it scores results in memory.")
     images, labels = list(images), list(labels)
     if len(images) != len(labels):
         raise InputError(

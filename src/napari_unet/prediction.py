@@ -629,6 +629,20 @@ def iter_predict(
                 f"The result {out} would replace its input {source}, a folder or store "
                 "holding it, or go inside it; write it elsewhere."
             )
+        from .io import holds_data, written_by_us
+
+        if target.exists() and holds_data(target) and not written_by_us(target):
+            raise InputError(
+                f"The result {out} would replace {target.name}, which napari-unet did not "
+                "write (an image or data of yours?); write it elsewhere, or move or delete "
+                "it first (results written before napari-unet marked its results count as "
+                "not its own)."
+            )
+    elif out is not None and (
+        out is image
+        or ((source := _source_path(out)) is not None and source == _source_path(image))
+    ):
+        raise InputError("out is the input image's own array; give another array or a path.")
     from .io import stack_axes_only
 
     if channel_axis == "auto" and stack_axes_only(image):  # a file's Z/T axes: no channels
