@@ -133,7 +133,11 @@ def test_a_scribble_model_scored_against_a_mask_says_which_values_to_give():
     with pytest.raises(InputError, match=r"background -> 1, objects -> \[2\]"):
         evaluate(model, [np.zeros((32, 32), np.float32)], [mask])
     ones_and_twos = np.where(mask > 0, 2, 1).astype(np.uint8)
-    assert evaluate(model, [np.zeros((32, 32), np.float32)], [ones_and_twos])["mean"]
+    result = evaluate(model, [np.zeros((32, 32), np.float32)], [ones_and_twos])
+    assert result["mean"] and not result["notes"]
+    # a 0/1 (or boolean) mask: its objects are the model's background, nothing is scored
+    result = evaluate(model, [np.zeros((32, 32), np.float32)], [mask > 0])
+    assert "hold only 0 and 1" in result["notes"][0] and "objects 2" in result["notes"][0]
 
 
 def test_evaluate_takes_no_out_and_scores_what_predict_returns(monkeypatch):

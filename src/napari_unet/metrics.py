@@ -132,6 +132,9 @@ def _score_image(model, i: int, image, label, predict_kwargs: dict) -> tuple[dic
         )
         values = np.asarray(model.encoding.class_values)
         truth = np.where(encoded >= 0, values[np.maximum(encoded, 0)], -1)
+        background = model.encoding.source_values[0]
+        if model.mode == "sparse" and set(np.unique(label).tolist()) == {0, background}:
+            flags.add("mask for scribbles")  # a 0/1 mask: its objects read as background
     try:
         prediction = np.asarray(predict(model, image, **predict_kwargs))
     except InputError as error:  # say which image
@@ -182,7 +185,7 @@ def evaluate(model, images, labels, *, on_image=None, on_error=None, **predict_k
             f"Got {len(images)} images but {len(labels)} label images; give one labels per "
             "image, in the same order."
         )
-    per_image, masks, lossy = [], [], []
+    per_image, masks, lossy, unscored = [], [], [], []
     for i, (image, label) in enumerate(zip(images, labels, strict=True)):
         try:
             scores, flags = _score_image(model, i, image, label, predict_kwargs)
@@ -195,6 +198,7 @@ def evaluate(model, images, labels, *, on_image=None, on_error=None, **predict_k
             per_image.append(scores)
             lossy += [i] if "lossy" in flags else []
             masks += [i] if "masks" in flags else []
+            unscored += [i] if "mask for scribbles" in flags else []
         if on_image is not None:
             on_image(i + 1, len(images))
     said = {
@@ -202,6 +206,11 @@ def evaluate(model, images, labels, *, on_image=None, on_error=None, **predict_k
         "smoothed edges: scored as the two values, split at their midpoint.": lossy,
         "hold masks or class maps (one value for several objects), not one id per object: "
         "each connected region is scored as an object (touching objects count as one).": masks,
+        f"hold only 0 and {model.encoding.source_values[0]}: for this scribbles model 0 is "
+        f"'not annotated' and {model.encoding.source_values[0]} its background, so no object "
+        "class is scored there; to score it against a mask, give background "
+        f"{model.encoding.source_values[0]} and objects "
+        f"{', '.join(map(str, model.encoding.source_values[1:]))}.": unscored,
     }
     notes = []
     for text, found in said.items():
