@@ -704,3 +704,18 @@ def test_the_last_plane_whole_is_never_held_out_where_it_holds_most_labels():
                         TrainConfig(mode="semantic"))  # fmt: skip
     validation_notes = [n for n in data.notes if n.startswith("Validation")]
     assert len(validation_notes) == 1, validation_notes
+
+
+def test_a_stack_labelled_on_some_planes_says_the_others_train_as_background():
+    from napari_unet.training import prepare_data
+
+    pairs = [disks(size=64, count=4, seed=k) for k in range(4)]
+    volume = np.stack([p[0] for p in pairs])
+    labels = np.stack([(p[1] > 0).astype(np.uint8) for p in pairs])
+    partial = labels.copy()
+    partial[2:] = 0
+    data = prepare_data(volume, partial, TrainConfig(mode="semantic"))
+    assert any("2 plane(s) of stacked image(s)" in n and "train as background" in n
+               for n in data.notes)  # fmt: skip
+    data = prepare_data(volume, labels, TrainConfig(mode="semantic"))
+    assert not any("train as background" in n for n in data.notes)

@@ -238,6 +238,8 @@ def prepare_data(
     check_pairs(planes, label_planes, owners)
     label_planes, lossy_notes = repair_lossy_masks(label_planes, owners)
     notes += lossy_notes
+    if config.mode != "sparse":
+        notes += _unlabelled_planes(label_planes, owners)
     if config.mode == "instances":  # consecutive integer ids, a mask's regions as objects
         label_planes, id_notes = instance_ids(label_planes, owners)
         notes += id_notes
@@ -658,6 +660,29 @@ def estimate_label_offset(
     if np.mean([n for n, c in zip(near, counts, strict=True) if c]) < OFFSET_AGREEMENT:
         return None
     return offsets[best]
+
+
+def _unlabelled_planes(label_planes: list[np.ndarray], owners: list[int]) -> list[str]:
+    """A note where a stack has planes of labels all 0 beside labelled ones: in semantic
+    and instances modes they train as background, which is right for empty planes and
+    wrong for planes left unannotated (the Train widget trains only labelled planes)."""
+    empty: dict[int, list[int]] = {}
+    labelled: set[int] = set()
+    for plane, (label, owner) in enumerate(zip(label_planes, owners, strict=True)):
+        if np.any(label):
+            labelled.add(owner)
+        else:
+            empty.setdefault(owner, []).append(plane)
+    stacks = [owner for owner in empty if owner in labelled]
+    if not stacks:
+        return []
+    count = sum(len(empty[owner]) for owner in stacks)
+    return [
+        f"{count} plane(s) of stacked image(s) (the first in Image #{stacks[0]}) hold no labels "
+        "(all 0) beside labelled planes: they train as background. If they are not "
+        "annotated, give only the labelled planes (or scribbles in sparse mode, where 0 is "
+        "not annotated)."
+    ]
 
 
 def _steps_per_epoch(samples: list[Sample], config: TrainConfig) -> int:
