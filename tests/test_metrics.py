@@ -164,3 +164,21 @@ def test_evaluate_takes_no_out_and_scores_what_predict_returns(monkeypatch):
     monkeypatch.setattr(prediction, "predict", lambda *a, **k: OnDisk())
     scores = evaluate(model, [image], [label])
     assert scores["mean"]["1"]["dice"] == 1.0
+
+
+def test_evaluate_reads_image_and_label_files_given_as_paths(tmp_path):
+    import tifffile
+
+    from napari_unet import UNet
+    from napari_unet.data import LabelEncoding, Normalization
+    from napari_unet.metrics import evaluate
+    from napari_unet.model import SegmentationModel
+
+    encoding = LabelEncoding("semantic", ["background", "cell"], [0, 1], [0, 1], [])
+    model = SegmentationModel(UNet(1, 2, depth=2, base_channels=4), encoding, Normalization())
+    image, label = np.zeros((32, 32), np.float32), np.zeros((32, 32), np.uint8)
+    label[:8] = 1
+    tifffile.imwrite(tmp_path / "i.tif", image)
+    tifffile.imwrite(tmp_path / "l.tif", label)
+    by_path = evaluate(model, [tmp_path / "i.tif"], [str(tmp_path / "l.tif")])
+    assert by_path["mean"] == evaluate(model, [image], [label])["mean"]

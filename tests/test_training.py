@@ -719,3 +719,17 @@ def test_a_stack_labelled_on_some_planes_says_the_others_train_as_background():
                for n in data.notes)  # fmt: skip
     data = prepare_data(volume, labels, TrainConfig(mode="semantic"))
     assert not any("train as background" in n for n in data.notes)
+
+
+def test_training_reads_image_and_label_files_given_as_paths(tmp_path):
+    import tifffile
+
+    from napari_unet.training import prepare_data
+
+    image, label = disks(size=64, count=4, seed=3)
+    tifffile.imwrite(tmp_path / "img.tif", image)
+    tifffile.imwrite(tmp_path / "lab.tif", (label > 0).astype(np.uint8) * 255)  # a 0/255 mask
+    data = prepare_data(str(tmp_path / "img.tif"), tmp_path / "lab.tif", TrainConfig())
+    from_arrays = prepare_data(image, (label > 0).astype(np.uint8), TrainConfig())
+    assert len(data.train) == len(from_arrays.train)
+    assert np.array_equal(data.train[0].target, from_arrays.train[0].target)

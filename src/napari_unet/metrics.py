@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 DSB_THRESHOLDS = np.arange(0.5, 1.0, 0.05)
@@ -112,6 +114,10 @@ def _score_image(model, i: int, image, label, predict_kwargs: dict) -> tuple[dic
     from .prediction import predict
 
     flags = set()
+    if isinstance(label, (str, os.PathLike)):  # a label file, as predict reads image files
+        from .io import read_image
+
+        label = read_image(label, labels=True)
     label = np.asarray(label)
     truth = None
     if label.ndim >= 2 and label.size:

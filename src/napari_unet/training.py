@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 import warnings
 from collections.abc import Iterator
@@ -127,10 +128,16 @@ class PreparedData:
     boundary: tuple[int, int] | None = None  # (class, smallest region), semantic mode
 
 
-def _as_list(images) -> list:
-    if isinstance(images, np.ndarray) or hasattr(images, "shape"):
-        return [images]
-    return list(images)
+def _as_list(images, labels: bool = False) -> list:
+    """One array or several; a file path among them is read (labels as label files)."""
+    if isinstance(images, (np.ndarray, str, os.PathLike)) or hasattr(images, "shape"):
+        images = [images]
+    from .io import read_image
+
+    return [
+        read_image(item, labels=labels) if isinstance(item, (str, os.PathLike)) else item
+        for item in images
+    ]
 
 
 def _planes(images, labels, channel_axis, notes: list[str]):
@@ -227,7 +234,7 @@ def prepare_data(
     channel_axis: int | None | str = "auto",
 ) -> PreparedData:
     """Check, convert, normalise and split the training data (see :func:`iter_train`)."""
-    images, labels = _as_list(images), _as_list(labels)
+    images, labels = _as_list(images), _as_list(labels, labels=True)
     if len(images) != len(labels):
         raise InputError(
             f"Got {len(images)} images but {len(labels)} label images; give one labels per image."
