@@ -715,8 +715,8 @@ def test_a_stack_labelled_on_some_planes_says_the_others_train_as_background():
     partial = labels.copy()
     partial[2:] = 0
     data = prepare_data(volume, partial, TrainConfig(mode="semantic"))
-    assert any("2 plane(s) of stacked image(s)" in n and "train as background" in n
-               for n in data.notes)  # fmt: skip
+    assert any("2 plane(s) of stacked image(s) (the first: Image #0 (plane 2))" in n
+               and "train as background" in n for n in data.notes)  # fmt: skip
     data = prepare_data(volume, labels, TrainConfig(mode="semantic"))
     assert not any("train as background" in n for n in data.notes)
 

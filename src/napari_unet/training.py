@@ -683,9 +683,12 @@ def _unlabelled_planes(label_planes: list[np.ndarray], owners: list[int]) -> lis
     stacks = [owner for owner in empty if owner in labelled]
     if not stacks:
         return []
+    from .data import _plane_name
+
     count = sum(len(empty[owner]) for owner in stacks)
+    first = _plane_name(empty[stacks[0]][0], owners)
     return [
-        f"{count} plane(s) of stacked image(s) (the first in Image #{stacks[0]}) hold no labels "
+        f"{count} plane(s) of stacked image(s) (the first: {first}) hold no labels "
         "(all 0) beside labelled planes: they train as background. If they are not "
         "annotated, give only the labelled planes (or scribbles in sparse mode, where 0 is "
         "not annotated)."

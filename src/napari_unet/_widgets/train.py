@@ -318,7 +318,7 @@ class TrainWidget(QWidget):
             return
         values = np.unique(data)
         count = int(np.count_nonzero(values))
-        if count > MAX_SEMANTIC_CLASSES:
+        if values.size > MAX_SEMANTIC_CLASSES:  # as semantic mode counts them, 0 too
             self.mode.value = "instances"
             show_info(
                 f"'{labels.name}' holds {count} label values, one per object rather than "
