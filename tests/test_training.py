@@ -733,3 +733,20 @@ def test_training_reads_image_and_label_files_given_as_paths(tmp_path):
     from_arrays = prepare_data(image, (label > 0).astype(np.uint8), TrainConfig())
     assert len(data.train) == len(from_arrays.train)
     assert np.array_equal(data.train[0].target, from_arrays.train[0].target)
+
+
+def test_grey_pictures_saved_as_colour_train_a_grey_model():
+    from napari_unet import predict, train
+
+    image, label = disks(size=64, count=4, seed=5)
+    grey = (image / image.max() * 255).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=-1)  # a grey picture saved as RGB
+    model = train(rgb, (label > 0).astype(np.uint8), TrainConfig(epochs=1, steps_per_epoch=2,
+                  patch_size=64, batch_size=2), model_config=ModelConfig(**TINY))  # fmt: skip
+    assert model.in_channels == 1
+    assert predict(model, grey).shape == (64, 64)  # the plain grey image too
+    colour = rgb.copy()
+    colour[..., 0] //= 2  # a true colour picture: three channels, as before
+    model = train(colour, (label > 0).astype(np.uint8), TrainConfig(epochs=1, steps_per_epoch=2,
+                  patch_size=64, batch_size=2), model_config=ModelConfig(**TINY))  # fmt: skip
+    assert model.in_channels == 3

@@ -35,6 +35,8 @@ from .data import (
     convert_channels,
     elastic_deform,
     encode_labels,
+    grey_of,
+    grey_picture,
     instance_ids,
     iter_planes,
     random_zoom,
@@ -250,6 +252,15 @@ def prepare_data(
     if config.mode == "instances":  # consecutive integer ids, a mask's regions as objects
         label_planes, id_notes = instance_ids(label_planes, owners)
         notes += id_notes
+    if model is None and planes and all(p.shape[0] in (3, 4) for p in planes):
+        # grey pictures saved as colour (equal channels): a grey model, as prediction
+        # reads such pictures, which then also segments plain grey images
+        if all(grey_picture(np.moveaxis(np.asarray(p), 0, -1)) for p in planes):
+            planes = [grey_of(np.moveaxis(np.asarray(p), 0, -1))[None] for p in planes]
+            notes.append(
+                "The images are grey pictures saved as colour (equal channels): read as "
+                "grey, so the model takes grey images (and such pictures) alike."
+            )
     counts = sorted({p.shape[0] for p in planes})
     convert = False
     if model is not None:
