@@ -745,6 +745,19 @@ def test_grey_pictures_saved_as_colour_train_a_grey_model():
                   patch_size=64, batch_size=2), model_config=ModelConfig(**TINY))  # fmt: skip
     assert model.in_channels == 1
     assert predict(model, grey).shape == (64, 64)  # the plain grey image too
+    again = train(
+        rgb,
+        (label > 0).astype(np.uint8),
+        TrainConfig(epochs=1, steps_per_epoch=2, patch_size=64, batch_size=2),
+        model=model,
+    )  # continued on the pictures
+    assert again.in_channels == 1
+    # equal channels given on another axis (fluorescence): channels, not a grey picture
+    stains = np.stack([grey] * 3).astype(np.uint16)
+    model = train(stains, (label > 0).astype(np.uint8), TrainConfig(epochs=1, steps_per_epoch=2,
+                  patch_size=64, batch_size=2), model_config=ModelConfig(**TINY),
+                  channel_axis=0)  # fmt: skip
+    assert model.in_channels == 3 and predict(model, stains, channel_axis=0).shape == (64, 64)
     colour = rgb.copy()
     colour[..., 0] //= 2  # a true colour picture: three channels, as before
     model = train(colour, (label > 0).astype(np.uint8), TrainConfig(epochs=1, steps_per_epoch=2,

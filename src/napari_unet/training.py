@@ -252,9 +252,10 @@ def prepare_data(
     if config.mode == "instances":  # consecutive integer ids, a mask's regions as objects
         label_planes, id_notes = instance_ids(label_planes, owners)
         notes += id_notes
-    if model is None and planes and all(p.shape[0] in (3, 4) for p in planes):
-        # grey pictures saved as colour (equal channels): a grey model, as prediction
-        # reads such pictures, which then also segments plain grey images
+    grey_model = model is None or model.in_channels == 1
+    if grey_model and _colour_last(images, labels, channel_axis):
+        # grey pictures saved as colour (equal channels, the colour axis last): a grey
+        # model, as prediction reads such pictures, which also segments plain grey images
         if all(grey_picture(np.moveaxis(np.asarray(p), 0, -1)) for p in planes):
             planes = [grey_of(np.moveaxis(np.asarray(p), 0, -1))[None] for p in planes]
             notes.append(
@@ -678,6 +679,18 @@ def estimate_label_offset(
     if np.mean([n for n, c in zip(near, counts, strict=True) if c]) < OFFSET_AGREEMENT:
         return None
     return offsets[best]
+
+
+def _colour_last(images: list, labels: list, channel_axis) -> bool:
+    """Whether every image is a colour picture: 3 or 4 values on its last axis, which its
+    labels lack, read as the channels (not channels given on another axis)."""
+    for image, label in zip(images, labels, strict=True):
+        shape = tuple(image.shape)
+        if len(shape) != np.ndim(label) + 1 or shape[-1] not in (3, 4):
+            return False
+        if channel_axis not in ("auto", -1, len(shape) - 1):
+            return False
+    return bool(images)
 
 
 def _unlabelled_planes(label_planes: list[np.ndarray], owners: list[int]) -> list[str]:
