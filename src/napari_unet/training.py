@@ -27,6 +27,7 @@ from .data import (
     Normalization,
     PatchSampler,
     Sample,
+    _plane_name,
     border_weights,
     boundary_network,
     channel_axis_from_labels,
@@ -707,8 +708,6 @@ def _unlabelled_planes(label_planes: list[np.ndarray], owners: list[int]) -> lis
     stacks = [owner for owner in empty if owner in labelled]
     if not stacks:
         return []
-    from .data import _plane_name
-
     count = sum(len(empty[owner]) for owner in stacks)
     first = _plane_name(empty[stacks[0]][0], owners)
     return [
